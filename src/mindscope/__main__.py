@@ -1,0 +1,5 @@
+import sys
+
+from mindscope.cli import main
+
+sys.exit(main())

@@ -1,0 +1,2 @@
+"""Placeholder until this concern lands."""
+commands: list = []

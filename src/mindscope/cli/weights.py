@@ -1,0 +1,87 @@
+"""`mindscope weights` (figures and the change table) and `mindscope export-tensorboard`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+LAYERS_HELP = "Layer numbers or dotted names, e.g. '1,2,3' or 'features.0' (default: all)."
+
+
+def _tensor_names(run, layers: str | None) -> list[str]:
+    """Parameter names of the chosen layers, resolved on the run's model."""
+    from mindscope.weights import select_tensors
+
+    return list(select_tensors(run.model, layers))
+
+
+@click.command("weights")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--layers", default=None, help=LAYERS_HELP)
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Folder for the PNGs (default: RUN_DIR/weights).")
+@click.option("--bins", type=int, default=64, show_default=True, help="Bins per before/after histogram.")
+def weights(run_dir: Path, layers: str | None, out: Path | None, bins: int) -> None:
+    """Draw weight histograms before vs after training, their evolution, and print what changed."""
+    from mindscope.render.weights import (weight_histogram_figures, weight_percentile_figure,
+                                          weight_ridge_figure)
+    from mindscope.run import load_run
+    from mindscope.weights import (format_change_table, histogram_rows, paired_histograms,
+                                   weight_changes, weight_histograms)
+
+    if bins < 1:
+        raise ValueError(f"--bins must be a positive integer, got {bins}")
+    run = load_run(run_dir)
+    names = _tensor_names(run, layers)
+    drawn = [n for n in names if n.endswith("weight")] or names
+    first, last = run.epochs[0], run.epochs[-1]
+    before_sd, after_sd = run.state_dict_at(first), run.state_dict_at(last)
+    before, after = paired_histograms({n: before_sd[n] for n in names}, {n: after_sd[n] for n in names},
+                                      bins=bins)
+    out = run_dir / "weights" if out is None else out
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    labels = (f"epoch {first}", f"epoch {last}")
+    for i, fig in enumerate(weight_histogram_figures(before, after, tensors=drawn, labels=labels), start=1):
+        written.append(out / f"weights_before_after_{i}.png")
+        fig.savefig(written[-1], dpi=110)
+
+    rows = [r for r in run.histograms() if r["tensor"] in drawn]
+    time = "step"
+    if not rows:  # nothing recorded during training: fall back on the epoch snapshots
+        time = "epoch"
+        for epoch in run.epochs:
+            state = run.state_dict_at(epoch)
+            rows += histogram_rows(weight_histograms({n: state[n] for n in drawn}, bins=bins),
+                                   step=epoch, epoch=epoch)
+    elif min(r["step"] for r in rows) > 0 and first == 0:  # start the story before training
+        rows = histogram_rows(weight_histograms({n: before_sd[n] for n in drawn}, bins=bins),
+                              step=0, epoch=0) + rows
+    for name, plot in (("ridge", weight_ridge_figure), ("percentiles", weight_percentile_figure)):
+        written.append(out / f"weights_{name}.png")
+        plot(rows, tensors=drawn, time=time).savefig(written[-1], dpi=110)
+
+    click.echo(format_change_table(weight_changes(before, after), before=labels[0], after=labels[1]))
+    for path in written:
+        click.echo(f"wrote {path}")
+
+
+@click.command("export-tensorboard")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+def export_tensorboard(run_dir: Path, out: Path) -> None:
+    """Write a run's metrics and weight histograms as TensorBoard event files in OUT."""
+    from mindscope.run import load_run
+
+    run = load_run(run_dir)
+    try:
+        from mindscope.tensorboard import export_tensorboard as export
+        export(run, out)
+    except ImportError as exc:
+        if "tensorboard" not in str(exc):
+            raise
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"wrote TensorBoard logs to {out}; view them with 'tensorboard --logdir {out}'")
+
+
+commands = [weights, export_tensorboard]

@@ -1,0 +1,277 @@
+"""The run directory: a complete, crash-safe record of one training run.
+
+    RUN/config.json                 every setting, versions, git commit, normalisation
+    RUN/metrics.sqlite              metrics, weight histograms, checkpoints (source of truth)
+    RUN/snapshots/epoch_0003.safetensors   weights before training (0) and after each epoch
+    RUN/state/epoch_0003.pt         optimiser, scheduler and RNG state for resuming
+
+Files are written to a temporary name and renamed; database rows are written in
+transactions. A checkpoint counts only once its row is in `checkpoints`, written after
+both of its files, so a process killed at any moment leaves a readable run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import tempfile
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mindscope.data import DataSplits, Normalization, load_data
+from mindscope.model import AllConvNet
+
+CONFIG = "config.json"
+DATABASE = "metrics.sqlite"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS metrics (
+    step INTEGER NOT NULL, epoch REAL NOT NULL, split TEXT NOT NULL, name TEXT NOT NULL,
+    scope TEXT NOT NULL, value REAL, PRIMARY KEY (step, split, name, scope));
+CREATE TABLE IF NOT EXISTS histograms (
+    step INTEGER NOT NULL, epoch REAL NOT NULL, tensor TEXT NOT NULL,
+    edges BLOB NOT NULL, counts BLOB NOT NULL, stats TEXT NOT NULL, PRIMARY KEY (step, tensor));
+CREATE TABLE IF NOT EXISTS checkpoints (epoch INTEGER PRIMARY KEY, step INTEGER NOT NULL);
+"""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never half."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _atomic_save(path: Path, save) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def is_run(path: Path) -> bool:
+    return (Path(path) / CONFIG).is_file() and (Path(path) / DATABASE).is_file()
+
+
+class Run:
+    """Writer of one run directory. Create with `Run.create`, reopen with `Run.open`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.config: dict[str, Any] = json.loads((self.path / CONFIG).read_text())
+        self.db = sqlite3.connect(self.path / DATABASE)
+
+    @classmethod
+    def create(cls, path: Path, config: Mapping[str, Any], model: nn.Module,
+               state: dict[str, Any]) -> "Run":
+        """Make the directory whole, with epoch 0's checkpoint, or not at all."""
+        path = Path(path)
+        if path.exists():
+            kind = "a run" if is_run(path) else "not a run"
+            raise FileExistsError(f"{path} already exists and is {kind}; choose another --out, "
+                                  "or continue a run with --resume")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+        try:
+            (staging / CONFIG).write_text(json.dumps(dict(config), indent=2, sort_keys=True))
+            with closing(sqlite3.connect(staging / DATABASE)) as db:
+                db.executescript(SCHEMA)
+            (staging / "snapshots").mkdir()
+            (staging / "state").mkdir()
+            first = cls(staging)
+            first.checkpoint(0, 0, model, state)
+            first.close()
+            os.rename(staging, path)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return cls(path)
+
+    @classmethod
+    def open(cls, path: Path) -> "Run":
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no run at {path}; train one with 'mindscope train --out {path}'")
+        if not is_run(path):
+            raise ValueError(f"{path} is not a mindscope run (no {CONFIG} and {DATABASE}); "
+                             "give a directory written by 'mindscope train'")
+        return cls(path)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- checkpoints -------------------------------------------------------------------
+    def snapshot_path(self, epoch: int) -> Path:
+        return self.path / "snapshots" / f"epoch_{epoch:04d}.safetensors"
+
+    def state_path(self, epoch: int) -> Path:
+        return self.path / "state" / f"epoch_{epoch:04d}.pt"
+
+    def checkpoint(self, epoch: int, step: int, model: nn.Module, state: dict[str, Any]) -> None:
+        """Save weights and resume state for `epoch`, then mark the checkpoint complete."""
+        weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+        _atomic_save(self.snapshot_path(epoch), lambda tmp: save_file(weights, tmp))
+        _atomic_save(self.state_path(epoch), lambda tmp: torch.save(state, tmp))
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?)", (epoch, step))
+
+    def last_checkpoint(self) -> tuple[int, int] | None:
+        row = self.db.execute("SELECT epoch, step FROM checkpoints ORDER BY epoch DESC LIMIT 1").fetchone()
+        return None if row is None else (int(row[0]), int(row[1]))
+
+    def rewind(self, step: int) -> None:
+        """Drop every row logged after `step`: what a killed process wrote past its checkpoint."""
+        with self.db:
+            self.db.execute("DELETE FROM metrics WHERE step > ?", (step,))
+            self.db.execute("DELETE FROM histograms WHERE step > ?", (step,))
+
+    # --- logging -------------------------------------------------------------------------
+    def log_metrics(self, step: int, epoch: float, split: str, values: Mapping[str, float], *,
+                    scope: str = "step") -> None:
+        with self.db:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?, ?)",
+                [(step, epoch, split, name, scope, float(v)) for name, v in values.items()])
+
+    def log_histograms(self, step: int, epoch: float, histograms: Mapping[str, Any]) -> None:
+        """Store `weights.weight_histograms` output: counts, edges and statistics per tensor."""
+        from dataclasses import asdict
+
+        rows = []
+        for name, h in histograms.items():
+            edges = h.edges.detach().to("cpu", torch.float64).numpy()
+            counts = h.counts.detach().to("cpu", torch.int64).numpy()
+            rows.append((step, epoch, name, edges.tobytes(), counts.tobytes(), json.dumps(asdict(h.stats))))
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO histograms VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+
+def read_metrics(db: sqlite3.Connection) -> list[dict[str, Any]]:
+    rows = db.execute("SELECT step, epoch, split, name, scope, value FROM metrics ORDER BY step, split, name")
+    return [dict(zip(("step", "epoch", "split", "name", "scope", "value"), r)) for r in rows]
+
+
+def build_model(config: Mapping[str, Any]) -> nn.Module:
+    m = config["model"]
+    return AllConvNet(width=m["width"], num_classes=m["num_classes"], in_channels=m["in_channels"])
+
+
+def data_from_config(config: Mapping[str, Any]) -> DataSplits:
+    d = config["data"]
+    norm = Normalization(tuple(d["normalization"]["mean"]), tuple(d["normalization"]["std"]))
+    return load_data(d["spec"], seed=config["train"]["seed"], train_limit=d.get("train_limit"),
+                     test_limit=d.get("test_limit"), normalization=norm)
+
+
+@dataclass
+class LoadedRun:
+    """A run read back: its config, metrics, snapshots, and model and data to look at."""
+
+    path: Path
+    config: dict[str, Any]
+    metrics: list[dict[str, Any]]
+    epochs: list[int]
+    model: nn.Module
+    epoch: int
+
+    @property
+    def data(self) -> DataSplits:
+        if not hasattr(self, "_data"):
+            self._data = data_from_config(self.config)
+        return self._data
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.config["data"]["classes"])
+
+    def state_dict_at(self, epoch: int) -> dict[str, torch.Tensor]:
+        if epoch not in self.epochs:
+            raise ValueError(f"run {self.path} has no snapshot for epoch {epoch}; "
+                             f"snapshots: {', '.join(map(str, self.epochs))}")
+        return load_file(self.path / "snapshots" / f"epoch_{epoch:04d}.safetensors")
+
+    def model_at(self, epoch: int) -> nn.Module:
+        model = build_model(self.config)
+        model.load_state_dict(self.state_dict_at(epoch))
+        return model.eval()
+
+    def histograms(self) -> list[dict[str, Any]]:
+        with closing(sqlite3.connect(self.path / DATABASE)) as db:
+            rows = db.execute("SELECT step, epoch, tensor, edges, counts, stats FROM histograms "
+                              "ORDER BY step, tensor").fetchall()
+        return [{"step": s, "epoch": e, "tensor": t, "edges": np.frombuffer(ed, np.float64),
+                 "counts": np.frombuffer(c, np.int64), "stats": json.loads(st)}
+                for s, e, t, ed, c, st in rows]
+
+
+def load_run(path: Path | str, *, epoch: int | None = None) -> LoadedRun:
+    """Open a run directory: the model at `epoch` (default: the last snapshot), data, metrics."""
+    run = Run.open(Path(path))
+    try:
+        epochs = [int(r[0]) for r in run.db.execute("SELECT epoch FROM checkpoints ORDER BY epoch")]
+        metrics = read_metrics(run.db)
+        last = run.last_checkpoint()
+    finally:
+        run.close()
+    if last is None:
+        raise ValueError(f"run {path} has no checkpoint yet (it was stopped before epoch 0 was saved); "
+                         "start it again with 'mindscope train'")
+    chosen = epochs[-1] if epoch is None else epoch
+    loaded = LoadedRun(Path(path), run.config, metrics, epochs, nn.Identity(), chosen)
+    loaded.model = loaded.model_at(chosen)
+    return loaded
+
+
+class RunRecorder:
+    """Send training's logged points, weight histograms and checkpoints to a run directory."""
+
+    def __init__(self, run: Run, *, bins: int = 64, extra: list[Any] | None = None) -> None:
+        self.run, self.bins = run, bins
+        self.extra = list(extra or [])   # e.g. a TensorBoard writer with the same methods
+
+    def log(self, step: int, epoch: float, split: str, values: dict[str, float], *, scope: str) -> None:
+        self.run.log_metrics(step, epoch, split, values, scope=scope)
+        for other in self.extra:
+            other.log(step, epoch, split, values, scope=scope)
+
+    def log_weights(self, step: int, epoch: float, model: nn.Module) -> None:
+        from mindscope.weights import weight_histograms
+
+        histograms = weight_histograms(model, bins=self.bins)
+        self.run.log_histograms(step, epoch, histograms)
+        for other in self.extra:
+            other.log_histograms(step, epoch, histograms)
+
+    def checkpoint(self, epoch: int, step: int, model: nn.Module, state: dict[str, Any]) -> None:
+        self.run.checkpoint(epoch, step, model, state)
+
+    def close(self) -> None:
+        for other in self.extra:
+            other.close()
+        self.run.close()
+
+
+def load_state(run: Run, epoch: int) -> dict[str, Any]:
+    """The resume state of a checkpoint, loaded with weights_only=True (no code runs)."""
+    return torch.load(run.state_path(epoch), map_location="cpu", weights_only=True)

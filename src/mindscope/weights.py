@@ -1,0 +1,394 @@
+"""Per-tensor weight histograms and statistics, and what changed between two points in training.
+
+Every parameter tensor (weights and biases apart) gets a histogram and its statistics,
+computed where the tensor lives: all of a model's tensors go through one flat pass of a
+few dozen kernels, the counts stay on the device, and only eight numbers per tensor come
+back to the host, so a training loop can call this every few steps. NaN and Inf are
+counted, never binned and never allowed into the moments.
+The walk-through's first look inside a network, after Springenberg et al. 2015
+("Striving for Simplicity: The All Convolutional Net"): each layer's weights before and
+after training.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mindscope.layers import resolve_layer
+
+NEAR_ZERO = 1e-3  # |w| <= NEAR_ZERO counts as "near zero"
+BATCH_ELEMENTS = 1 << 22  # tensors histogrammed together, at most this many elements a batch
+
+Source = nn.Module | Mapping[str, Tensor]
+
+
+@dataclass(frozen=True)
+class WeightStats:
+    """Statistics of one tensor. Moments, min, max and l2 are over its finite values only."""
+
+    count: int                  # all elements, finite or not
+    mean: float
+    std: float                  # population std (ddof=0), as numpy's default
+    min: float
+    max: float
+    l2: float                   # sqrt(sum w^2) over finite values
+    near_zero_fraction: float   # fraction of the finite values with |w| <= 1e-3
+    nan_count: int
+    inf_count: int              # +Inf and -Inf together
+
+
+@dataclass(frozen=True)
+class WeightHistogram:
+    """Counts of one tensor's finite values in `len(edges) - 1` bins.
+
+    Bins are half-open [e_i, e_i+1) except the last, which is closed, as numpy's. Values
+    beyond the edges (possible only with an explicit `range` or `edges`) are counted in
+    the outermost bins, so `counts.sum() == stats.count - stats.nan_count - stats.inf_count`.
+    """
+
+    counts: Tensor              # (bins,) int64, on the tensor's device
+    edges: Tensor               # (bins + 1,) float64, on the tensor's device
+    stats: WeightStats
+
+
+@dataclass(frozen=True)
+class WeightChange:
+    """One tensor's statistics before -> after, and the relative change of its L2 norm."""
+
+    tensor: str
+    mean: tuple[float, float]
+    std: tuple[float, float]
+    min: tuple[float, float]
+    max: tuple[float, float]
+    l2: tuple[float, float]
+    l2_change: float            # (|after| - |before|) / |before|; inf when before is 0 and after is not
+
+
+def _compute_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+
+
+def select_tensors(source: Source, layers: str | int | Sequence[str | int] | None = None
+                   ) -> dict[str, Tensor]:
+    """Pick the floating-point tensors to histogram, keyed by their `state_dict` names.
+
+    A model gives its parameters; a state_dict gives every floating-point entry. `layers`
+    may hold parameter names, module names ("features.4" selects its weight and bias),
+    prefixes, or - for a model only - walk-through layer numbers ("3" or 3).
+    """
+    if isinstance(source, nn.Module):
+        tensors = dict(source.named_parameters())
+    elif isinstance(source, Mapping):
+        tensors = {k: v for k, v in source.items() if isinstance(v, Tensor) and v.is_floating_point()}
+    else:
+        raise TypeError(f"weight_histograms takes an nn.Module or a state_dict (a mapping of name to "
+                        f"Tensor), got {type(source).__name__}")
+    if layers is None:
+        return tensors
+    if isinstance(layers, (str, int)):
+        layers = [s.strip() for s in layers.split(",") if s.strip()] if isinstance(layers, str) else [layers]
+    chosen: dict[str, Tensor] = {}
+    for spec in layers:
+        is_number = isinstance(spec, int) or (isinstance(spec, str) and spec.lstrip("-").isdigit())
+        if isinstance(spec, str) and not is_number and spec in tensors:
+            chosen[spec] = tensors[spec]
+            continue
+        if is_number and not isinstance(source, nn.Module):
+            raise ValueError(f"layer number {spec} needs the model to be resolved; pass the model, "
+                             f"or a name or prefix such as {next(iter(tensors), 'features.0')!r}")
+        prefix = resolve_layer(source, spec) if isinstance(source, nn.Module) else str(spec)
+        found = {k: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+        if not found:
+            shown = ", ".join(list(tensors)[:12]) + (", ..." if len(tensors) > 12 else "")
+            raise ValueError(f"no tensor named or under {spec!r}; tensors are: {shown}")
+        chosen.update(found)
+    return chosen
+
+
+def _check_bins(bins: int) -> None:
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"bins must be a positive integer, got {bins!r}")
+
+
+def _check_range(range: tuple[float, float] | None) -> None:
+    if range is None:
+        return
+    if len(range) != 2 or not all(math.isfinite(float(v)) for v in range) or not range[0] < range[1]:
+        raise ValueError(f"range must be (low, high) with finite low < high, got {range!r}")
+
+
+def shared_edges(*sources: Source | Tensor, bins: int = 64,
+                 layers: str | int | Sequence[str | int] | None = None) -> Tensor:
+    """Return one set of `bins + 1` edges spanning the finite values of every given tensor.
+
+    Pass the result as `edges=` to `weight_histograms` on each source so that the
+    histograms (before and after training, say) are like for like. Returns float64 on CPU.
+    """
+    _check_bins(bins)
+    if not sources:
+        raise ValueError("shared_edges needs at least one model, state_dict or tensor")
+    stats = [h.stats for source in sources
+             for h in weight_histograms({"": source} if isinstance(source, Tensor) else source,
+                                        bins=1, layers=None if isinstance(source, Tensor) else layers).values()]
+    lows = [s.min for s in stats if s.count > s.nan_count + s.inf_count]
+    highs = [s.max for s in stats if s.count > s.nan_count + s.inf_count]
+    low, high = (min(lows), max(highs)) if lows else (0.0, 0.0)   # 0, 0: no finite value anywhere
+    if low == high:                     # numpy's convention for a constant input
+        low, high = low - 0.5, high + 0.5
+    return _uniform_edges(torch.tensor(low, dtype=torch.float64), torch.tensor(high, dtype=torch.float64),
+                          bins)
+
+
+def _uniform_edges(lo: Tensor, hi: Tensor, bins: int) -> Tensor:
+    """`bins + 1` evenly spaced edges from lo to hi, (..., bins + 1), as numpy's linspace computes them."""
+    steps = torch.arange(bins + 1, dtype=lo.dtype, device=lo.device)
+    e = lo[..., None] + steps * ((hi - lo) / bins)[..., None]
+    e[..., -1] = hi
+    return e
+
+
+def _histograms(group: list[Tensor], bins: int, edges: Tensor | None,
+                range: tuple[float, float] | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Counts (T, bins), edges (T, bins + 1) and stats (T, 8) for T tensors on one device.
+
+    All T tensors go through one flat vector with a segment id per element, so the cost
+    is a fixed few dozen kernels whatever T is; the result stays on the device.
+    """
+    device, dtype = group[0].device, _compute_dtype(group[0].device)
+    sizes = [t.numel() for t in group]
+    count = len(group)
+    x = torch.cat([t.detach().reshape(-1) for t in group]).to(dtype)         # (n,)
+    numel = torch.tensor(sizes, device=device)                                # (T,)
+    seg = torch.repeat_interleave(torch.arange(count, device=device), numel, output_size=x.numel())  # (n,)
+
+    def per_tensor(values: Tensor) -> Tensor:                                # (n,) -> (T,) sums
+        return torch.zeros(count, dtype=dtype, device=device).index_add_(0, seg, values.to(dtype))
+
+    finite = torch.isfinite(x)
+    n_finite = per_tensor(finite)
+    mean = per_tensor(torch.where(finite, x, 0.0)) / n_finite.clamp_min(1)  # (T,)
+    # Non-finite values are replaced by their tensor's mean: a finite value inside [min, max]
+    # that adds nothing to the centred sums, so one filled vector serves every statistic.
+    mean_at = mean[seg]                                                     # (n,)
+    filled = torch.where(finite, x, mean_at)                                # (n,)
+    centred = filled - mean_at
+    var = per_tensor(centred * centred) / n_finite.clamp_min(1)
+    low = torch.full((count,), math.inf, dtype=dtype, device=device).scatter_reduce_(0, seg, filled, "amin")
+    high = torch.full((count,), -math.inf, dtype=dtype, device=device).scatter_reduce_(0, seg, filled, "amax")
+    near = per_tensor(filled.abs() <= NEAR_ZERO) - (numel - n_finite) * (mean.abs() <= NEAR_ZERO)
+    l2 = (n_finite * (var + mean * mean)).sqrt()                            # sum of squares, no cancellation
+    stats = torch.stack([n_finite, mean, var.sqrt(), low, high, l2, near, per_tensor(torch.isnan(x))], 1)
+
+    if edges is not None:
+        e = edges.to(device, dtype).expand(count, bins + 1)                 # (T, bins + 1)
+        index = torch.bucketize(filled, e[0, 1:-1].contiguous(), right=True)  # arbitrary edges
+    else:
+        if range is not None:
+            lo = torch.full((count,), float(range[0]), dtype=dtype, device=device)
+            hi = torch.full((count,), float(range[1]), dtype=dtype, device=device)
+        else:
+            empty = n_finite == 0
+            lo, hi = torch.where(empty, 0.0, low), torch.where(empty, 0.0, high)
+            flat = lo == hi                                                 # numpy: widen by 0.5
+            lo, hi = torch.where(flat, lo - 0.5, lo), torch.where(flat, hi + 0.5, hi)
+        e = _uniform_edges(lo, hi, bins)                                    # (T, bins + 1)
+        # Uniform bins: scale, floor, then nudge by one where rounding crossed an edge
+        # (numpy's own method, and far cheaper than a binary search).
+        index = ((filled - lo[seg]) * (bins / (hi - lo))[seg]).floor_().clamp_(0, bins - 1).long()
+        flat_edges, base = e.reshape(-1), seg * (bins + 1)
+        index -= ((filled < flat_edges[base + index]) & (index > 0)).long()
+        index += ((filled >= flat_edges[base + index + 1]) & (index < bins - 1)).long()
+    index = torch.where(finite, index, bins)                                # non-finite -> spill bin
+    counts = torch.zeros(count * (bins + 1), dtype=torch.int64, device=device)
+    counts.index_add_(0, seg * (bins + 1) + index, torch.ones_like(index))
+    return counts.view(count, bins + 1)[:, :bins], e, stats
+
+
+def _groups(tensors: list[Tensor]) -> list[list[int]]:
+    """Indices of tensors batched together: same device, at most BATCH_ELEMENTS elements a
+    batch (a larger tensor goes alone), so the temporaries stay a bounded multiple of the weights."""
+    limit = BATCH_ELEMENTS
+    groups: list[list[int]] = []
+    open_group: dict[torch.device, tuple[list[int], int]] = {}
+    for i, t in enumerate(tensors):
+        members, size = open_group.get(t.device, ([], 0))
+        if members and size + t.numel() > limit:
+            groups.append(members)
+            members, size = [], 0
+        members.append(i)
+        open_group[t.device] = (members, size + t.numel())
+    groups += [members for members, _ in open_group.values() if members]
+    return groups
+
+
+def _stats_from(count: int, row: Sequence[float]) -> WeightStats:
+    n_finite, mean, std, low, high, l2, near, n_nan = row
+    n_finite, n_nan = int(n_finite), int(n_nan)
+    if n_finite == 0:
+        mean = std = low = high = math.nan
+        l2, fraction = 0.0, math.nan
+    else:
+        fraction = near / n_finite
+    return WeightStats(count=count, mean=mean, std=std, min=low, max=high, l2=l2,
+                       near_zero_fraction=fraction, nan_count=n_nan, inf_count=count - n_finite - n_nan)
+
+
+def weight_histograms(model_or_state_dict: Source, *, bins: int = 64,
+                      range: tuple[float, float] | None = None,
+                      layers: str | int | Sequence[str | int] | None = None,
+                      edges: Tensor | None = None) -> dict[str, WeightHistogram]:
+    """Histogram and summarise every parameter tensor of a model or state_dict.
+
+    Args:
+        bins: number of bins per tensor (ignored when `edges` is given).
+        range: (low, high) for every tensor's bins; default: each tensor's finite min..max.
+        layers: restrict to these parameter names, module names, prefixes or layer numbers.
+        edges: explicit increasing bin edges shared by all tensors (see `shared_edges`).
+    Returns:
+        {parameter name: WeightHistogram}, in registration order. Only the statistics,
+        eight numbers per tensor, are copied to the host, once per device.
+    """
+    _check_bins(bins)
+    _check_range(range)
+    if edges is not None:
+        if range is not None:
+            raise ValueError("give either range= or edges=, not both")
+        if not isinstance(edges, Tensor) or edges.dim() != 1 or edges.numel() < 2 \
+                or not bool(torch.all(edges[1:] > edges[:-1])) or not bool(torch.isfinite(edges).all()):
+            raise ValueError("edges must be a 1-D tensor of at least 2 finite, strictly increasing "
+                             "values; build one with shared_edges(...)")
+        bins = edges.numel() - 1
+    tensors = select_tensors(model_or_state_dict, layers)
+    names, values = list(tensors), list(tensors.values())
+    results: dict[str, tuple[Tensor, Tensor]] = {}
+    stats: dict[torch.device, list[tuple[list[str], Tensor]]] = {}
+    with torch.no_grad():
+        for members in _groups(values):
+            counts, e, table = _histograms([values[i] for i in members], bins, edges, range)
+            group_names = [names[i] for i in members]
+            results.update({n: (counts[j], e[j]) for j, n in enumerate(group_names)})
+            stats.setdefault(table.device, []).append((group_names, table))
+        rows: dict[str, list[float]] = {}
+        for device_tables in stats.values():                # one host copy per device
+            host = torch.cat([t for _, t in device_tables]).cpu().double().tolist()
+            rows.update(zip([n for group_names, _ in device_tables for n in group_names], host))
+    return {n: WeightHistogram(results[n][0], results[n][1], _stats_from(tensors[n].numel(), rows[n]))
+            for n in names}
+
+
+def paired_histograms(before: Source, after: Source, *, bins: int = 64,
+                      layers: str | int | Sequence[str | int] | None = None
+                      ) -> tuple[dict[str, WeightHistogram], dict[str, WeightHistogram]]:
+    """Histogram two states of the same network, each tensor's pair on one shared set of edges."""
+    first, second = select_tensors(before, layers), select_tensors(after, layers)
+    _check_same_names(first, second)
+    out_before: dict[str, WeightHistogram] = {}
+    out_after: dict[str, WeightHistogram] = {}
+    for name in first:
+        e = shared_edges(first[name], second[name], bins=bins)
+        out_before.update(weight_histograms({name: first[name]}, edges=e))
+        out_after.update(weight_histograms({name: second[name]}, edges=e))
+    return out_before, out_after
+
+
+def _check_same_names(first: Mapping[str, object], second: Mapping[str, object]) -> None:
+    if set(first) != set(second):
+        only_first = sorted(set(first) - set(second))[:5]
+        only_second = sorted(set(second) - set(first))[:5]
+        raise ValueError(f"before and after hold different tensors (only before: {only_first}, "
+                         f"only after: {only_second}); compare two states of the same network")
+
+
+def _as_stats(side: Source | Mapping[str, WeightHistogram | WeightStats]) -> dict[str, WeightStats]:
+    if isinstance(side, nn.Module):
+        return {k: h.stats for k, h in weight_histograms(side, bins=1).items()}
+    out: dict[str, WeightStats] = {}
+    tensors: dict[str, Tensor] = {}
+    for k, v in side.items():
+        if isinstance(v, WeightHistogram):
+            out[k] = v.stats
+        elif isinstance(v, WeightStats):
+            out[k] = v
+        elif isinstance(v, Tensor) and v.is_floating_point():
+            tensors[k] = v
+    if tensors:
+        out.update({k: h.stats for k, h in weight_histograms(tensors, bins=1).items()})
+    return out
+
+
+def weight_changes(before: Source | Mapping[str, WeightHistogram | WeightStats],
+                   after: Source | Mapping[str, WeightHistogram | WeightStats]) -> list[WeightChange]:
+    """Per tensor: mean, std, min, max and L2 norm before -> after, and the L2 norm's relative change.
+
+    Each side is a model, a state_dict, or the output of `weight_histograms` (or its stats).
+    """
+    first, second = _as_stats(before), _as_stats(after)
+    _check_same_names(first, second)
+    changes = []
+    for name, b in first.items():
+        a = second[name]
+        if b.l2 > 0:
+            change = (a.l2 - b.l2) / b.l2
+        else:
+            change = 0.0 if a.l2 == 0 else math.inf
+        changes.append(WeightChange(name, (b.mean, a.mean), (b.std, a.std), (b.min, a.min),
+                                    (b.max, a.max), (b.l2, a.l2), change))
+    return changes
+
+
+def format_change_table(changes: Iterable[WeightChange], *, before: str = "before",
+                        after: str = "after") -> str:
+    """Lay out `weight_changes` as a plain-text table, one tensor a line."""
+    def pair(v: tuple[float, float], sign: str = "+") -> str:
+        return f"{v[0]:{sign}.3g} -> {v[1]:{sign}.3g}"
+
+    header = ("tensor", f"mean {before} -> {after}", "std", "min", "max", "L2 norm", "L2 change")
+    lines = [(c.tensor, pair(c.mean), pair(c.std, "-"), pair(c.min), pair(c.max), pair(c.l2, "-"),
+              f"{c.l2_change:+.1%}" if math.isfinite(c.l2_change) else f"{c.l2_change:+}")
+             for c in changes]
+    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+                     for row in [header, *lines])
+
+
+def histogram_quantiles(counts: np.ndarray | Tensor, edges: np.ndarray | Tensor,
+                        q: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Estimate quantiles (fractions in [0, 1]) from a histogram, linear within each bin.
+
+    q = 0 gives the left edge of the first non-empty bin, q = 1 the right edge of the last.
+    Returns NaN for every q when the histogram is empty.
+    """
+    counts = np.asarray(counts.cpu() if isinstance(counts, Tensor) else counts, dtype=np.float64)
+    edges = np.asarray(edges.cpu() if isinstance(edges, Tensor) else edges, dtype=np.float64)
+    q = np.asarray(q, dtype=np.float64)
+    if np.any((q < 0) | (q > 1)):
+        raise ValueError(f"quantiles must lie in [0, 1], got {q.tolist()}; for percentiles divide by 100")
+    if len(edges) != len(counts) + 1:
+        raise ValueError(f"a histogram of {len(counts)} bins needs {len(counts) + 1} edges, got {len(edges)}")
+    cum = np.cumsum(counts)
+    total = cum[-1] if len(cum) else 0.0
+    if total <= 0:
+        return np.full(q.shape, np.nan)
+    target = q * total
+    k = np.searchsorted(cum, target, side="left")
+    k = np.where(target <= 0, np.argmax(counts > 0), np.minimum(k, len(counts) - 1))
+    before = np.where(k > 0, cum[np.maximum(k - 1, 0)], 0.0)
+    fraction = np.clip((target - before) / counts[k], 0.0, 1.0)
+    return edges[k] + fraction * (edges[k + 1] - edges[k])
+
+
+def histogram_rows(histograms: Mapping[str, WeightHistogram], *, step: int, epoch: float
+                   ) -> list[dict]:
+    """Turn `weight_histograms` output into rows shaped like `LoadedRun.histograms()`.
+
+    Each row: step, epoch, tensor, edges (float64 array), counts (int64 array), stats (dict).
+    """
+    return [{"step": step, "epoch": epoch, "tensor": name,
+             "edges": h.edges.detach().to("cpu", torch.float64).numpy(),
+             "counts": h.counts.detach().to("cpu", torch.int64).numpy(),
+             "stats": asdict(h.stats)} for name, h in histograms.items()]
