@@ -211,6 +211,10 @@ def test_before_after_figures_share_x_and_label_density(model):
     left, right = figs[0].axes
     assert left.get_xlim() == right.get_xlim()
     assert "density" in left.get_ylabel()
+    for patch in left.patches:                               # each curve is a density: area 1
+        values, edges, _ = patch.get_data()
+        assert np.sum(values * np.diff(edges)) == pytest.approx(1.0)
+    assert len(left.patches) == 3
     legend = [t.get_text() for t in left.get_legend().get_texts()]
     s = before_h["features.0.weight"].stats
     assert legend[0] == f"features.0.weight: mean {s.mean:.3g}, std {s.std:.3g}"
@@ -239,11 +243,15 @@ def test_ridge_and_percentile_figures_draw_from_rows_and_from_histograms(model):
 class FakeRun:
     """Just what export_tensorboard reads from a LoadedRun."""
 
-    def __init__(self, rows: list[dict], metrics: list[dict]) -> None:
-        self.rows, self.metrics, self.epochs = rows, metrics, [0]
+    def __init__(self, rows: list[dict], metrics: list[dict], states: list[dict] | None = None) -> None:
+        self.rows, self.metrics, self.states = rows, metrics, states or []
+        self.epochs = list(range(len(self.states)))
 
     def histograms(self) -> list[dict]:
         return self.rows
+
+    def state_dict_at(self, epoch: int) -> dict:
+        return self.states[epoch]
 
 
 def _accumulator(path):
@@ -278,6 +286,18 @@ def test_tensorboard_round_trip(model, tmp_path):
             np.testing.assert_allclose(h.bucket_limit, row["edges"])
     with pytest.raises(FileExistsError, match="already holds TensorBoard event files"):
         export_tensorboard(FakeRun(rows, metrics), tmp_path / "tb")
+
+
+def test_tensorboard_falls_back_on_snapshots_when_nothing_was_recorded(model, tmp_path):
+    from mindscope.tensorboard import export_tensorboard
+
+    states = [{k: v.clone() for k, v in model.state_dict().items()},
+              {k: v * 2 + 1 for k, v in model.state_dict().items()}]
+    export_tensorboard(FakeRun([], [], states), tmp_path)
+    events = _accumulator(tmp_path).Histograms("features.2/weight")
+    assert [e.step for e in events] == [0, 1]
+    expected = np.histogram(states[1]["features.2.weight"].double().numpy(), bins=64)[0]
+    np.testing.assert_array_equal(events[1].histogram_value.bucket, [0, *expected])
 
 
 def test_tensorboard_recorder_speaks_the_run_recorder_protocol(model, tmp_path):

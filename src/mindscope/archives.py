@@ -3,11 +3,14 @@
 CIFAR-10's batches are Python pickles. They are read with an allow-list unpickler
 that admits only the few globals a numpy array needs, so a pickle naming anything
 else is refused before anything runs. Archives are read in memory, never extracted.
+Krizhevsky 2009 ("Learning Multiple Layers of Features from Tiny Images") describes
+the batches; Xiao et al. 2017 describe Fashion-MNIST and its idx files.
 """
 from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import io
 import os
 import pickle
@@ -25,95 +28,148 @@ CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_FILES = (*CIFAR10_TRAIN, "test_batch", "batches.meta")
+CIFAR10_CLASSES = 10
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 FASHION_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
                  "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
 
-_ALLOWED_GLOBALS = {
+# Everything a pickled numpy array (numpy 1.x or 2.x, written by Python 2 or 3) names.
+_ALLOWED_GLOBALS = frozenset({
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
     ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-}
+})
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 def default_cache() -> Path:
+    """The folder `--download` writes to: $MINDSCOPE_CACHE or ~/.cache/mindscope."""
     return Path(os.environ.get("MINDSCOPE_CACHE", Path.home() / ".cache" / "mindscope"))
+
+
+class _Refused(pickle.UnpicklingError):
+    """A pickle named a global outside the allow-list."""
 
 
 class _AllowListUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
+        # Called for every GLOBAL/STACK_GLOBAL opcode, before any REDUCE can call it.
         if (module, name) not in _ALLOWED_GLOBALS:
-            raise pickle.UnpicklingError(f"refused to load {module}.{name}")
+            raise _Refused(f"it names {module}.{name}")
         return super().find_class(module, name)
 
 
 def safe_unpickle(data: bytes, source: str) -> object:
-    """Unpickle bytes that may only hold plain containers and numpy arrays."""
+    """Unpickle bytes that may only hold plain containers and numpy arrays.
+
+    A pickle that names any other callable is refused before anything in it runs.
+    """
     try:
         return _AllowListUnpickler(io.BytesIO(data), encoding="bytes").load()
-    except pickle.UnpicklingError as exc:
-        raise ValueError(f"{source} is not a plain CIFAR-10 pickle ({exc}); "
-                         "it was not executed. Use the official archive") from exc
-    except (EOFError, ValueError, IndexError, TypeError) as exc:
-        raise ValueError(f"{source} is truncated or corrupt ({exc}); download the archive again") from exc
+    except _Refused as exc:
+        raise ValueError(f"refused to unpickle {source}: {exc}, which a CIFAR-10 batch never does; "
+                         "nothing in it was run. Use the official archive") from exc
+    except (pickle.UnpicklingError, EOFError, ValueError, IndexError, TypeError, KeyError,
+            AttributeError, OverflowError, MemoryError) as exc:
+        raise ValueError(f"{source} is truncated or corrupt ({type(exc).__name__}: {exc}); "
+                         "download the archive again") from exc
 
 
-def _key(d: dict, name: str):
+def _key(d: dict, name: str, source: str):
     for k in (name.encode(), name):
         if k in d:
             return d[k]
-    raise ValueError(f"CIFAR-10 pickle lacks the key {name!r}; is this the official python archive?")
+    raise ValueError(f"{source} lacks the key {name!r}; is this the official CIFAR-10 python archive?")
+
+
+def _cifar_folder(path: Path) -> Path | None:
+    """The extracted folder holding the batches, if `path` is (or contains) one."""
+    for folder in (path / CIFAR10_FOLDER, path):
+        if (folder / "batches.meta").is_file():
+            return folder
+    return None
+
+
+def _cifar_source(path: Path) -> Path:
+    """Resolve `path` to the extracted batch folder or the archive file; check it cheaply."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such file or folder {str(path)!r}; give {CIFAR10_ARCHIVE} "
+                                f"or its extracted {CIFAR10_FOLDER}/")
+    if path.is_dir():
+        folder = _cifar_folder(path)
+        if folder is None and (path / CIFAR10_ARCHIVE).is_file():
+            return _cifar_source(path / CIFAR10_ARCHIVE)
+        folder = folder or path
+        missing = [f for f in CIFAR10_FILES if not (folder / f).is_file()]
+        if missing:
+            raise ValueError(f"{folder} is not an extracted CIFAR-10 folder: it lacks {', '.join(missing)}; "
+                             f"point at {CIFAR10_ARCHIVE} or {CIFAR10_FOLDER}/")
+        return folder
+    if not tarfile.is_tarfile(path):
+        raise ValueError(f"{path} is not a tar archive; give {CIFAR10_ARCHIVE} or its extracted "
+                         f"{CIFAR10_FOLDER}/")
+    return path
 
 
 def _cifar_members(path: Path) -> dict[str, bytes]:
     """The raw bytes of each CIFAR-10 file, from the archive or the extracted folder."""
-    path = Path(path)
-    if path.is_dir():
-        folder = path / CIFAR10_FOLDER if (path / CIFAR10_FOLDER).is_dir() else path
-        if not (folder / "batches.meta").is_file() and (path / CIFAR10_ARCHIVE).is_file():
-            return _cifar_members(path / CIFAR10_ARCHIVE)
-        missing = [f for f in CIFAR10_FILES if not (folder / f).is_file()]
-        if missing:
-            raise ValueError(f"{folder} is not an extracted CIFAR-10 folder: missing "
-                             f"{', '.join(missing)}; point at {CIFAR10_ARCHIVE} or {CIFAR10_FOLDER}/")
-        return {f: (folder / f).read_bytes() for f in CIFAR10_FILES}
+    source = _cifar_source(path)
+    if source.is_dir():
+        return {f: (source / f).read_bytes() for f in CIFAR10_FILES}
+    found: dict[str, bytes] = {}
     try:
-        with tarfile.open(path, "r:*") as tar:
-            found = {}
-            for member in tar.getmembers():
+        with tarfile.open(source, "r:*") as tar:
+            for member in tar:
                 base = member.name.rsplit("/", 1)[-1]
                 if member.isfile() and base in CIFAR10_FILES:
                     found[base] = tar.extractfile(member).read()
+            # tarfile stops quietly at a damaged header; reading the rest checks gzip's CRC.
+            while tar.fileobj.read(1 << 20):
+                pass
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-        raise ValueError(f"{path} is not a readable CIFAR-10 archive ({exc}); it may be truncated "
+        raise ValueError(f"{source} is not a readable CIFAR-10 archive ({exc}); it may be truncated "
                          "or corrupt: download it again") from exc
     missing = [f for f in CIFAR10_FILES if f not in found]
     if missing:
-        raise ValueError(f"{path} is not the CIFAR-10 python archive: it lacks {', '.join(missing)}")
+        raise ValueError(f"{source} is not the CIFAR-10 python archive: it lacks {', '.join(missing)} "
+                         "(or it is truncated or corrupt: download it again)")
     return found
 
 
 def check_cifar10(path: Path) -> None:
     """Fail early on a path that is clearly not CIFAR-10 (full reading happens on first use)."""
-    path = Path(path)
-    if path.is_file() and not tarfile.is_tarfile(path):
-        raise ValueError(f"{path} is not a tar archive; give {CIFAR10_ARCHIVE} or its extracted folder")
-    if path.is_dir():
-        _cifar_members(path) if not (path / CIFAR10_ARCHIVE).is_file() else None
+    _cifar_source(Path(path))
+
+
+def _labels(raw: object, n: int, source: str, classes: int) -> np.ndarray:
+    labels = np.asarray(raw)
+    if labels.dtype.kind not in "iu" or labels.shape != (n,):
+        raise ValueError(f"{source}: expected {n} integer labels, got {labels.dtype} of shape "
+                         f"{labels.shape}; is this the official archive?")
+    if n and (labels.min() < 0 or labels.max() >= classes):
+        raise ValueError(f"{source}: labels must lie in 0..{classes - 1}, got "
+                         f"{labels.min()}..{labels.max()}; is this the official archive?")
+    return labels.astype(np.int64)
 
 
 def _cifar_batch(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """One batch pickle -> uint8 images (n, 3, 32, 32) and int64 labels (n,)."""
     batch = safe_unpickle(data, name)
     if not isinstance(batch, dict):
-        raise ValueError(f"{name} does not hold a dict; is this the official CIFAR-10 archive?")
-    images = np.asarray(_key(batch, "data"))
-    labels = np.asarray(_key(batch, "labels"), dtype=np.int64)
-    if images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != 3072:
-        raise ValueError(f"{name}: expected uint8 images of shape (N, 3072), got {images.dtype} {images.shape}")
-    if labels.shape != (images.shape[0],) or labels.min() < 0 or labels.max() > 9:
-        raise ValueError(f"{name}: expected {images.shape[0]} labels in 0..9")
-    return images.reshape(-1, 3, 32, 32), labels
+        raise ValueError(f"{name} holds a {type(batch).__name__}, not a dict; "
+                         "is this the official CIFAR-10 archive?")
+    images = _key(batch, "data", name)
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 2 \
+            or images.shape[1] != 3072:
+        described = (f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray)
+                     else type(images).__name__)
+        raise ValueError(f"{name}: expected uint8 images of shape (N, 3072), got {described}; "
+                         "is this the official archive?")
+    labels = _labels(_key(batch, "labels", name), len(images), name, CIFAR10_CLASSES)
+    # Each row is 1024 red, then 1024 green, then 1024 blue values, row-major.
+    return images.reshape(-1, 3, 32, 32), labels        # (n, 3, 32, 32)
 
 
 def read_cifar10(path: Path):
@@ -123,33 +179,46 @@ def read_cifar10(path: Path):
     train = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
     test = _cifar_batch(members["test_batch"], "test_batch")
     meta = safe_unpickle(members["batches.meta"], "batches.meta")
-    names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in _key(meta, "label_names"))
-    if len(names) != 10:
-        raise ValueError(f"batches.meta names {len(names)} classes, CIFAR-10 has 10")
+    if not isinstance(meta, dict):
+        raise ValueError(f"batches.meta holds a {type(meta).__name__}, not a dict; "
+                         "is this the official CIFAR-10 archive?")
+    raw_names = _key(meta, "label_names", "batches.meta")
+    if not isinstance(raw_names, (list, tuple)) or not all(isinstance(n, (bytes, str)) for n in raw_names):
+        raise ValueError("batches.meta: label_names must be a list of strings")
+    names = tuple(n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in raw_names)
+    if len(names) != CIFAR10_CLASSES:
+        raise ValueError(f"batches.meta names {len(names)} classes, CIFAR-10 has {CIFAR10_CLASSES}")
     return train, test, names
 
 
 def download_cifar10(dest: Path | None = None, *, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5,
                      timeout: float = 60.0) -> Path:
-    """Fetch the archive into `dest` (a folder) unless it is there; verify its MD5."""
+    """Fetch the archive unless a copy with the right MD5 is there; return its path.
+
+    `dest` is a folder (the archive goes inside it) or the archive's own path ending in
+    .tar.gz; by default the cache folder. The download goes to a temporary file in the
+    same folder and is renamed into place only after its MD5 matches, so a failed or
+    wrong download leaves nothing behind.
+    """
     dest = Path(dest) if dest is not None else default_cache()
-    dest.mkdir(parents=True, exist_ok=True)
-    target = dest / CIFAR10_ARCHIVE
+    target = dest if dest.name.endswith((".tar.gz", ".tgz")) else dest / CIFAR10_ARCHIVE
+    target.parent.mkdir(parents=True, exist_ok=True)
     if target.is_file() and _md5(target) == md5:
         return target
-    fd, partial = tempfile.mkstemp(prefix=CIFAR10_ARCHIVE + ".", suffix=".part", dir=dest)
+    fd, partial = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+        except (OSError, http.client.HTTPException) as exc:
+            raise ValueError(f"could not download {url} ({exc}); fetch {CIFAR10_ARCHIVE} by hand "
+                             "and pass --data cifar10:PATH") from exc
         got = _md5(Path(partial))
         if got != md5:
-            raise ValueError(f"downloaded {url} has MD5 {got}, expected {md5}; "
-                             "the file was removed, try again later")
+            raise ValueError(f"refused the download of {url}: its MD5 is {got}, expected {md5}; "
+                             "the file was removed. Try again, or fetch it by hand")
         os.replace(partial, target)
-    except OSError as exc:
-        raise ValueError(f"could not download {url} ({exc}); fetch {CIFAR10_ARCHIVE} by hand "
-                         "and pass cifar10:PATH") from exc
     finally:
         if os.path.exists(partial):
             os.remove(partial)
@@ -157,7 +226,7 @@ def download_cifar10(dest: Path | None = None, *, url: str = CIFAR10_URL, md5: s
 
 
 def _md5(path: Path) -> str:
-    digest = hashlib.md5()
+    digest = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
@@ -165,27 +234,34 @@ def _md5(path: Path) -> str:
 
 
 def _find(folder: Path, stem: str) -> Path:
-    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx")):
+    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
         if (folder / name).is_file():
             return folder / name
     raise ValueError(f"{folder} lacks {stem}[.gz]; expected the four Fashion-MNIST idx files")
 
 
 def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    """An idx file of unsigned bytes (gzipped or not) -> uint8 array of its header's shape."""
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        raw = path.read_bytes()
+        if raw[:2] == _GZIP_MAGIC:
+            raw = gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as exc:
-        raise ValueError(f"{path} is truncated or corrupt ({exc})") from exc
-    if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] != 0x08 or raw[3] != ndim:
-        raise ValueError(f"{path} is not an idx file of unsigned bytes with {ndim} dimensions")
+        raise ValueError(f"{path} is truncated or corrupt ({exc}); copy it again") from exc
+    header = 4 + 4 * ndim
+    if len(raw) < header or raw[:2] != b"\x00\x00" or raw[2] != 0x08 or raw[3] != ndim:
+        raise ValueError(f"{path} is not an idx file of unsigned bytes with {ndim} dimensions "
+                         "(or its header is cut short)")
     shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    body = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
+    body = np.frombuffer(raw, np.uint8, offset=header)
     if body.size != int(np.prod(shape)):
-        raise ValueError(f"{path} holds {body.size} values, its header says {shape}: truncated?")
-    return body.reshape(shape)
+        raise ValueError(f"{path} holds {body.size} values, its header says {shape}: "
+                         "truncated or corrupt; copy it again")
+    return body.reshape(shape).copy()   # writable, so torch.from_numpy does not warn
 
 
 def check_fashion_mnist(folder: Path) -> None:
+    """Fail early unless `folder` holds the four Fashion-MNIST idx files."""
     if not Path(folder).is_dir():
         raise ValueError(f"{folder} is not a folder; give the folder with the Fashion-MNIST idx files")
     for stem in FASHION_FILES.values():
@@ -193,13 +269,14 @@ def check_fashion_mnist(folder: Path) -> None:
 
 
 def read_fashion_mnist(folder: Path):
+    """Return ((train_x, train_y), (test_x, test_y), class_names); images uint8 (N, 1, 28, 28)."""
     folder = Path(folder)
     arrays = {k: _read_idx(_find(folder, stem), 3 if k.endswith("images") else 1)
               for k, stem in FASHION_FILES.items()}
     sets = []
     for split in ("train", "test"):
-        x, y = arrays[f"{split}_images"][:, None], arrays[f"{split}_labels"].astype(np.int64)
-        if len(x) != len(y) or (len(y) and y.max() > 9):
-            raise ValueError(f"Fashion-MNIST {split}: {len(x)} images but {len(y)} labels in 0..9")
+        x = arrays[f"{split}_images"][:, None]                           # (N, 1, H, W)
+        y = _labels(arrays[f"{split}_labels"], len(x), f"Fashion-MNIST {split} labels",
+                    len(FASHION_CLASSES))
         sets.append((x, y))
     return sets[0], sets[1], FASHION_CLASSES

@@ -209,7 +209,10 @@ class LoadedRun:
         if epoch not in self.epochs:
             raise ValueError(f"run {self.path} has no snapshot for epoch {epoch}; "
                              f"snapshots: {', '.join(map(str, self.epochs))}")
-        return load_file(self.path / "snapshots" / f"epoch_{epoch:04d}.safetensors")
+        tensors = load_file(self.path / "snapshots" / f"epoch_{epoch:04d}.safetensors")
+        # safetensors sorts names; give them back in the model's own (layer) order
+        order = list(build_model(self.config).state_dict())
+        return {name: tensors[name] for name in order if name in tensors}
 
     def model_at(self, epoch: int) -> nn.Module:
         model = build_model(self.config)

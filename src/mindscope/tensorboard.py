@@ -40,7 +40,7 @@ def _summary_writer(log_dir: Path):
 
 
 def histogram_tag(tensor: str) -> str:
-    """"features.0.weight" -> "features.0/weight": TensorBoard groups tags by their first part."""
+    """Map "features.0.weight" to "features.0/weight": TensorBoard groups tags by their first part."""
     module, _, parameter = tensor.rpartition(".")
     return f"{module}/{parameter}" if module else parameter
 

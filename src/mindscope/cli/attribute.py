@@ -1,2 +1,123 @@
-"""Placeholder until this concern lands."""
-commands: list = []
+"""`mindscope attribute`: gradients, interior gradients, integrated gradients or SmoothGrad.
+
+Prints, per image, the prediction, the completeness error and the steps used, and writes
+the walk-through's figures: signed overlays and heat maps (panels), and for interior
+gradients one GIF per image over alpha and the saturation curve.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import torch
+
+from mindscope.attribution import (Attribution, black, blurred, class_logit, class_probability, dataset_mean,
+                                   gradients, integrated_gradients, interior_gradients, smoothgrad, uniform_noise)
+from mindscope.cli.activations import load_image
+from mindscope.quadrature import gauss_legendre, left, midpoint, right, simpson, trapezoid
+from mindscope.render.attribution import attribution_panels, interior_frames, save_gif, saturation_curve
+from mindscope.run import load_run
+from mindscope.train import resolve_device
+
+RULES = {"left": left, "right": right, "midpoint": midpoint, "trapezoid": trapezoid,
+         "gauss-legendre": gauss_legendre, "simpson": simpson}
+
+
+def _baseline(name: str, normalization):
+    """Return the baseline function for --baseline, in the model's normalised input space."""
+    return {"black": lambda x: black(x, normalization), "mean": lambda x: dataset_mean(x, normalization),
+            "noise": lambda x: uniform_noise(x, normalization), "blur": blurred}[name]
+
+
+def _describe(i: int, caption: str, result: Attribution, classes: tuple[str, ...]) -> str:
+    predicted, target = int(result.predictions[i]), int(result.targets[i])
+    line = f"{caption}: predicted {classes[predicted]} ({float(result.probabilities[i]):.3f})"
+    if target != predicted:
+        line += f", target {classes[target]}"
+    if result.relative_completeness_error is not None:
+        line += (f"; completeness error {float(result.relative_completeness_error[i]):.3%} "
+                 f"(abs {float(result.completeness_error[i]):.3g})")
+    line += f"; steps {int(result.steps[i])}"
+    if result.map_error is not None:
+        line += f"; map error estimate {float(result.map_error[i]):.3%}"
+    return line
+
+
+@click.command("attribute")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--image", "images", multiple=True, required=True,
+              help="test-image index or PNG/JPEG path; repeat for several")
+@click.option("--method", type=click.Choice(["gradient", "interior", "integrated", "smoothgrad"]),
+              default="integrated", show_default=True)
+@click.option("--steps", type=int, default=None, help="fixed number of quadrature steps (default 32)")
+@click.option("--tolerance", type=float, default=None,
+              help="refine until relative completeness and map error estimate are below this, e.g. 0.01")
+@click.option("--rule", type=click.Choice(sorted(RULES)), default=None,
+              help="quadrature rule (default gauss-legendre; simpson panels with --tolerance)")
+@click.option("--baseline", type=click.Choice(["black", "mean", "noise", "blur"]), default="black",
+              show_default=True)
+@click.option("--score", type=click.Choice(["probability", "logit"]), default="probability", show_default=True,
+              help="F: the target's softmax probability or its logit")
+@click.option("--samples", type=int, default=16, show_default=True, help="noisy copies for smoothgrad")
+@click.option("--max-steps", type=int, default=2048, show_default=True, help="per-image cap with --tolerance")
+@click.option("--epoch", type=int, default=None, help="snapshot to load (default: the last)")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="output folder (default RUN_DIR/attributions)")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda")
+def attribute(run_dir: Path, images: tuple[str, ...], method: str, steps: int | None, tolerance: float | None,
+              rule: str | None, baseline: str, score: str, samples: int, max_steps: int, epoch: int | None,
+              out: Path | None, device: str) -> None:
+    """Attribute the predictions of RUN_DIR's model to the pixels of test images."""
+    if steps is not None and tolerance is not None:
+        raise ValueError("give --steps N or --tolerance E, not both: a tolerance chooses the steps itself")
+    if steps is not None and steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {steps}")
+    if tolerance is not None and rule not in (None, "simpson"):
+        raise ValueError(f"--tolerance refines Simpson panels; drop --rule {rule} or use --steps with it")
+    run = load_run(run_dir, epoch=epoch)
+    target_device = resolve_device(device)
+    model = run.model.to(target_device)
+    normalization = run.data.normalization
+    loaded = [load_image(spec, run.data) for spec in images]
+    pixels = torch.cat([p for p, _ in loaded]).to(target_device)          # (N, C, H, W) in [0, 1]
+    x = normalization.apply(pixels)
+    captions = [c for _, c in loaded]
+    classes = tuple(run.classes)
+    output = class_probability if score == "probability" else class_logit
+    base = _baseline(baseline, normalization)
+    out = Path(out) if out is not None else Path(run_dir) / "attributions"
+    out.mkdir(parents=True, exist_ok=True)
+
+    if method == "interior":
+        result = interior_gradients(model, x, baseline=base, output=output)
+        for i, caption in enumerate(captions):
+            first, last = result.predictions[0, i], result.predictions[-1, i]
+            click.echo(f"{caption}: predicted {classes[int(last)]} ({float(result.probabilities[-1, i]):.3f}) at a=1, "
+                       f"{classes[int(first)]} ({float(result.probabilities[0, i]):.3f}) at a={result.alphas[0]:g}; "
+                       f"gradient norm {float(result.gradient_norms[0, i]):.3g} -> {float(result.gradient_norms[-1, i]):.3g}; "
+                       f"steps {result.alphas.numel()}")
+            frames = interior_frames(result, x, classes, index=i, to_pixels=normalization.invert)
+            save_gif(frames, out / f"interior_{i}.gif", duration_ms=600)
+        saturation_curve(result, classes).savefig(out / "saturation.png", dpi=120)
+        click.echo(f"wrote {len(captions)} GIF(s) and saturation.png to {out}")
+        return
+
+    if method == "gradient":
+        result = gradients(model, x, output=output)
+    elif method == "smoothgrad":
+        result = smoothgrad(gradients, model, x, samples=samples, output=output)
+    else:
+        quadrature = None
+        if tolerance is None:
+            n = steps or 32
+            quadrature = simpson(max(1, (n - 1) // 2)) if rule == "simpson" else RULES[rule or "gauss-legendre"](n)
+        result = integrated_gradients(model, x, baseline=base, rule=quadrature, tolerance=tolerance,
+                                      max_steps=max_steps, output=output)
+    for i, caption in enumerate(captions):
+        click.echo(_describe(i, caption, result, classes))
+    figure = attribution_panels(normalization.invert(x).cpu(), result, classes, title=f"{method} ({score})")
+    figure.savefig(out / f"{method}.png", dpi=120)
+    click.echo(f"wrote {out / f'{method}.png'}")
+
+
+commands = [attribute]

@@ -11,7 +11,7 @@ import click
 import torch
 
 import mindscope
-from mindscope.data import load_data
+from mindscope.data import DataSplits, load_data
 from mindscope.layers import describe_layers
 from mindscope.model import AllConvNet
 from mindscope.run import Run, RunRecorder, build_model, data_from_config, load_run, load_state
@@ -53,7 +53,8 @@ def echo_epoch(result: dict) -> None:
 
 
 def start_run(out: Path, config: TrainConfig, *, data_spec: str, width: int,
-              train_limit: int | None, test_limit: int | None, download: bool = False) -> Run:
+              train_limit: int | None, test_limit: int | None, download: bool = False
+              ) -> tuple[Run, AllConvNet, DataSplits]:
     """Check everything, then create the run directory with its epoch-0 checkpoint."""
     resolve_device(config.device)
     if out.exists():
@@ -106,6 +107,14 @@ def train_command(data_spec, epochs, width, batch_size, lr, seed, train_limit, t
         return resume_run(resume, epochs=epochs, device=device, tensorboard=tensorboard)
     config = TrainConfig(epochs=7 if epochs is None else epochs, batch_size=batch_size, lr=lr, seed=seed,
                          log_every=log_every, histogram_every=histogram_every, device=device)
+    new_run(out, config, data_spec=data_spec, width=width, train_limit=train_limit, test_limit=test_limit,
+            download=download, tensorboard=tensorboard)
+    click.echo(f"done: {out}")
+
+
+def new_run(out: Path, config: TrainConfig, *, data_spec: str, width: int, train_limit: int | None,
+            test_limit: int | None, download: bool = False, tensorboard: bool = False) -> None:
+    """Create a run directory and train it, echoing each epoch."""
     run, model, data = start_run(out, config, data_spec=data_spec, width=width, train_limit=train_limit,
                                  test_limit=test_limit, download=download)
     click.echo(f"training AllConvNet(width={width}) on {data.name}: {len(data.train)} train / "
@@ -115,7 +124,6 @@ def train_command(data_spec, epochs, width, batch_size, lr, seed, train_limit, t
         train(model, data, config, recorder, on_epoch=echo_epoch)
     finally:
         recorder.close()
-    click.echo(f"done: {out}")
 
 
 def resume_run(path: Path, *, epochs: int | None, device: str, tensorboard: bool) -> None:

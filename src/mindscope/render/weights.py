@@ -98,8 +98,8 @@ def _fmt(stats: Mapping[str, Any], key: str) -> str:
 
 
 def weight_histogram_figures(before: Snapshot, after: Snapshot, *, tensors: Sequence[str] | None = None,
-                           per_figure: int = 3, labels: tuple[str, str] = ("before training", "after training")
-                           ) -> list[Figure]:
+                             per_figure: int = 3,
+                             labels: tuple[str, str] = ("before training", "after training")) -> list[Figure]:
     """Draw before vs after histograms, `per_figure` tensors to a figure (two panels each).
 
     Both panels of a figure share one x-range, so a range that grew reads as such. The
@@ -140,7 +140,7 @@ def _thin(points: list[_Point], limit: int) -> list[_Point]:
 
 
 def weight_ridge_figure(history: History, *, tensors: Sequence[str] | None = None, time: str = "step",
-                      max_curves: int = 24, columns: int = 3, overlap: float = 1.8) -> Figure:
+                        max_curves: int = 24, columns: int = 3, overlap: float = 1.8) -> Figure:
     """Draw each tensor's histogram at every recorded point, offset vertically (TensorBoard's offset view).
 
     Oldest at the top, newest in front at the bottom; each curve is scaled to its own peak
@@ -177,7 +177,7 @@ def weight_ridge_figure(history: History, *, tensors: Sequence[str] | None = Non
 
 
 def weight_percentile_figure(history: History, *, tensors: Sequence[str] | None = None,
-                            time: str = "step", columns: int = 3) -> Figure:
+                             time: str = "step", columns: int = 3) -> Figure:
     """Draw each tensor's percentiles over time as nested bands (TensorBoard's distributions view).
 
     Bands, outermost first: min-max, 7-93 %, 16-84 %, 31-69 %; the line is the median.
@@ -199,8 +199,8 @@ def weight_percentile_figure(history: History, *, tensors: Sequence[str] | None 
             ax.fill_between(times, values[:, k], values[:, -1 - k], color="tab:orange",
                             alpha=0.18 + 0.14 * k, linewidth=0,
                             label="min-max" if k == 0 else f"{lo:.0%}-{hi:.0%}")
-        ax.plot(times, values[:, pairs], color="tab:red", linewidth=1.2, marker="." if len(times) < 3 else None,
-                label="median")
+        ax.plot(times, values[:, pairs], color="tab:red", linewidth=1.2,
+                marker="." if len(times) < 3 else None, label="median")
         ax.set_title(name)
         ax.set_xlabel(time)
         ax.set_ylabel("weight value")
