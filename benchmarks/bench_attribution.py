@@ -13,7 +13,8 @@ black baseline. Prints:
      mindscope's fixed Gauss-Legendre rule likewise (target: mindscope >= 3x faster than Captum);
  (c) the walk-through's 3000-step left Riemann sum vs mindscope at the same or better error
      (target >= 10x).
-Times are the best of `--repeats` runs (the machine may be shared).
+Times are the best of `--repeats` interleaved runs, wall and CPU (the machine may be shared);
+step counts are printed too, as the load-independent cost.
 """
 from __future__ import annotations
 
@@ -51,17 +52,25 @@ def reference_network(run: str | None, images: int, device: torch.device) -> tup
     return model.to(device), x.to(device), data.normalization
 
 
-def best_time(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
-    best, result = float("inf"), None
+def timed(fn: Callable[[], object]) -> tuple[float, float, object]:
+    """Return (wall seconds, CPU seconds of this process, result) of one call."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - wall, time.process_time() - cpu, result
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, float]]:
+    """Best (wall, CPU) seconds of each function, run in turn `repeats` times so load swings hit all alike."""
+    best = {name: (float("inf"), float("inf")) for name in fns}
     for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        result = fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best, result
+        for name, fn in fns.items():
+            wall, cpu, _ = timed(fn)
+            best[name] = (min(best[name][0], wall), min(best[name][1], cpu))
+    return best
 
 
 def errors(attributions: Tensor, reference: Tensor, delta_f: Tensor) -> tuple[Tensor, Tensor]:
@@ -103,13 +112,15 @@ def main() -> None:
             score = model(z).softmax(-1).gather(1, t0[:, None]).sum()
             torch.autograd.grad(score, z)
 
-    raw_time, _ = best_time(raw, args.repeats)
-    ours_time, _ = best_time(lambda: integrated_gradients(model, x, baseline=base, rule=gauss_legendre(steps_a),
-                                                          max_batch=mb), args.repeats)
-    raw_rate = (steps_a * n_img // mb) * mb / raw_time
-    ours_rate = steps_a * n_img / ours_time
-    print(f"(a) throughput: raw forward+input-gradient {raw_rate:.0f} steps/s, integrated_gradients "
-          f"{ours_rate:.0f} steps/s, ratio {ours_rate / raw_rate:.2f} (target >= 0.9)", flush=True)
+    times = interleaved({"raw": raw, "ours": lambda: integrated_gradients(model, x, baseline=base,
+                                                                         rule=gauss_legendre(steps_a), max_batch=mb)},
+                        args.repeats)
+    raw_steps, ours_steps = (steps_a * n_img // mb) * mb, steps_a * n_img
+    for label, k in (("wall", 0), ("CPU", 1)):
+        raw_rate, ours_rate = raw_steps / times["raw"][k], ours_steps / times["ours"][k]
+        print(f"(a) throughput ({label} time): raw forward+input-gradient {raw_rate:.0f} steps/s, "
+              f"integrated_gradients {ours_rate:.0f} steps/s, ratio {ours_rate / raw_rate:.2f} (target >= 0.9)",
+              flush=True)
 
     # (b) time to 1% completeness and map error on every image
     start = time.perf_counter()
@@ -119,11 +130,10 @@ def main() -> None:
     delta_f = reference.output - reference.baseline_output
     ref_map = reference.attributions
 
-    tol_time, adaptive = best_time(lambda: integrated_gradients(model, x, baseline=base, tolerance=TARGET,
-                                                                max_batch=mb), args.repeats)
+    adaptive = integrated_gradients(model, x, baseline=base, tolerance=TARGET, max_batch=mb)
     c, m = errors(adaptive.attributions, ref_map, delta_f)
     ok = bool(((c <= TARGET) & (m <= TARGET)).all())
-    print(f"(b) mindscope tolerance={TARGET}: {tol_time:.2f} s, steps per image {adaptive.steps.min()}..{adaptive.steps.max()} "
+    print(f"(b) mindscope tolerance={TARGET}: steps per image {adaptive.steps.min()}..{adaptive.steps.max()} "
           f"(total {int(adaptive.steps.sum())}), max completeness {c.max():.2%}, max map error {m.max():.2%} "
           f"(estimate {adaptive.map_error.max():.2%}), all within 1%: {ok}", flush=True)
 
@@ -131,44 +141,55 @@ def main() -> None:
 
     captum = IntegratedGradients(lambda z: class_probability(model(z)))
 
-    def smallest(make: Callable[[int], Tensor], label: str) -> tuple[int | None, float]:
+    def smallest(make: Callable[[int], Tensor], label: str) -> int | None:
         for n in [8 * 2 ** k for k in range(9)]:
-            attributions = make(n)
-            c, m = errors(attributions, ref_map, delta_f)
+            c, m = errors(make(n), ref_map, delta_f)
             if bool(((c <= TARGET) & (m <= TARGET)).all()):
-                seconds, _ = best_time(lambda: make(n), args.repeats)
-                print(f"    {label}: n_steps={n}: {seconds:.2f} s, max completeness {c.max():.2%}, "
+                print(f"    {label}: smallest n_steps = {n} (total {n * n_img}), max completeness {c.max():.2%}, "
                       f"max map error {m.max():.2%}", flush=True)
-                return n, seconds
+                return n
         print(f"    {label}: no n_steps up to 2048 reached 1% on every image")
-        return None, float("inf")
+        return None
 
-    _, captum_time = smallest(lambda n: captum.attribute(x, base, target=reference.targets, n_steps=n,
-                                                         internal_batch_size=mb), "Captum IntegratedGradients")
-    _, fixed_time = smallest(lambda n: integrated_gradients(model, x, baseline=base, rule=gauss_legendre(n),
-                                                            max_batch=mb).attributions, "mindscope gauss_legendre(n)")
-    print(f"    speed-up of mindscope tolerance over Captum: {captum_time / tol_time:.1f}x (target >= 3x); "
-          f"over its own fixed rule: {fixed_time / tol_time:.1f}x", flush=True)
+    def run_captum(n: int) -> Tensor:
+        return captum.attribute(x, base, target=reference.targets, n_steps=n, internal_batch_size=mb)
+
+    def run_fixed(n: int) -> Tensor:
+        return integrated_gradients(model, x, baseline=base, rule=gauss_legendre(n), max_batch=mb).attributions
+
+    n_captum = smallest(run_captum, "Captum IntegratedGradients (gausslegendre)")
+    n_fixed = smallest(run_fixed, "mindscope gauss_legendre(n)")
+    contenders = {"tolerance": lambda: integrated_gradients(model, x, baseline=base, tolerance=TARGET, max_batch=mb)}
+    if n_captum is not None:
+        contenders["captum"] = lambda: run_captum(n_captum)
+    if n_fixed is not None:
+        contenders["fixed"] = lambda: run_fixed(n_fixed)
+    times = interleaved(contenders, args.repeats)
+    for label, k in (("wall", 0), ("CPU", 1)):
+        line = ", ".join(f"{name} {t[k]:.2f} s" for name, t in times.items())
+        ratios = ", ".join(f"{name}/tolerance {t[k] / times['tolerance'][k]:.2f}x" for name, t in times.items()
+                           if name != "tolerance")
+        print(f"    {label} time: {line}; {ratios} (target: captum/tolerance >= 3x)", flush=True)
 
     # (c) the walk-through's 3000-step left Riemann sum vs mindscope at the same or better error
-    start = time.perf_counter()
-    walk = integrated_gradients(model, x, baseline=base, rule=left(3000), max_batch=mb)
-    walk_time = time.perf_counter() - start
+    walk_wall, walk_cpu, walk = timed(lambda: integrated_gradients(model, x, baseline=base, rule=left(3000),
+                                                                   max_batch=mb))
     wc, wm = errors(walk.attributions, ref_map, delta_f)
     level = float(min(wc.max(), wm.max()))
     tolerance = level
     while True:
-        match_time, matched = best_time(lambda: integrated_gradients(model, x, baseline=base, tolerance=tolerance,
-                                                                     max_batch=mb, max_steps=3000), args.repeats)
+        match_wall, match_cpu, matched = timed(lambda: integrated_gradients(model, x, baseline=base, tolerance=tolerance,
+                                                                            max_batch=mb, max_steps=3000))
         mc, mm = errors(matched.attributions, ref_map, delta_f)
         if bool(((mc <= wc.max()) & (mm <= wm.max())).all()) or tolerance < level / 8:
             break
         tolerance /= 2
-    print(f"(c) walk-through left Riemann 3000 steps: {walk_time:.1f} s, max completeness {wc.max():.3%}, "
-          f"max map error {wm.max():.3%}")
-    print(f"    mindscope tolerance={tolerance:.2g}: {match_time:.2f} s, steps {matched.steps.min()}..{matched.steps.max()}, "
-          f"max completeness {mc.max():.3%}, max map error {mm.max():.3%}; "
-          f"time ratio {walk_time / match_time:.1f}x (target >= 10x)")
+    print(f"(c) walk-through left Riemann 3000 steps (total {3000 * n_img}): {walk_wall:.1f} s wall, {walk_cpu:.1f} s CPU, "
+          f"max completeness {wc.max():.3%}, max map error {wm.max():.3%}")
+    print(f"    mindscope tolerance={tolerance:.2g}: {match_wall:.2f} s wall, {match_cpu:.2f} s CPU, steps "
+          f"{matched.steps.min()}..{matched.steps.max()} (total {int(matched.steps.sum())}), max completeness "
+          f"{mc.max():.3%}, max map error {mm.max():.3%}; time ratio {walk_wall / match_wall:.1f}x wall, "
+          f"{walk_cpu / match_cpu:.1f}x CPU (target >= 10x)")
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ def linear_baseline(data: DataSplits, device: torch.device, *, iterations: int) 
     xt, yt = data.inputs(data.test).flatten(1).to(device), data.test.labels.to(device)
     cut = int(0.85 * len(y))                                         # validation: the last 15 %
     scores = {}
-    for weight_decay in (1e-4, 1e-3, 1e-2, 3e-2, 1e-1):
+    for weight_decay in (1e-3, 1e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0):
         fitted = fit_logistic(x[:cut], y[:cut], weight_decay, iterations=iterations)
         scores[weight_decay] = accuracy(fitted, x[cut:], y[cut:])
         print(f"  linear, weight decay {weight_decay:g}: validation accuracy {100 * scores[weight_decay]:.1f}%")

@@ -61,8 +61,8 @@ class AllConvNet(nn.Module):
         convs = [m for m in self.features if isinstance(m, nn.Conv2d)]
         width_scale = math.sqrt(128 / self.config.width)
         with torch.no_grad():
-            for conv, std in zip(convs, INIT_STDS, strict=True):
-                scale = width_scale if conv.in_channels == self.config.width else 1.0
+            for i, (conv, std) in enumerate(zip(convs, INIT_STDS, strict=True)):
+                scale = width_scale if i > 0 else 1.0   # layer 1's fan-in is in_channels * 9 at any width
                 conv.weight.normal_(0.0, std * scale, generator=generator)
                 conv.bias.zero_()
 

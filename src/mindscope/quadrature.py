@@ -4,7 +4,7 @@ A rule is a frozen `Quadrature(name, nodes, weights)`: the integral of f over [0
 is approximated by sum(weights * f(nodes)). Weights of every rule sum to 1, so a
 constant integrand is integrated exactly. Composite rules over panels (sub-intervals)
 are what adaptive integrated gradients refine. Gauss-Legendre nodes come from
-`numpy.polynomial.legendre.leggauss` (Golub & Welsch 1969 eigenvalue method).
+`numpy.polynomial.legendre.leggauss`. Adaptive Simpson: Kuncir 1962; Lyness 1969.
 """
 from __future__ import annotations
 
@@ -219,7 +219,8 @@ def adaptive_simpson(evaluate: Callable[[np.ndarray, np.ndarray], torch.Tensor],
             todo += [(i, p) for p in worth[:max(0, int(max_steps - steps[i]) // 2)]]
         if not todo:
             return integrals, steps, estimate
-        values = evaluate(np.repeat([i for i, _ in todo], 2), np.array([a for _, p in todo for a in p.bisection_nodes()]))
+        nodes = np.array([a for _, p in todo for a in p.bisection_nodes()])
+        values = evaluate(np.repeat([i for i, _ in todo], 2), nodes)
         children = {id(p): p.bisect(values[2 * t], values[2 * t + 1]) for t, (_, p) in enumerate(todo)}
         for i, _ in todo:
             steps[i] += 2

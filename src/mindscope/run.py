@@ -116,7 +116,18 @@ class Run:
         if not is_run(path):
             raise ValueError(f"{path} is not a mindscope run (no {CONFIG} and {DATABASE}); "
                              "give a directory written by 'mindscope train'")
-        return cls(path)
+        try:
+            run = cls(path)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path} is not a readable mindscope run: its {CONFIG} is damaged ({exc}); "
+                             "give a directory written by 'mindscope train'") from exc
+        try:
+            run.db.execute("SELECT epoch, step FROM checkpoints LIMIT 1").fetchall()
+        except sqlite3.DatabaseError as exc:
+            run.close()
+            raise ValueError(f"{path} is not a readable mindscope run: its {DATABASE} is damaged ({exc}); "
+                             "give a directory written by 'mindscope train'") from exc
+        return run
 
     def close(self) -> None:
         self.db.close()

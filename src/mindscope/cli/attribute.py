@@ -91,10 +91,11 @@ def attribute(run_dir: Path, images: tuple[str, ...], method: str, steps: int | 
     if method == "interior":
         result = interior_gradients(model, x, baseline=base, output=output)
         for i, caption in enumerate(captions):
-            first, last = result.predictions[0, i], result.predictions[-1, i]
-            click.echo(f"{caption}: predicted {classes[int(last)]} ({float(result.probabilities[-1, i]):.3f}) at a=1, "
-                       f"{classes[int(first)]} ({float(result.probabilities[0, i]):.3f}) at a={result.alphas[0]:g}; "
-                       f"gradient norm {float(result.gradient_norms[0, i]):.3g} -> {float(result.gradient_norms[-1, i]):.3g}; "
+            first, last = int(result.predictions[0, i]), int(result.predictions[-1, i])
+            norms = result.gradient_norms[:, i].tolist()
+            click.echo(f"{caption}: predicted {classes[last]} ({float(result.probabilities[-1, i]):.3f}) "
+                       f"at a={result.alphas[-1]:g}, {classes[first]} ({float(result.probabilities[0, i]):.3f}) "
+                       f"at a={result.alphas[0]:g}; gradient norm {norms[0]:.3g} -> {norms[-1]:.3g}; "
                        f"steps {result.alphas.numel()}")
             frames = interior_frames(result, x, classes, index=i, to_pixels=normalization.invert)
             save_gif(frames, out / f"interior_{i}.gif", duration_ms=600)

@@ -1,6 +1,7 @@
 """`mindscope train` and `mindscope layers`."""
 from __future__ import annotations
 
+import json
 import platform
 import subprocess
 import time
@@ -14,7 +15,8 @@ import mindscope
 from mindscope.data import DataSplits, load_data
 from mindscope.layers import describe_layers
 from mindscope.model import AllConvNet
-from mindscope.run import Run, RunRecorder, build_model, data_from_config, load_run, load_state
+from mindscope.run import (CONFIG, Run, RunRecorder, atomic_write_bytes, build_model, data_from_config,
+                           is_run, load_run, load_state)
 from mindscope.train import TrainConfig, initial_state, resolve_device, train
 
 DATA_HELP = "builtin | cifar10:PATH | fashion-mnist:PATH | folder:PATH"
@@ -58,7 +60,8 @@ def start_run(out: Path, config: TrainConfig, *, data_spec: str, width: int,
     """Check everything, then create the run directory with its epoch-0 checkpoint."""
     resolve_device(config.device)
     if out.exists():
-        raise FileExistsError(f"{out} already exists; choose a new --out, or continue it with --resume {out}")
+        hint = f"or continue it with --resume {out}" if is_run(out) else "it is not a run; nothing was changed"
+        raise FileExistsError(f"{out} already exists; choose a new --out ({hint})")
     if download:
         from mindscope import archives
         kind, _, path = data_spec.partition(":")
@@ -78,7 +81,10 @@ def tensorboard_extra(enabled: bool, run: Run) -> list:
     if not enabled:
         return []
     from mindscope.tensorboard import TensorBoardRecorder
-    return [TensorBoardRecorder(run.path / "tensorboard")]
+    try:
+        return [TensorBoardRecorder(run.path / "tensorboard")]
+    except ImportError as exc:
+        raise ValueError(str(exc)) from exc
 
 
 @click.command("train")
@@ -134,12 +140,21 @@ def resume_run(path: Path, *, epochs: int | None, device: str, tensorboard: bool
     if last is None:
         raise ValueError(f"run {path} was never started (no checkpoint); start it again with --out")
     saved = TrainConfig(**run.config["train"])
-    config = TrainConfig(**{**asdict(saved), "device": device, "epochs": epochs or saved.epochs})
+    try:
+        config = TrainConfig(**{**asdict(saved), "device": device,
+                                "epochs": saved.epochs if epochs is None else epochs})
+        resolve_device(config.device)
+    except ValueError:
+        run.close()
+        raise
     epoch, step = last
     if epoch >= config.epochs:
         run.close()
         raise ValueError(f"run {path} has already trained {epoch} of {config.epochs} epochs; "
                          f"pass --epochs N with N > {epoch} to train more")
+    if config.epochs != saved.epochs:             # the config records how far the run goes
+        run.config["train"]["epochs"] = config.epochs
+        atomic_write_bytes(path / CONFIG, json.dumps(run.config, indent=2, sort_keys=True).encode())
     run.rewind(step)
     model = build_model(run.config)
     model.load_state_dict(load_run(path, epoch=epoch).state_dict_at(epoch))

@@ -136,9 +136,9 @@ def interior_frames(result: InteriorGradients, x: Tensor, classes: Sequence[str]
         left.set_title(f"a = {alpha:g}\npred {classes[predicted]} ({float(result.probabilities[k, index]):.2f})",
                        fontsize=8)
         right.imshow(overlay(scaled, result.gradients[k, index], percentile=percentile))
+        target = classes[int(result.targets[index])]
         right.set_title(f"gradient, |g| = {float(result.gradient_norms[k, index]):.3g}\n"
-                        f"p({classes[int(result.targets[index])]}) = {float(result.target_probabilities[k, index]):.2f}",
-                        fontsize=8)
+                        f"p({target}) = {float(result.target_probabilities[k, index]):.2f}", fontsize=8)
         left.set_axis_off(), right.set_axis_off()
         frames.append(figure_image(fig))
     return frames
