@@ -19,12 +19,15 @@ def _predictions(run: LoadedRun, n: int) -> torch.Tensor:
 
 
 def pick_images(run: LoadedRun, count: int, *, pool: int = 400) -> list[int]:
-    """The first test images, about two thirds correctly classified and the rest not, by index."""
+    """The first test images, about two thirds correctly classified and the rest not, by index.
+
+    Where one kind runs short, the other fills in; fewer come back only if the test set is smaller.
+    """
     n = min(pool, len(run.data.test))
     correct = _predictions(run, n) == run.data.test.labels[:n]
     right = torch.nonzero(correct).flatten().tolist()
     wrong = torch.nonzero(~correct).flatten().tolist()
-    n_wrong = min(len(wrong), count // 3)
+    n_wrong = min(len(wrong), max(count // 3, count - len(right)))
     return sorted(right[:count - n_wrong] + wrong[:n_wrong])
 
 

@@ -43,12 +43,16 @@ def _options(image: int, images: int, evaluation_images: int, tolerance: float, 
 @click.option("--width", type=int, default=DEMO_WIDTH, show_default=True)
 @click.option("--train-limit", type=int, default=DEMO_TRAIN_IMAGES, show_default=True)
 @click.option("--test-limit", type=int, default=DEMO_TEST_IMAGES, show_default=True)
+@click.option("--images", type=int, default=6, show_default=True, help="Test images for integrated gradients.")
+@click.option("--evaluation-images", type=int, default=6, show_default=True,
+              help="Test images for the trust checks (0 skips them).")
 @click.option("--retrain", is_flag=True, help="Train again even if OUT/run holds a finished run.")
 @click.option("--device", default="cpu", show_default=True)
-def demo_command(out, data_spec, epochs, width, train_limit, test_limit, retrain, device) -> None:
+def demo_command(out, data_spec, epochs, width, train_limit, test_limit, images, evaluation_images, retrain,
+                 device) -> None:
     """Train the reference network and write the whole walk-through as one HTML page."""
     began = time.perf_counter()
-    options = _options(0, 6, 6, 0.01, device)
+    options = _options(0, images, evaluation_images, 0.01, device)
     run_dir = out / "run"
     config = TrainConfig(epochs=epochs, batch_size=DEMO_BATCH, device=device)
     if run_dir.exists() and not is_run(run_dir):
