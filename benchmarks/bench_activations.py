@@ -131,16 +131,17 @@ def rss_peaks(batch: int, width: int) -> dict[str, int]:
     return peaks
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--child", choices=["plain", *CASES], default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.child:
-        return child(args.child, args.batch, args.width)
+        child(args.child, args.batch, args.width)
+        return {}
 
     device = torch.device(args.device)
     model, x = setup(device, args.batch, args.width)
@@ -153,6 +154,8 @@ def main() -> None:
         mark = ("  (target >= 0.95: " + ("met" if ratio >= 0.95 else "MISSED") + ")") if case == "layer 9" else ""
         print(f"throughput ratio, capture {case:8s}: {ratio:.3f} fastest/fastest, "
               f"{ratio_median:.3f} median/median{mark}")
+    headline = {"capture one layer / plain forward (throughput)": ratios["layer 9"][0],
+                "capture all layers / plain forward (throughput)": ratios["all"][0]}
     mib = 2 ** 20
     held = captured_bytes(model, x)
     for case, n in held.items():
@@ -161,8 +164,11 @@ def main() -> None:
         for case, n in cuda_peaks(model, x, device).items():
             print(f"CUDA peak allocation during one call, {case:8s}: {n / mib:8.1f} MiB")
     else:
-        for case, n in rss_peaks(args.batch, args.width).items():
+        peaks = rss_peaks(args.batch, args.width)
+        for case, n in peaks.items():
             print(f"CPU peak RSS growth over one call (child process), {case:8s}: {n / mib:8.1f} MiB")
+        headline["peak memory, all layers / one layer"] = peaks["all"] / max(peaks["layer 9"], 1)
+    return headline
 
 
 if __name__ == "__main__":

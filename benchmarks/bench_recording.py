@@ -83,7 +83,7 @@ def time_call(call: Callable[[], None], device: torch.device, repeats: int) -> f
     return (time.perf_counter() - start) / repeats
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--width", type=int, default=32, help="AllConvNet width (the walk-through uses 128)")
     parser.add_argument("--steps", type=int, default=300, help="training steps per run")
@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--quick", action="store_true",
                         help="skip the full runs: time a few steps and the recording calls only")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     from torch.utils.tensorboard import SummaryWriter
@@ -145,6 +145,12 @@ def main() -> None:
         print(f"one {name} recording of all tensors: {1e3 * call:8.3f} ms -> implied overhead "
               f"{100 * call / (args.every * step_s):.3f}% at every {args.every} steps")
     print(f"add_histogram / weight_histograms per recording: {call_tb / call_ms:.1f}x")
+    headline = {"add_histogram / mindscope (time per recording)": call_tb / call_ms,
+                "mindscope recording overhead (% of training, implied)": 100 * call_ms / (args.every * step_s)}
+    if times["none"]:
+        headline["trained with mindscope / unrecorded (wall time)"] = (
+            statistics.median(t for t, _ in times["mindscope"]) / base)
+    return headline
 
 
 if __name__ == "__main__":

@@ -147,6 +147,7 @@ class _Problem:
     predictions: Tensor  # (N,)
     probabilities: Tensor  # (N,)
     output: Tensor       # (N,) F(x)
+    direction: Tensor    # (N, C, H, W) x - baseline
 
 
 def _check_batch(x: Tensor, max_batch: int) -> None:
@@ -202,36 +203,30 @@ def _prepare(model: nn.Module, x: Tensor, target: int | Tensor | None, baseline:
     probabilities, predictions = logits.softmax(dim=-1).max(dim=-1)
     targets = resolve_targets(target, predictions, logits.shape[1])
     scores = output(logits).gather(1, targets[:, None]).squeeze(1)
-    return _Problem(x, resolve_baseline(baseline, x), targets, predictions, probabilities, scores)
+    base = resolve_baseline(baseline, x)
+    return _Problem(x, base, targets, predictions, probabilities, scores, x - base)
 
 
 def _path_gradients(model: nn.Module, problem: _Problem, example: Tensor, alpha: Tensor, *,
                     output: Callable[[Tensor], Tensor], max_batch: int) -> Iterator[tuple[slice, Tensor, Tensor]]:
     """Yield (slice of points, gradients, logits) at baseline[e] + alpha (x[e] - baseline[e])."""
-    x, base, targets = problem.x, problem.baseline, problem.targets
+    x, base, targets, direction = problem.x, problem.baseline, problem.targets, problem.direction
     shape = (-1,) + (1,) * (x.dim() - 1)
     for start in range(0, example.numel(), max_batch):
         part = slice(start, start + max_batch)
         e, a = example[part], alpha[part].to(x.dtype).view(shape)
-        z = (base[e] + a * (x[e] - base[e])).requires_grad_(True)   # (B, C, H, W)
+        z = torch.addcmul(base[e], a, direction[e]).requires_grad_(True)   # (B, C, H, W)
         logits = model(z)
         score = output(logits).gather(1, targets[e][:, None]).sum()
         (grad,) = torch.autograd.grad(score, z)
         yield part, grad, logits.detach()
 
 
-def _path_outputs(model: nn.Module, problem: _Problem, example: Tensor, alpha: Tensor, *,
-                  output: Callable[[Tensor], Tensor], max_batch: int) -> Tensor:
-    """Return F along the path at the given points, forward passes only."""
-    x, base = problem.x, problem.baseline
-    a = alpha.to(x.dtype).view((-1,) + (1,) * (x.dim() - 1))
-    scores = []
-    with torch.no_grad():
-        for start in range(0, example.numel(), max_batch):
-            e, ap = example[start:start + max_batch], a[start:start + max_batch]
-            logits = model(base[e] + ap * (x[e] - base[e]))
-            scores.append(output(logits).gather(1, problem.targets[e][:, None]).squeeze(1))
-    return torch.cat(scores) if scores else x.new_zeros(0)
+def _baseline_outputs(model: nn.Module, problem: _Problem, *, output: Callable[[Tensor], Tensor],
+                      max_batch: int) -> Tensor:
+    """Return F(baseline) for every example, (N,), from forward passes."""
+    logits = _logits(model, problem.baseline, max_batch)
+    return output(logits).gather(1, problem.targets[:, None]).squeeze(1)
 
 
 def gradients(model: nn.Module, x: Tensor, target: int | Tensor | None = None, *,
@@ -309,7 +304,7 @@ def _integrate_adaptive(model: nn.Module, problem: _Problem, baseline_output: Te
         return _gradients_at(model, problem, torch.as_tensor(example, device=x.device),
                              torch.as_tensor(alpha, device=x.device), output=output, max_batch=max_batch)
 
-    integral, steps, map_error = adaptive_simpson(evaluate, x - problem.baseline,
+    integral, steps, map_error = adaptive_simpson(evaluate, problem.direction,
                                                   (problem.output - baseline_output).tolist(),
                                                   tolerance=tolerance, max_steps=max_steps, start=start)
     return integral, torch.as_tensor(steps), torch.as_tensor(map_error)
@@ -354,9 +349,7 @@ def integrated_gradients(model: nn.Module, x: Tensor, target: int | Tensor | Non
     with input_gradients_only(model):
         problem = _prepare(model, x, target, baseline, output, max_batch)
         n = x.shape[0]
-        everyone = torch.arange(n, device=x.device)
-        baseline_output = _path_outputs(model, problem, everyone, torch.zeros(n, dtype=torch.float64, device=x.device),
-                                        output=output, max_batch=max_batch)
+        baseline_output = _baseline_outputs(model, problem, output=output, max_batch=max_batch)
         map_error = None
         if tolerance is None:
             rule = gauss_legendre(32) if rule is None else rule
@@ -366,7 +359,7 @@ def integrated_gradients(model: nn.Module, x: Tensor, target: int | Tensor | Non
             start = simpson(2) if rule is None else rule
             integral, steps, map_error = _integrate_adaptive(model, problem, baseline_output, start, float(tolerance),
                                                              max_steps, output=output, max_batch=max_batch)
-    attributions = (x.detach() - problem.baseline) * integral                 # (N, C, H, W)
+    attributions = problem.direction * integral                               # (N, C, H, W)
     delta_f = problem.output - baseline_output
     error = (attributions.flatten(1).sum(1) - delta_f).abs()
     relative = torch.where(error == 0, torch.zeros_like(error), error / delta_f.abs())  # 0/0: nothing to explain
