@@ -13,12 +13,10 @@ from torch import nn
 
 from mindscope.attribution import gradients, integrated_gradients
 from mindscope.cli import main
+from mindscope.comparison import EvaluationTable, evaluate_methods, format_table
 from mindscope.evaluation import (
-    EvaluationTable,
     completeness,
     deletion_insertion,
-    evaluate_methods,
-    format_table,
     localisation,
     randomisation_check,
     rankdata,

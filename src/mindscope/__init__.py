@@ -12,8 +12,8 @@ from mindscope.attribution import (Attribution, InteriorGradients, black, blurre
                                    class_probability, dataset_mean, gradients, integrated_gradients,
                                    interior_gradients, smoothgrad, uniform_noise)
 from mindscope.data import DataSplits, ImageSet, Normalization, load_data
-from mindscope.evaluation import (deletion_insertion, evaluate_methods, format_table, localisation,
-                                  randomisation_check, spearman)
+from mindscope.comparison import EvaluationTable, evaluate_methods, format_table, standard_methods
+from mindscope.evaluation import deletion_insertion, localisation, randomisation_check, spearman
 from mindscope.layers import LayerInfo, describe_layers, numbered_layers, resolve_layer, resolve_layers
 from mindscope.model import AllConvNet
 from mindscope.quadrature import Quadrature, gauss_legendre, left, midpoint, right, simpson, trapezoid
@@ -30,10 +30,10 @@ __all__ = [
     "LayerStatistics", "LayerSummary", "LoadedRun", "Normalization", "Quadrature", "Run", "Saturation",
     "TensorBoardRecorder", "TopActivations", "TrainConfig", "WeightChange", "WeightHistogram", "WeightStats",
     "activation_statistics", "black", "blurred", "capture_activations", "class_logit", "class_probability",
-    "dataset_mean", "deletion_insertion", "describe_layers", "evaluate", "evaluate_methods",
+    "EvaluationTable", "dataset_mean", "deletion_insertion", "describe_layers", "evaluate", "evaluate_methods",
     "export_tensorboard", "format_change_table", "format_table", "gauss_legendre", "gradients",
     "integrated_gradients", "interior_gradients", "left", "load_data", "load_run", "localisation",
     "midpoint", "numbered_layers", "paired_histograms", "randomisation_check", "resolve_layer",
-    "resolve_layers", "right", "shared_edges", "simpson", "smoothgrad", "spearman", "top_activating",
+    "resolve_layers", "right", "shared_edges", "simpson", "smoothgrad", "standard_methods", "spearman", "top_activating",
     "train", "trapezoid", "uniform_noise", "weight_changes", "weight_histograms",
 ]

@@ -1,7 +1,6 @@
 """The report's attribution sections: interior gradients, integrated gradients, trust checks."""
 from __future__ import annotations
 
-from functools import partial
 
 import torch
 
@@ -93,7 +92,7 @@ def attribution_sections(run: LoadedRun, options: ReportOptions) -> list[Section
 
 
 def _cell(key: str, value: float) -> str:
-    from mindscope.evaluation import HEADERS
+    from mindscope.comparison import HEADERS
 
     if value != value:    # nan: the check does not apply
         return "-"
@@ -102,8 +101,7 @@ def _cell(key: str, value: float) -> str:
 
 
 def trust_section(run: LoadedRun, options: ReportOptions) -> Section:
-    from mindscope.evaluation import evaluate_methods
-    from mindscope.cli.evaluate import build_methods
+    from mindscope.comparison import evaluate_methods, standard_methods
     from mindscope.render.evaluation import deletion_figure, localisation_figure, randomisation_figure
 
     model, data = run.model, run.data
@@ -112,9 +110,9 @@ def trust_section(run: LoadedRun, options: ReportOptions) -> Section:
     x = data.inputs(data.test, indices).to(device)
     masks = None if data.test.masks is None else data.test.masks[indices].to(device)
     baseline = black(x, data.normalization)
-    methods = build_methods(data.normalization, alpha=0.5, ig_points=16, samples=16, seed=0)
+    methods = standard_methods(data.normalization, alpha=0.5, ig_points=16, samples=16, seed=0)
     table = evaluate_methods(model, x, None, masks, methods, baseline=baseline)
-    from mindscope.evaluation import HEADERS
+    from mindscope.comparison import HEADERS
 
     sec = Section("trust", "6. How far to trust these maps",
                   "Sanity and faithfulness checks for each method on the same images: cascading randomisation of "

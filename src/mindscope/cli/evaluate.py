@@ -13,43 +13,14 @@ from pathlib import Path
 import click
 import numpy as np
 import torch
-from torch import Tensor, nn
 from tqdm import tqdm
 
-from mindscope.attribution import black, gradients, integrated_gradients, interior_gradients, smoothgrad
-from mindscope.data import Normalization
-from mindscope.evaluation import (EvaluationTable, Method, evaluate_methods, format_table,
-                                  parameterised_layers)
-from mindscope.quadrature import gauss_legendre
+from mindscope.attribution import black
+from mindscope.comparison import METHOD_NAMES, EvaluationTable, evaluate_methods, format_table, standard_methods
+from mindscope.evaluation import parameterised_layers
 from mindscope.render.evaluation import deletion_figure, localisation_figure, maps_figure, randomisation_figure
 from mindscope.run import load_run
 from mindscope.train import resolve_device
-
-METHOD_NAMES = ("gradient", "interior", "integrated", "smoothgrad")
-
-
-def build_methods(normalization: Normalization, *, alpha: float, ig_points: int, samples: int,
-                  seed: int) -> dict[str, Method]:
-    """The CLI's methods, all with black images as the baseline where they need one."""
-    def baseline(x: Tensor) -> Tensor:
-        return black(x, normalization)
-
-    def gradient(model: nn.Module, x: Tensor, targets: Tensor):
-        return gradients(model, x, targets)
-
-    def interior(model: nn.Module, x: Tensor, targets: Tensor) -> Tensor:
-        # input-scaled interior gradient, (x - x') * dF/dx at x' + alpha (x - x')
-        result = interior_gradients(model, x, targets, alphas=[alpha], baseline=baseline)
-        return (x - result.baseline) * result.gradients[0]
-
-    def integrated(model: nn.Module, x: Tensor, targets: Tensor):
-        return integrated_gradients(model, x, targets, baseline=baseline, rule=gauss_legendre(ig_points))
-
-    def smooth(model: nn.Module, x: Tensor, targets: Tensor):
-        return smoothgrad(gradients, model, x, targets, samples=samples, seed=seed)
-
-    return {"gradient": gradient, "interior": interior, "integrated": integrated, "smoothgrad": smooth}
-
 
 def parse_methods(spec: str) -> list[str]:
     """Check "gradient,integrated" against the CLI's methods; return the names, once each."""
@@ -131,7 +102,7 @@ def evaluate(run_dir, method_spec, images, alpha, ig_points, samples, steps, see
     device = resolve_device(device)
     run = load_run(run_dir, epoch=epoch)
     data = run.data
-    available = build_methods(data.normalization, alpha=alpha, ig_points=ig_points, samples=samples, seed=seed)
+    available = standard_methods(data.normalization, alpha=alpha, ig_points=ig_points, samples=samples, seed=seed)
     methods = {name: available[name] for name in names}
     test = data.test
     masks = test.masks

@@ -16,7 +16,7 @@ from mindscope.data import DataSplits, load_data
 from mindscope.layers import describe_layers
 from mindscope.model import AllConvNet
 from mindscope.run import (CONFIG, Run, RunRecorder, atomic_write_bytes, build_model, data_from_config,
-                           is_run, load_run, load_state)
+                           is_run, load_run, load_state, read_metrics)
 from mindscope.train import TrainConfig, initial_state, resolve_device, train
 
 DATA_HELP = "builtin | cifar10:PATH | fashion-mnist:PATH | folder:PATH"
@@ -130,6 +130,21 @@ def new_run(out: Path, config: TrainConfig, *, data_spec: str, width: int, train
         train(model, data, config, recorder, on_epoch=echo_epoch)
     finally:
         recorder.close()
+    save_curves(out)
+
+
+def save_curves(path: Path) -> None:
+    """Draw the walk-through's accuracy and cost panels into RUN/curves.png."""
+    from mindscope.render.html import figure_png
+    from mindscope.render.training import training_curves
+
+    run = Run.open(path)
+    try:
+        metrics = read_metrics(run.db)
+    finally:
+        run.close()
+    atomic_write_bytes(path / "curves.png", figure_png(training_curves(metrics)))
+    click.echo(f"curves: {path / 'curves.png'}")
 
 
 def resume_run(path: Path, *, epochs: int | None, device: str, tensorboard: bool) -> None:
@@ -165,7 +180,7 @@ def resume_run(path: Path, *, epochs: int | None, device: str, tensorboard: bool
         train(model, data, config, recorder, resume=load_state(run, epoch), on_epoch=echo_epoch)
     finally:
         recorder.close()
-    click.echo(f"done: {path}")
+    save_curves(path)
 
 
 @click.command("layers")
