@@ -360,3 +360,20 @@ def test_adaptive_simpson_puts_its_steps_at_the_kink_and_meets_the_tolerance() -
     nodes = np.concatenate(seen)
     near = np.sum(np.abs(nodes - kink) < 0.05)
     assert near > 0.5 * nodes.size   # most steps within 0.05 of the kink: 10% of the interval
+
+
+def test_smoothgrad_equals_a_naive_loop_over_noisy_copies() -> None:
+    model, x = elu_net(), torch.randn(3, 3, 6, 6, dtype=torch.float64)
+    samples, noise, seed = 5, 0.1, 7
+    targets = model(x).argmax(1)
+    generator = torch.Generator().manual_seed(seed)
+    sigma = noise * (x.flatten(1).max(1).values - x.flatten(1).min(1).values)
+    naive = torch.zeros_like(x)
+    for _ in range(samples):
+        z = (x + sigma.view(-1, 1, 1, 1) * torch.randn(x.shape, generator=generator, dtype=torch.float64))
+        z.requires_grad_(True)
+        score = model(z).softmax(-1).gather(1, targets[:, None]).sum()
+        naive += torch.autograd.grad(score, z)[0] / samples
+    result = smoothgrad(gradients, model, x, samples=samples, noise=noise, seed=seed, max_batch=4)
+    assert_close(result.attributions, naive)
+    assert result.steps.tolist() == [samples] * 3

@@ -389,18 +389,24 @@ def smoothgrad(method: Callable[..., Attribution | InteriorGradients], model: nn
     flat = x.flatten(1)
     sigma = (noise * (flat.max(1).values - flat.min(1).values)).view((-1,) + (1,) * (x.dim() - 1))
     generator = torch.Generator().manual_seed(seed)
-    results = []
-    for _ in range(samples):
-        eps = torch.randn(x.shape, generator=generator, dtype=torch.float64).to(x)
-        results.append(method(model, x + sigma * eps, targets, **options))
-    first = results[0]
-    if isinstance(first, InteriorGradients):
-        grads = torch.stack([r.gradients for r in results]).mean(0)       # (A, N, C, H, W)
-        return replace(first, gradients=grads, gradient_norms=grads.flatten(2).norm(dim=2),
-                       predictions=torch.stack([r.predictions for r in results]).mode(0).values,
-                       probabilities=torch.stack([r.probabilities for r in results]).mean(0),
-                       target_probabilities=torch.stack([r.target_probabilities for r in results]).mean(0))
-    if not isinstance(first, Attribution):
-        raise TypeError(f"method must return an Attribution or InteriorGradients, got {type(first).__name__}")
-    return Attribution(torch.stack([r.attributions for r in results]).mean(0), targets, predictions,
-                       probabilities, sum(r.steps for r in results))
+    # All noisy copies go through `method` as one batch of samples * N examples (it splits
+    # them by max_batch), sample-major, so copy s of example i sits at s * N + i.
+    eps = torch.stack([torch.randn(x.shape, generator=generator, dtype=torch.float64) for _ in range(samples)])
+    noisy = (x + sigma * eps.to(x)).flatten(0, 1)                          # (S * N, C, H, W)
+    result = method(model, noisy, targets.repeat(samples), **options)
+    n = x.shape[0]
+
+    def per_sample(t: Tensor, dim: int = 0) -> Tensor:                    # split dim into (S, N)
+        return t.unflatten(dim, (samples, n))
+
+    if isinstance(result, InteriorGradients):
+        grads = per_sample(result.gradients, 1).mean(1)                     # (A, N, C, H, W)
+        return replace(result, gradients=grads, gradient_norms=grads.flatten(2).norm(dim=2),
+                       predictions=per_sample(result.predictions, 1).mode(1).values,
+                       probabilities=per_sample(result.probabilities, 1).mean(1),
+                       target_probabilities=per_sample(result.target_probabilities, 1).mean(1),
+                       targets=targets, baseline=per_sample(result.baseline)[0])
+    if not isinstance(result, Attribution):
+        raise TypeError(f"method must return an Attribution or InteriorGradients, got {type(result).__name__}")
+    return Attribution(per_sample(result.attributions).mean(0), targets, predictions,
+                       probabilities, per_sample(result.steps).sum(0))
