@@ -238,7 +238,7 @@ def gradients(model: nn.Module, x: Tensor, target: int | Tensor | None = None, *
         grads = _gradients_at(model, problem, torch.arange(n, device=x.device),
                               torch.ones(n, dtype=torch.float64, device=x.device), output=output, max_batch=max_batch)
     return Attribution(grads, problem.targets, problem.predictions, problem.probabilities,
-                       torch.ones(n, dtype=torch.int64), output=problem.output)
+                       torch.ones(n, dtype=torch.int64, device=x.device), output=problem.output)
 
 
 def interior_gradients(model: nn.Module, x: Tensor, target: int | Tensor | None = None, *,
@@ -307,7 +307,7 @@ def _integrate_adaptive(model: nn.Module, problem: _Problem, baseline_output: Te
     integral, steps, map_error = adaptive_simpson(evaluate, problem.direction,
                                                   (problem.output - baseline_output).tolist(),
                                                   tolerance=tolerance, max_steps=max_steps, start=start)
-    return integral, torch.as_tensor(steps), torch.as_tensor(map_error)
+    return integral, torch.as_tensor(steps, device=x.device), torch.as_tensor(map_error, device=x.device)
 
 
 def integrated_gradients(model: nn.Module, x: Tensor, target: int | Tensor | None = None, *,
@@ -354,7 +354,7 @@ def integrated_gradients(model: nn.Module, x: Tensor, target: int | Tensor | Non
         if tolerance is None:
             rule = gauss_legendre(32) if rule is None else rule
             integral = _integrate_rule(model, problem, rule, output=output, max_batch=max_batch)
-            steps = torch.full((n,), len(rule), dtype=torch.int64)
+            steps = torch.full((n,), len(rule), dtype=torch.int64, device=x.device)
         else:
             start = simpson(2) if rule is None else rule
             integral, steps, map_error = _integrate_adaptive(model, problem, baseline_output, start, float(tolerance),

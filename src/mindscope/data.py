@@ -211,8 +211,8 @@ def read_image(path: Path | str, *, size: tuple[int, int] = (32, 32), channels: 
             if img.size != (size[1], size[0]):
                 img = img.resize((size[1], size[0]), Image.BILINEAR)
             array = np.asarray(img, dtype=np.uint8)
-    except UnidentifiedImageError as exc:
-        raise ValueError(f"{path} is not an image Pillow can read; give a PNG or JPEG file") from exc
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"{path} is not an image Pillow can read ({exc}); give a PNG or JPEG file") from exc
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
 
 
@@ -241,6 +241,9 @@ def _read_folder(root: Path, seed: int) -> tuple[ImageSet, ImageSet]:
             raise ValueError(f"no .png or .jpg images under {root}/test/CLASS_NAME/")
         xt, yt = np.stack(test_images), np.asarray(test_labels, np.int64)
     else:
+        if len(y) < 2:
+            raise ValueError(f"{root} holds {len(y)} image; need at least 2 to split 80/20, "
+                             "or give train/ and test/ folders")
         order = np.random.default_rng(seed).permutation(len(y))
         cut = max(1, int(round(0.8 * len(y))))
         x, y, xt, yt = x[order[:cut]], y[order[:cut]], x[order[cut:]], y[order[cut:]]

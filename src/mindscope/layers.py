@@ -93,6 +93,8 @@ def describe_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[Laye
     for name, module in model.named_modules():
         if name:
             handles.append(module.register_forward_hook(hook_for(name)))
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()                      # no BatchNorm statistics change for a description
     try:
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
@@ -101,6 +103,8 @@ def describe_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[Laye
     finally:
         for h in handles:
             h.remove()
+        for module, training in modes:
+            module.train(training)
     return [
         LayerInfo(name, numbers.get(name), type(m).__name__, shapes.get(name),
                   sum(p.numel() for p in m.parameters(recurse=False)))

@@ -7,8 +7,6 @@ network and no folder beside it.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -24,7 +22,7 @@ from mindscope.render.html import data_uri, figure_png, gif_bytes
 from mindscope.render.training import training_curves
 from mindscope.render.weights import (weight_histogram_figures, weight_percentile_figure,
                                       weight_ridge_figure)
-from mindscope.run import LoadedRun, load_run
+from mindscope.run import LoadedRun, atomic_write_bytes, load_run
 from mindscope.weights import paired_histograms, weight_changes
 
 
@@ -191,14 +189,13 @@ def write_report(run_dir: Path | str, out: Path | str | None = None, *, options:
         raise ValueError(f"--image {options.image} is out of range; the test set has {len(run.data.test)} images")
     run.model.to(options.device)
     out = Path(out) if out is not None else Path(run_dir) / "report.html"
+    if out.is_dir():
+        raise IsADirectoryError(f"--out {out} is a folder; give the HTML file to write, e.g. {out / 'report.html'}")
     sections = build_sections(run, options, progress=progress)
     cfg = run.config
     subtitle = (f"run {Path(run_dir).resolve()} · data {cfg['data']['spec']} · mindscope "
                 f"{cfg['versions']['mindscope']} · torch {cfg['versions']['torch']}")
     html = render_page(f"Inside AllConvNet on {cfg['data']['name']}", subtitle, sections)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(html)
-    os.replace(tmp, out)
+    atomic_write_bytes(out, html.encode("utf-8"))
     return out

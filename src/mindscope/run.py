@@ -23,6 +23,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -42,6 +43,17 @@ CREATE TABLE IF NOT EXISTS checkpoints (epoch INTEGER PRIMARY KEY, step INTEGER 
 """
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _readable(path: str | Path, *, folder: bool = False) -> None:
+    """Give a temp file or folder the usual permissions (mkstemp/mkdtemp make them private)."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the new one, never half."""
     path = Path(path)
@@ -51,6 +63,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        _readable(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -64,6 +77,7 @@ def _atomic_save(path: Path, save) -> None:
         save(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        _readable(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -102,6 +116,7 @@ class Run:
             first = cls(staging)
             first.checkpoint(0, 0, model, state)
             first.close()
+            _readable(staging, folder=True)
             os.rename(staging, path)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -121,6 +136,11 @@ class Run:
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(f"{path} is not a readable mindscope run: its {CONFIG} is damaged ({exc}); "
                              "give a directory written by 'mindscope train'") from exc
+        missing = [key for key in ("model",) if not isinstance(run.config.get(key), dict)]
+        if missing:
+            run.close()
+            raise ValueError(f"{path} is not a readable mindscope run: its {CONFIG} lacks '{missing[0]}'; "
+                             "give a directory written by 'mindscope train'")
         try:
             run.db.execute("SELECT epoch, step FROM checkpoints LIMIT 1").fetchall()
         except sqlite3.DatabaseError as exc:
@@ -220,14 +240,28 @@ class LoadedRun:
         if epoch not in self.epochs:
             raise ValueError(f"run {self.path} has no snapshot for epoch {epoch}; "
                              f"snapshots: {', '.join(map(str, self.epochs))}")
-        tensors = load_file(self.path / "snapshots" / f"epoch_{epoch:04d}.safetensors")
+        try:
+            tensors = load_file(self.path / "snapshots" / f"epoch_{epoch:04d}.safetensors")
+        except (SafetensorError, OSError) as exc:
+            raise ValueError(f"snapshot of epoch {epoch} in {self.path} is missing or damaged "
+                             f"({str(exc).splitlines()[0]}); load another --epoch or train again") from exc
         # safetensors sorts names; give them back in the model's own (layer) order
         order = list(build_model(self.config).state_dict())
         return {name: tensors[name] for name in order if name in tensors}
 
     def model_at(self, epoch: int) -> nn.Module:
+        """The model with the weights of `epoch`, in eval mode; refuses damaged or non-finite weights."""
         model = build_model(self.config)
-        model.load_state_dict(self.state_dict_at(epoch))
+        weights = self.state_dict_at(epoch)
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as exc:
+            raise ValueError(f"snapshot of epoch {epoch} in {self.path} does not fit the run's model "
+                             f"({str(exc).splitlines()[0]}); load another --epoch or train again") from exc
+        bad = [name for name, t in weights.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+        if bad:
+            raise ValueError(f"snapshot of epoch {epoch} in {self.path} holds NaN or Inf in {bad[0]}; "
+                             f"load an earlier --epoch (snapshots: {', '.join(map(str, self.epochs))})")
         return model.eval()
 
     def histograms(self) -> list[dict[str, Any]]:

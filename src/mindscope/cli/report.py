@@ -1,6 +1,7 @@
 """`mindscope demo` (train, then report) and `mindscope report RUN_DIR`."""
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -28,6 +29,8 @@ def _say(message: str) -> None:
 def _options(image: int, images: int, evaluation_images: int, tolerance: float, device: str) -> ReportOptions:
     if images < 1:
         raise ValueError(f"--images must be >= 1, got {images}")
+    if evaluation_images < 0:
+        raise ValueError(f"--evaluation-images must be >= 0 (0 skips the checks), got {evaluation_images}")
     if not 0 < tolerance < 1:
         raise ValueError(f"--tolerance must lie in (0, 1), got {tolerance}")
     resolve_device(device)
@@ -57,17 +60,24 @@ def demo_command(out, data_spec, epochs, width, train_limit, test_limit, images,
     config = TrainConfig(epochs=epochs, batch_size=DEMO_BATCH, device=device)
     if run_dir.exists() and not is_run(run_dir):
         raise ValueError(f"{run_dir} exists and is not a mindscope run; move it away or choose another --out")
-    if retrain and run_dir.exists():
-        shutil.rmtree(run_dir)
-    if is_run(run_dir):
+    if retrain and is_run(run_dir):
+        # Train beside the old run and swap only once the new one is complete.
+        staging, old = out / "run.retrain", out / "run.old"
+        for leftover in (staging, old):
+            if leftover.exists():
+                shutil.rmtree(leftover)
+        new_run(staging, config, data_spec=data_spec, width=width, train_limit=train_limit, test_limit=test_limit)
+        os.replace(run_dir, old)
+        os.replace(staging, run_dir)
+        shutil.rmtree(old)
+    elif is_run(run_dir):
         run = Run.open(run_dir)
         last = run.last_checkpoint()
+        run.close()
         done = last[0] if last else 0
         if done >= epochs:
-            run.close()
             click.echo(f"reusing the trained run in {run_dir} ({done} epochs; --retrain trains again)")
         else:
-            run.close()
             resume_run(run_dir, epochs=epochs, device=device, tensorboard=False)
     else:
         new_run(run_dir, config, data_spec=data_spec, width=width, train_limit=train_limit, test_limit=test_limit)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import platform
 import subprocess
 import time
@@ -15,7 +16,7 @@ import mindscope
 from mindscope.data import DataSplits, load_data
 from mindscope.layers import describe_layers
 from mindscope.model import AllConvNet
-from mindscope.run import (CONFIG, Run, RunRecorder, atomic_write_bytes, build_model, data_from_config,
+from mindscope.run import (CONFIG, Run, RunRecorder, atomic_write_bytes, data_from_config,
                            is_run, load_run, load_state, read_metrics)
 from mindscope.train import TrainConfig, initial_state, resolve_device, train
 
@@ -148,36 +149,48 @@ def save_curves(path: Path) -> None:
 
 
 def resume_run(path: Path, *, epochs: int | None, device: str, tensorboard: bool) -> None:
+    """Continue a run after its last checkpoint; check everything before changing anything."""
     if not path.exists():
         raise FileNotFoundError(f"no run at {path} to resume; start one with 'mindscope train --out {path}'")
     run = Run.open(path)
-    last = run.last_checkpoint()
-    if last is None:
-        raise ValueError(f"run {path} was never started (no checkpoint); start it again with --out")
-    saved = TrainConfig(**run.config["train"])
     try:
+        last = run.last_checkpoint()
+        if last is None:
+            raise ValueError(f"run {path} was never started (no checkpoint); start it again with --out")
+        if not isinstance(run.config.get("train"), dict):
+            raise ValueError(f"{path / CONFIG} lacks the training settings ('train'); nothing to resume with")
+        try:
+            saved = TrainConfig(**run.config["train"])
+        except TypeError as exc:
+            raise ValueError(f"{path / CONFIG} holds unknown training settings ({exc}); "
+                             "it was not written by this version of mindscope") from exc
         config = TrainConfig(**{**asdict(saved), "device": device,
                                 "epochs": saved.epochs if epochs is None else epochs})
         resolve_device(config.device)
-    except ValueError:
+        epoch, step = last
+        if epoch >= config.epochs:
+            raise ValueError(f"run {path} has already trained {epoch} of {config.epochs} epochs; "
+                             f"pass --epochs N with N > {epoch} to train more")
+        model = load_run(path, epoch=epoch).model          # refuses a damaged or non-finite snapshot
+        try:
+            state = load_state(run, epoch)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+            raise ValueError(f"resume state {run.state_path(epoch)} is missing or damaged ({exc}); "
+                             "the weights are intact: start a new run from them, or train again") from exc
+        data = data_from_config(run.config)
+        extra = tensorboard_extra(tensorboard, run)
+    except BaseException:
         run.close()
         raise
-    epoch, step = last
-    if epoch >= config.epochs:
-        run.close()
-        raise ValueError(f"run {path} has already trained {epoch} of {config.epochs} epochs; "
-                         f"pass --epochs N with N > {epoch} to train more")
+    # Every check passed: only now change the run.
     if config.epochs != saved.epochs:             # the config records how far the run goes
         run.config["train"]["epochs"] = config.epochs
         atomic_write_bytes(path / CONFIG, json.dumps(run.config, indent=2, sort_keys=True).encode())
     run.rewind(step)
-    model = build_model(run.config)
-    model.load_state_dict(load_run(path, epoch=epoch).state_dict_at(epoch))
-    data = data_from_config(run.config)
     click.echo(f"resuming {path} after epoch {epoch} (step {step}) up to epoch {config.epochs}")
-    recorder = RunRecorder(run, bins=config.histogram_bins, extra=tensorboard_extra(tensorboard, run))
+    recorder = RunRecorder(run, bins=config.histogram_bins, extra=extra)
     try:
-        train(model, data, config, recorder, resume=load_state(run, epoch), on_epoch=echo_epoch)
+        train(model, data, config, recorder, resume=state, on_epoch=echo_epoch)
     finally:
         recorder.close()
     save_curves(path)

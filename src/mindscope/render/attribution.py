@@ -146,7 +146,7 @@ def interior_frames(result: InteriorGradients, x: Tensor, classes: Sequence[str]
 
 def saturation_curve(result: InteriorGradients, classes: Sequence[str] | None = None) -> Figure:
     """Plot the target's probability and the gradient norm against alpha, one line per example."""
-    alphas = result.alphas.numpy()
+    alphas = result.alphas.detach().cpu().numpy()
     fig = Figure(figsize=(8, 3.2), layout="constrained")
     prob_ax, norm_ax = fig.subplots(1, 2)
     for i in range(result.targets.shape[0]):
