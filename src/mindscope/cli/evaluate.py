@@ -116,7 +116,7 @@ def evaluate(run_dir, method_spec, images, alpha, ig_points, samples, steps, see
     out = Path(run_dir) / "evaluation" if out is None else Path(out)
     out.mkdir(parents=True, exist_ok=True)
     total = len(methods) * (1 + len(parameterised_layers(model)))
-    with tqdm(total=total, desc="evaluate", unit="map", leave=False) as bar:
+    with tqdm(total=total, desc="evaluate", unit="map", leave=False, disable=None) as bar:
         def progress(label: str) -> None:
             bar.set_postfix_str(label, refresh=False)
             bar.update(1)
