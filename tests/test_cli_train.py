@@ -17,12 +17,7 @@ from mindscope.run import SCHEMA, load_run
 SMALL = ["--width", "4", "--train-limit", "64", "--test-limit", "16", "--batch-size", "32"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -45,14 +45,7 @@ def check_complete(metrics, epochs: int, steps_per_epoch: int = STEPS_PER_EPOCH)
     assert sorted({m["epoch"] for m in metrics if m["scope"] == "epoch"}) == list(range(1, epochs + 1))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread, here and in the subprocesses: the same arithmetic everywhere, and no
-    oversubscription of a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

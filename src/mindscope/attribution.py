@@ -150,12 +150,13 @@ class _Problem:
     direction: Tensor    # (N, C, H, W) x - baseline
 
 
-def _check_batch(x: Tensor, max_batch: int) -> None:
+def check_batch(x: Tensor, max_batch: int) -> None:
+    """Check that x is a non-empty float batch (N, C, H, W) and max_batch a positive int."""
     if not isinstance(x, Tensor) or not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got {type(x).__name__} "
                         f"{getattr(x, 'dtype', '')}; convert images with .float()")
     if x.dim() != 4 or x.shape[0] == 0:
-        raise ValueError(f"x must be a non-empty batch of shape (N, C, H, W), got shape {tuple(x.shape)}; "
+        raise ValueError(f"x must be a non-empty batch of images of shape (N, C, H, W), got shape {tuple(x.shape)}; "
                          "add a batch dimension with x.unsqueeze(0)")
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
         raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
@@ -197,7 +198,7 @@ def resolve_targets(target: int | Tensor | None, predictions: Tensor, num_classe
 
 def _prepare(model: nn.Module, x: Tensor, target: int | Tensor | None, baseline: Baseline,
              output: Callable[[Tensor], Tensor], max_batch: int) -> _Problem:
-    _check_batch(x, max_batch)
+    check_batch(x, max_batch)
     x = x.detach()
     logits = _logits(model, x, max_batch)                             # (N, K)
     probabilities, predictions = logits.softmax(dim=-1).max(dim=-1)
@@ -380,7 +381,7 @@ def smoothgrad(method: Callable[..., Attribution | InteriorGradients], model: nn
         raise ValueError(f"samples must be a positive int, got {samples!r}")
     if not isinstance(noise, (int, float)) or noise < 0:
         raise ValueError(f"noise is a fraction of the input range and must be >= 0, got {noise!r}")
-    _check_batch(x, 1)
+    check_batch(x, 1)
     x = x.detach()
     with input_gradients_only(model):
         logits = _logits(model, x, options.get("max_batch", 128))          # type: ignore[arg-type]

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mindscope.attribution import (Attribution, Baseline, InteriorGradients, input_gradients_only,
+from mindscope.attribution import (Attribution, Baseline, InteriorGradients, check_batch, input_gradients_only,
                                    resolve_baseline, resolve_targets)
 from mindscope.layers import resolve_layers
 
@@ -55,12 +55,7 @@ def attribution_tensor(result: Attribution | InteriorGradients | Tensor) -> Tens
 
 
 def _check_images(x: Tensor) -> None:
-    if not isinstance(x, Tensor) or not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point tensor of images, got {type(x).__name__} "
-                        f"{getattr(x, 'dtype', '')}; convert images with .float()")
-    if x.dim() != 4 or x.shape[0] == 0:
-        raise ValueError(f"x must be a non-empty batch of images (N, C, H, W), got shape {tuple(x.shape)}; "
-                         "add a batch dimension with x.unsqueeze(0)")
+    check_batch(x, 1)
 
 
 def pixel_map(attributions: Tensor, shape: Sequence[int], *, name: str = "attributions",
