@@ -61,3 +61,18 @@ def test_report_onto_a_folder_leaves_nothing_behind(tiny_run, tmp_path, capsys):
     assert list(tmp_path.iterdir()) == [target] and list(target.iterdir()) == []
     assert main(["report", str(tiny_run), "--evaluation-images", "-1"]) == 2
     one_error_line(capsys, "--evaluation-images must be >= 0")
+
+
+def test_bare_command_shows_help(capsys):
+    assert main([]) == 0
+    assert "Usage: mindscope" in capsys.readouterr().out
+
+
+def test_oversized_counts_and_mapless_layers_are_refused(tiny_run, tmp_path, capsys):
+    assert main(["attribute", str(tiny_run), "--image", "0", "--steps", "100000"]) == 2
+    one_error_line(capsys, "--steps must be at most 4096")
+    assert main(["evaluate", str(tiny_run), "--ig-points", "100000"]) == 2
+    one_error_line(capsys, "--ig-points must be at most 1024")
+    assert main(["activations", str(tiny_run), "--image", "0", "--layers", "features.20",
+                 "--out", str(tmp_path / "a")]) == 2
+    one_error_line(capsys, "outputs shape (1, 10), no channel maps")

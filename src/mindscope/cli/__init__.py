@@ -35,8 +35,11 @@ USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError,
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit status (0 ok, 2 bad input)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args:                                    # bare `mindscope`: show the help, not an error
+        args = ["--help"]
     try:
-        cli.main(args=argv, prog_name="mindscope", standalone_mode=False)
+        cli.main(args=args, prog_name="mindscope", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("mindscope: aborted", err=True)
         return 1

@@ -122,6 +122,10 @@ def activations(run_dir, image_spec, layer_spec, channel_spec, shared_scale, out
     out.mkdir(parents=True, exist_ok=True)
 
     acts = capture_activations(model, data.normalization.apply(pixels), list(labels))
+    flat = [n for n, a in acts.items() if a.dim() != 4]
+    if flat:
+        raise ValueError(f"layer {flat[0]!r} outputs shape {tuple(acts[flat[0]].shape)}, no channel maps to "
+                         "draw; choose a convolution (layers 1-9) or the activation after one")
     for name, label in labels.items():
         fig = channel_grid(acts[name][0], image=pixels[0], channels=channels,
                            per_channel=not shared_scale, title=f"{caption}, {label}")

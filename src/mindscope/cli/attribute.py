@@ -19,6 +19,8 @@ from mindscope.render.attribution import attribution_panels, interior_frames, sa
 from mindscope.run import load_run
 from mindscope.train import resolve_device
 
+MAX_STEPS = 4096  # a fixed rule beyond this is slow and no more exact than --tolerance
+
 RULES = {"left": left, "right": right, "midpoint": midpoint, "trapezoid": trapezoid,
          "gauss-legendre": gauss_legendre, "simpson": simpson}
 
@@ -70,6 +72,9 @@ def attribute(run_dir: Path, images: tuple[str, ...], method: str, steps: int | 
     """Attribute the predictions of RUN_DIR's model to the pixels of test images."""
     if steps is not None and tolerance is not None:
         raise ValueError("give --steps N or --tolerance E, not both: a tolerance chooses the steps itself")
+    if steps is not None and steps > MAX_STEPS:
+        raise ValueError(f"--steps must be at most {MAX_STEPS}, got {steps}; use --tolerance to refine "
+                         "only where the path needs it")
     if steps is not None and steps < 1:
         raise ValueError(f"--steps must be >= 1, got {steps}")
     if tolerance is not None and rule not in (None, "simpson"):

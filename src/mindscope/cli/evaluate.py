@@ -96,6 +96,10 @@ def evaluate(run_dir, method_spec, images, alpha, ig_points, samples, steps, see
                              ("--steps", steps, 1)):
         if value < low:
             raise ValueError(f"{name} must be at least {low}, got {value}")
+    for name, value, high in (("--ig-points", ig_points, 1024), ("--samples", samples, 1024),
+                              ("--steps", steps, 1024)):
+        if value > high:
+            raise ValueError(f"{name} must be at most {high}, got {value}; the checks need far fewer")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"--alpha must lie in [0, 1] (0 = the black baseline, 1 = the image), got {alpha}")
     names = parse_methods(method_spec)
