@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
 from mindscope.activations import LayerStatistics, TopActivations
+from mindscope.render.html import gif_bytes
 
 Array = np.ndarray | torch.Tensor
 CMAP = "viridis"
@@ -199,14 +200,10 @@ def layer_gif_frames(image: Array, activations: Mapping[str, Array], *,
     return frames
 
 
-def save_gif(frames: Sequence[Image.Image], path: str | Path, *, duration_ms: int = 1000,
-             loop: int = 0) -> Path:
-    """Write frames as an animated GIF (loop=0: forever); return the path."""
-    if not frames:
-        raise ValueError("save_gif needs at least one frame")
+def save_gif(frames: Sequence[Image.Image], path: str | Path, *, duration_ms: int = 1000) -> Path:
+    """Write frames as an animated GIF that loops forever; return the path."""
     path = Path(path)
-    frames[0].save(path, save_all=True, append_images=list(frames[1:]), duration=duration_ms,
-                   loop=loop, optimize=False)
+    path.write_bytes(gif_bytes(frames, duration_ms=duration_ms))
     return path
 
 

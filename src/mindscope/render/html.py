@@ -19,7 +19,7 @@ def figure_png(fig: Figure, *, dpi: int = 110) -> bytes:
 def gif_bytes(frames: Sequence[Image.Image], *, duration_ms: int | Sequence[int] = 900) -> bytes:
     """An animated GIF (looping forever) of PIL frames, as bytes."""
     if not frames:
-        raise ValueError("a GIF needs at least one frame")
+        raise ValueError("a GIF needs at least one frame; pass a non-empty list of images")
     buffer = io.BytesIO()
     first, *rest = [f.convert("RGB") for f in frames]
     first.save(buffer, format="GIF", save_all=True, append_images=rest, duration=duration_ms, loop=0)
