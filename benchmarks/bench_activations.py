@@ -4,8 +4,8 @@ Run:  python benchmarks/bench_activations.py [--device cpu|cuda] [--batch 64] [-
 
 Throughput: the fastest wall time of `model(x)` under `torch.no_grad()` (eval mode) divided
 by the fastest time of `capture_activations(model, x, layers)` (the medians' ratio is shown
-too), measured round-robin in one process so that drift on a shared machine hits both alike. A ratio of 1.0 means capture is
-free; the target for one layer is >= 0.95. Layer 9 is the last convolution, so capture
+too), measured round-robin in one process so that drift on a shared machine hits both alike.
+A ratio of 1.0 means capture is free; the target for one layer is >= 0.95. Layer 9 is the last convolution, so capture
 cannot stop the pass early there (the honest case); layer 3 shows the early-stop gain.
 "all" hooks every module of `features` (21 outputs).
 
@@ -17,6 +17,7 @@ Peak memory, by three methods:
     "plain" row is the control: one forward pass's own peak, first-call set-up included.
     tracemalloc cannot see torch's allocations, hence the child processes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,8 +66,7 @@ def setup(device: torch.device, batch: int, width: int) -> tuple[AllConvNet, tor
 
 def throughput(model, x, device, repeats: int) -> dict[str, float]:
     plain = lambda: model(x)  # noqa: E731
-    runs = {"plain": plain} | {c: (lambda c=c: capture_activations(model, x, layers_for(model, c)))
-                                for c in CASES}
+    runs = {"plain": plain} | {c: (lambda c=c: capture_activations(model, x, layers_for(model, c))) for c in CASES}
     with torch.no_grad():
         for fn in runs.values():  # warm-up: allocator, kernels, thread pools
             fn(), fn()
@@ -77,13 +77,16 @@ def throughput(model, x, device, repeats: int) -> dict[str, float]:
                     times[name].append(timed(fn, device))
     best = {name: min(t) for name, t in times.items()}  # noise on a shared machine only adds time
     medians = {name: statistics.median(t) for name, t in times.items()}
-    return ({name: (best["plain"] / best[name], medians["plain"] / medians[name]) for name in CASES}
-            | {"plain_ms": (1e3 * best["plain"], 1e3 * medians["plain"])})
+    return {name: (best["plain"] / best[name], medians["plain"] / medians[name]) for name in CASES} | {
+        "plain_ms": (1e3 * best["plain"], 1e3 * medians["plain"])
+    }
 
 
 def captured_bytes(model, x) -> dict[str, int]:
-    return {c: sum(t.numel() * t.element_size() for t in capture_activations(model, x, layers_for(model, c)).values())
-            for c in CASES}
+    return {
+        c: sum(t.numel() * t.element_size() for t in capture_activations(model, x, layers_for(model, c)).values())
+        for c in CASES
+    }
 
 
 def cuda_peaks(model, x, device) -> dict[str, int]:
@@ -124,9 +127,13 @@ def child(case: str, batch: int, width: int) -> None:
 def rss_peaks(batch: int, width: int) -> dict[str, int]:
     peaks = {}
     for case in ("plain", *CASES):
-        out = subprocess.run([sys.executable, __file__, "--child", case, "--batch", str(batch),
-                              "--width", str(width)], capture_output=True, text=True, check=True,
-                             env=os.environ | MALLOC_ENV)
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", case, "--batch", str(batch), "--width", str(width)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=os.environ | MALLOC_ENV,
+        )
         peaks[case] = json.loads(out.stdout.strip().splitlines()[-1])["delta_bytes"]
     return peaks
 
@@ -145,18 +152,23 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     device = torch.device(args.device)
     model, x = setup(device, args.batch, args.width)
-    print(f"AllConvNet(width={args.width}), batch {args.batch}x3x32x32, {device} "
-          f"({torch.get_num_threads()} threads), torch {torch.__version__}, {args.repeats} repeats")
+    print(
+        f"AllConvNet(width={args.width}), batch {args.batch}x3x32x32, {device} "
+        f"({torch.get_num_threads()} threads), torch {torch.__version__}, {args.repeats} repeats"
+    )
     ratios = throughput(model, x, device, args.repeats)
     fastest, median = ratios.pop("plain_ms")
     print(f"plain forward: {fastest:.1f} ms fastest, {median:.1f} ms median")
     for case, (ratio, ratio_median) in ratios.items():
         mark = ("  (target >= 0.95: " + ("met" if ratio >= 0.95 else "MISSED") + ")") if case == "layer 9" else ""
-        print(f"throughput ratio, capture {case:8s}: {ratio:.3f} fastest/fastest, "
-              f"{ratio_median:.3f} median/median{mark}")
-    headline = {"capture one layer / plain forward (throughput)": ratios["layer 9"][0],
-                "capture all layers / plain forward (throughput)": ratios["all"][0]}
-    mib = 2 ** 20
+        print(
+            f"throughput ratio, capture {case:8s}: {ratio:.3f} fastest/fastest, {ratio_median:.3f} median/median{mark}"
+        )
+    headline = {
+        "capture one layer / plain forward (throughput)": ratios["layer 9"][0],
+        "capture all layers / plain forward (throughput)": ratios["all"][0],
+    }
+    mib = 2**20
     held = captured_bytes(model, x)
     for case, n in held.items():
         print(f"bytes held by the capture, {case:8s}: {n / mib:8.1f} MiB")

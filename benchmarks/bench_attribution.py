@@ -16,6 +16,7 @@ black baseline. Prints:
 Times are the best of `--repeats` interleaved runs, wall and CPU (the machine may be shared);
 step counts are printed too, as the load-independent cost.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -97,8 +98,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         p.requires_grad_(False)
     base = black(x, normalization)
     mb, n_img = args.max_batch, x.shape[0]
-    print(f"device {device}, {torch.get_num_threads()} threads, {n_img} images, max_batch {mb}, "
-          f"F = softmax probability of the predicted class, black baseline")
+    print(
+        f"device {device}, {torch.get_num_threads()} threads, {n_img} images, max_batch {mb}, "
+        f"F = softmax probability of the predicted class, black baseline"
+    )
 
     # (a) per-step throughput vs raw forward + input gradient at the same batch size
     steps_a = max(1, (8 * mb) // n_img)
@@ -112,43 +115,59 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             score = model(z).softmax(-1).gather(1, t0[:, None]).sum()
             torch.autograd.grad(score, z)
 
-    times = interleaved({"raw": raw, "ours": lambda: integrated_gradients(model, x, baseline=base,
-                                                                         rule=gauss_legendre(steps_a), max_batch=mb)},
-                        args.repeats)
+    times = interleaved(
+        {
+            "raw": raw,
+            "ours": lambda: integrated_gradients(model, x, baseline=base, rule=gauss_legendre(steps_a), max_batch=mb),
+        },
+        args.repeats,
+    )
     raw_steps, ours_steps = (steps_a * n_img // mb) * mb, steps_a * n_img
-    headline = {"IG steps/s / raw forward+gradient steps/s": (ours_steps / times["ours"][0]) /
-                (raw_steps / times["raw"][0])}
+    headline = {
+        "IG steps/s / raw forward+gradient steps/s": (ours_steps / times["ours"][0]) / (raw_steps / times["raw"][0])
+    }
     for label, k in (("wall", 0), ("CPU", 1)):
         raw_rate, ours_rate = raw_steps / times["raw"][k], ours_steps / times["ours"][k]
-        print(f"(a) throughput ({label} time): raw forward+input-gradient {raw_rate:.0f} steps/s, "
-              f"integrated_gradients {ours_rate:.0f} steps/s, ratio {ours_rate / raw_rate:.2f} (target >= 0.9)",
-              flush=True)
+        print(
+            f"(a) throughput ({label} time): raw forward+input-gradient {raw_rate:.0f} steps/s, "
+            f"integrated_gradients {ours_rate:.0f} steps/s, ratio {ours_rate / raw_rate:.2f} (target >= 0.9)",
+            flush=True,
+        )
 
     # (b) time to 1% completeness and map error on every image
     start = time.perf_counter()
     reference: Attribution = integrated_gradients(model, x, baseline=base, rule=gauss_legendre(2048), max_batch=mb)
-    print(f"    reference: Gauss-Legendre 2048 steps in {time.perf_counter() - start:.1f} s, "
-          f"completeness error max {reference.relative_completeness_error.max():.2e}", flush=True)
+    print(
+        f"    reference: Gauss-Legendre 2048 steps in {time.perf_counter() - start:.1f} s, "
+        f"completeness error max {reference.relative_completeness_error.max():.2e}",
+        flush=True,
+    )
     delta_f = reference.output - reference.baseline_output
     ref_map = reference.attributions
 
     adaptive = integrated_gradients(model, x, baseline=base, tolerance=TARGET, max_batch=mb)
     c, m = errors(adaptive.attributions, ref_map, delta_f)
     ok = bool(((c <= TARGET) & (m <= TARGET)).all())
-    print(f"(b) mindscope tolerance={TARGET}: steps per image {adaptive.steps.min()}..{adaptive.steps.max()} "
-          f"(total {int(adaptive.steps.sum())}), max completeness {c.max():.2%}, max map error {m.max():.2%} "
-          f"(estimate {adaptive.map_error.max():.2%}), all within 1%: {ok}", flush=True)
+    print(
+        f"(b) mindscope tolerance={TARGET}: steps per image {adaptive.steps.min()}..{adaptive.steps.max()} "
+        f"(total {int(adaptive.steps.sum())}), max completeness {c.max():.2%}, max map error {m.max():.2%} "
+        f"(estimate {adaptive.map_error.max():.2%}), all within 1%: {ok}",
+        flush=True,
+    )
 
     from captum.attr import IntegratedGradients
 
     captum = IntegratedGradients(lambda z: class_probability(model(z)))
 
     def smallest(make: Callable[[int], Tensor], label: str) -> int | None:
-        for n in [8 * 2 ** k for k in range(9)]:
+        for n in [8 * 2**k for k in range(9)]:
             c, m = errors(make(n), ref_map, delta_f)
             if bool(((c <= TARGET) & (m <= TARGET)).all()):
-                print(f"    {label}: smallest n_steps = {n} (total {n * n_img}), max completeness {c.max():.2%}, "
-                      f"max map error {m.max():.2%}", flush=True)
+                print(
+                    f"    {label}: smallest n_steps = {n} (total {n * n_img}), max completeness {c.max():.2%}, "
+                    f"max map error {m.max():.2%}",
+                    flush=True,
+                )
                 return n
         print(f"    {label}: no n_steps up to 2048 reached 1% on every image")
         return None
@@ -169,32 +188,42 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     times = interleaved(contenders, args.repeats)
     for label, k in (("wall", 0), ("CPU", 1)):
         line = ", ".join(f"{name} {t[k]:.2f} s" for name, t in times.items())
-        ratios = ", ".join(f"{name}/tolerance {t[k] / times['tolerance'][k]:.2f}x" for name, t in times.items()
-                           if name != "tolerance")
+        ratios = ", ".join(
+            f"{name}/tolerance {t[k] / times['tolerance'][k]:.2f}x" for name, t in times.items() if name != "tolerance"
+        )
         print(f"    {label} time: {line}; {ratios} (target: captum/tolerance >= 3x)", flush=True)
     if "captum" in times:
         headline["Captum IG / mindscope tolerance IG (time to 1%)"] = times["captum"][0] / times["tolerance"][0]
 
     # (c) the walk-through's 3000-step left Riemann sum vs mindscope at the same or better error
-    walk_wall, walk_cpu, walk = timed(lambda: integrated_gradients(model, x, baseline=base, rule=left(3000),
-                                                                   max_batch=mb))
+    walk_wall, walk_cpu, walk = timed(
+        lambda: integrated_gradients(model, x, baseline=base, rule=left(3000), max_batch=mb)
+    )
     wc, wm = errors(walk.attributions, ref_map, delta_f)
     # The cheapest tolerance that matches the walk-through on both errors, searched down from the looser one.
     level = float(min(wc.max(), wm.max()))
     tolerance = float(max(wc.max(), wm.max()))
     while True:
-        match_wall, match_cpu, matched = timed(lambda: integrated_gradients(model, x, baseline=base, tolerance=tolerance,
-                                                                            max_batch=mb, max_steps=3000))
+        match_wall, match_cpu, matched = timed(
+            lambda tolerance=tolerance: integrated_gradients(
+                model, x, baseline=base, tolerance=tolerance, max_batch=mb, max_steps=3000
+            )
+        )
         mc, mm = errors(matched.attributions, ref_map, delta_f)
         if bool(((mc <= wc.max()) & (mm <= wm.max())).all()) or tolerance < level / 8:
             break
         tolerance /= 2
-    print(f"(c) walk-through left Riemann 3000 steps (total {3000 * n_img}): {walk_wall:.1f} s wall, {walk_cpu:.1f} s CPU, "
-          f"max completeness {wc.max():.3%}, max map error {wm.max():.3%}")
-    print(f"    mindscope tolerance={tolerance:.2g}: {match_wall:.2f} s wall, {match_cpu:.2f} s CPU, steps "
-          f"{matched.steps.min()}..{matched.steps.max()} (total {int(matched.steps.sum())}), max completeness "
-          f"{mc.max():.3%}, max map error {mm.max():.3%}; time ratio {walk_wall / match_wall:.1f}x wall, "
-          f"{walk_cpu / match_cpu:.1f}x CPU (target >= 10x)")
+    print(
+        f"(c) walk-through left Riemann 3000 steps (total {3000 * n_img}): "
+        f"{walk_wall:.1f} s wall, {walk_cpu:.1f} s CPU, "
+        f"max completeness {wc.max():.3%}, max map error {wm.max():.3%}"
+    )
+    print(
+        f"    mindscope tolerance={tolerance:.2g}: {match_wall:.2f} s wall, {match_cpu:.2f} s CPU, steps "
+        f"{matched.steps.min()}..{matched.steps.max()} (total {int(matched.steps.sum())}), max completeness "
+        f"{mc.max():.3%}, max map error {mm.max():.3%}; time ratio {walk_wall / match_wall:.1f}x wall, "
+        f"{walk_cpu / match_cpu:.1f}x CPU (target >= 10x)"
+    )
     headline["3000-step left Riemann / mindscope at equal error (time)"] = walk_wall / match_wall
     return headline
 

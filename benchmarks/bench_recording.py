@@ -15,6 +15,7 @@ call time / (every x time per training step).
     python benchmarks/bench_recording.py --width 128 --device cuda
     python benchmarks/bench_recording.py --width 128 --quick     # CPU: calls only
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,6 +40,7 @@ def sync(device: torch.device) -> None:
 def record_mindscope(bins: int) -> Callable[[nn.Module, int], None]:
     def record(model: nn.Module, step: int) -> None:
         histogram_rows(weight_histograms(model, bins=bins), step=step, epoch=0.0)
+
     return record
 
 
@@ -46,11 +48,17 @@ def record_tensorboard(writer) -> Callable[[nn.Module, int], None]:
     def record(model: nn.Module, step: int) -> None:
         for name, p in model.named_parameters():
             writer.add_histogram(name, p, step)
+
     return record
 
 
-def train(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], steps: int, every: int,
-          record: Callable[[nn.Module, int], None] | None) -> tuple[float, float]:
+def train(
+    model: nn.Module,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    steps: int,
+    every: int,
+    record: Callable[[nn.Module, int], None] | None,
+) -> tuple[float, float]:
     """Train for `steps` Adam steps; return (wall seconds, seconds spent inside `record`)."""
     optimiser = torch.optim.Adam(model.parameters(), lr=2e-3)
     device = next(model.parameters()).device
@@ -93,8 +101,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per configuration")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--quick", action="store_true",
-                        help="skip the full runs: time a few steps and the recording calls only")
+    parser.add_argument(
+        "--quick", action="store_true", help="skip the full runs: time a few steps and the recording calls only"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -103,25 +112,30 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     device = torch.device(args.device)
     torch.manual_seed(0)
     initial = AllConvNet(width=args.width).to(device)
-    batches = [(torch.randn(args.batch_size, 3, 32, 32, device=device),
-                torch.randint(0, 10, (args.batch_size,), device=device)) for _ in range(8)]
+    batches = [
+        (
+            torch.randn(args.batch_size, 3, 32, 32, device=device),
+            torch.randint(0, 10, (args.batch_size,), device=device),
+        )
+        for _ in range(8)
+    ]
     params = sum(p.numel() for p in initial.parameters())
-    print(f"AllConvNet(width={args.width}): {params:,} parameters in {len(list(initial.parameters()))} "
-          f"tensors; {args.steps} steps of batch {args.batch_size} on {device} "
-          f"({torch.get_num_threads()} threads); recording every {args.every} steps, {args.bins} bins")
+    print(
+        f"AllConvNet(width={args.width}): {params:,} parameters in {len(list(initial.parameters()))} "
+        f"tensors; {args.steps} steps of batch {args.batch_size} on {device} "
+        f"({torch.get_num_threads()} threads); recording every {args.every} steps, {args.bins} bins"
+    )
 
     with tempfile.TemporaryDirectory() as logdir:
         writer = SummaryWriter(logdir)
-        configs = {"none": None, "mindscope": record_mindscope(args.bins),
-                   "tensorboard": record_tensorboard(writer)}
+        configs = {"none": None, "mindscope": record_mindscope(args.bins), "tensorboard": record_tensorboard(writer)}
         warm_steps = min(args.steps, 10)
         warm, _ = train(copy.deepcopy(initial), batches, warm_steps, args.every, None)
         times: dict[str, list[tuple[float, float]]] = {name: [] for name in configs}
         for r in range(0 if args.quick else args.repeats):
-            order = list(configs)[r % 3:] + list(configs)[:r % 3]   # rotate to spread drift
+            order = list(configs)[r % 3 :] + list(configs)[: r % 3]  # rotate to spread drift
             for name in order:
-                times[name].append(train(copy.deepcopy(initial), batches, args.steps, args.every,
-                                         configs[name]))
+                times[name].append(train(copy.deepcopy(initial), batches, args.steps, args.every, configs[name]))
         model = copy.deepcopy(initial)
         call_ms = time_call(lambda: configs["mindscope"](model, 0), device, 20)
         call_tb = time_call(lambda: configs["tensorboard"](model, 0), device, 5)
@@ -131,25 +145,33 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         base = statistics.median(t for t, _ in times["none"])
         best = min(t for t, _ in times["none"])
         step_s = base / args.steps
-        print(f"\n{'configuration':<13} {'median s':>9} {'ratio':>7} {'best ratio':>10} {'in recording':>12}"
-              "   runs (s)")
+        print(
+            f"\n{'configuration':<13} {'median s':>9} {'ratio':>7} {'best ratio':>10} {'in recording':>12}   runs (s)"
+        )
         for name, runs in times.items():
             med = statistics.median(t for t, _ in runs)
             share = sum(r for _, r in runs) / sum(t for t, _ in runs)
-            print(f"{name:<13} {med:9.3f} {med / base:7.4f} {min(t for t, _ in runs) / best:10.4f} "
-                  f"{100 * share:11.3f}%   " + ", ".join(f"{t:.2f}" for t, _ in runs))
+            print(
+                f"{name:<13} {med:9.3f} {med / base:7.4f} {min(t for t, _ in runs) / best:10.4f} "
+                f"{100 * share:11.3f}%   " + ", ".join(f"{t:.2f}" for t, _ in runs)
+            )
     else:
         step_s = warm / warm_steps
     print(f"\none training step: {1e3 * step_s:.2f} ms")
     for name, call in (("mindscope", call_ms), ("tensorboard", call_tb)):
-        print(f"one {name} recording of all tensors: {1e3 * call:8.3f} ms -> implied overhead "
-              f"{100 * call / (args.every * step_s):.3f}% at every {args.every} steps")
+        print(
+            f"one {name} recording of all tensors: {1e3 * call:8.3f} ms -> implied overhead "
+            f"{100 * call / (args.every * step_s):.3f}% at every {args.every} steps"
+        )
     print(f"add_histogram / weight_histograms per recording: {call_tb / call_ms:.1f}x")
-    headline = {"add_histogram / mindscope (time per recording)": call_tb / call_ms,
-                "mindscope recording overhead (% of training, implied)": 100 * call_ms / (args.every * step_s)}
+    headline = {
+        "add_histogram / mindscope (time per recording)": call_tb / call_ms,
+        "mindscope recording overhead (% of training, implied)": 100 * call_ms / (args.every * step_s),
+    }
     if times["none"]:
         headline["trained with mindscope / unrecorded (wall time)"] = (
-            statistics.median(t for t, _ in times["mindscope"]) / base)
+            statistics.median(t for t, _ in times["mindscope"]) / base
+        )
     return headline
 
 

@@ -7,6 +7,7 @@ turn with the arguments below, then times `mindscope demo` end to end in a fresh
 folder (a subprocess, as a user would run it), and prints the table with the date,
 the machine and the load, ready to paste into the README.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,11 @@ import bench_recording  # noqa: E402
 def demo_seconds() -> float:
     with tempfile.TemporaryDirectory() as folder:
         began = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "mindscope", "demo", "--out", str(Path(folder) / "demo")],
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "mindscope", "demo", "--out", str(Path(folder) / "demo")],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         return time.perf_counter() - began
 
 
@@ -46,17 +50,22 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     quick = args.quick
     suites = {
-        "recording (vs TensorBoard add_histogram)": (bench_recording.main,
-                                                     ["--steps", "100" if quick else "300", "--repeats",
-                                                      "1" if quick else "3"]),
-        "activations (vs plain forward)": (bench_activations.main,
-                                           ["--repeats", "5" if quick else "15", "--width", "32" if quick else "128"]),
-        "attribution (vs raw gradients, Captum)": (bench_attribution.main,
-                                                   (["--run", args.run] if args.run else [])
-                                                   + ["--repeats", "1" if quick else "3"]),
-        "built-in dataset (vs linear classifier)": (bench_builtin.main,
-                                                    ["--train", "4000" if quick else "8000", "--epochs",
-                                                     "3" if quick else "4"]),
+        "recording (vs TensorBoard add_histogram)": (
+            bench_recording.main,
+            ["--steps", "100" if quick else "300", "--repeats", "1" if quick else "3"],
+        ),
+        "activations (vs plain forward)": (
+            bench_activations.main,
+            ["--repeats", "5" if quick else "15", "--width", "32" if quick else "128"],
+        ),
+        "attribution (vs raw gradients, Captum)": (
+            bench_attribution.main,
+            (["--run", args.run] if args.run else []) + ["--repeats", "1" if quick else "3"],
+        ),
+        "built-in dataset (vs linear classifier)": (
+            bench_builtin.main,
+            ["--train", "4000" if quick else "8000", "--epochs", "3" if quick else "4"],
+        ),
     }
     rows: list[tuple[str, str, float]] = []
     for suite, (run, suite_args) in suites.items():
@@ -68,8 +77,10 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(("demo", "mindscope demo wall time (s)", demo_seconds()))
 
     load = os.getloadavg()
-    print(f"\n{datetime.date.today()} · {platform.machine()} · {os.cpu_count()} CPUs · torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads) · load {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}\n")
+    print(
+        f"\n{datetime.date.today()} · {platform.machine()} · {os.cpu_count()} CPUs · torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads) · load {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}\n"
+    )
     print("| suite | figure | value |\n| --- | --- | ---: |")
     for suite, name, value in rows:
         print(f"| {suite} | {name} | {value:.3g} |")

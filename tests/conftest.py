@@ -1,4 +1,5 @@
 """Shared fixtures: seeds, small networks and a tiny recorded run."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,7 +28,26 @@ def one_thread():
 def tiny_run(tmp_path_factory) -> Path:
     """A run directory: AllConvNet(width=8), 1 epoch on 256 built-in images, 64 test images."""
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    status = main(["train", "--epochs", "1", "--width", "8", "--train-limit", "256", "--test-limit", "64",
-                   "--batch-size", "32", "--log-every", "4", "--histogram-every", "4", "--out", str(out)])
+    status = main(
+        [
+            "train",
+            "--epochs",
+            "1",
+            "--width",
+            "8",
+            "--train-limit",
+            "256",
+            "--test-limit",
+            "64",
+            "--batch-size",
+            "32",
+            "--log-every",
+            "4",
+            "--histogram-every",
+            "4",
+            "--out",
+            str(out),
+        ]
+    )
     assert status == 0, "training the tiny run failed"
     return out

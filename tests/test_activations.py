@@ -1,4 +1,5 @@
 """Activations: captures equal a hand-written forward pass; statistics equal numpy's."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,8 +17,8 @@ from mindscope.activations import (
 )
 from mindscope.model import AllConvNet
 
-
 # --- three architectures, each with a hand-written reference forward ----------------------
+
 
 def allconv(width: int = 4, *, gain: float = 1.0) -> AllConvNet:
     torch.manual_seed(0)
@@ -76,8 +77,9 @@ def nested() -> Nested:
 
 def batchnorm(a, bn):
     shape = (1, -1, 1, 1)
-    return ((a - bn.running_mean.view(shape)) / torch.sqrt(bn.running_var.view(shape) + bn.eps)
-            * bn.weight.view(shape) + bn.bias.view(shape))
+    return (a - bn.running_mean.view(shape)) / torch.sqrt(bn.running_var.view(shape) + bn.eps) * bn.weight.view(
+        shape
+    ) + bn.bias.view(shape)
 
 
 @torch.no_grad()
@@ -90,8 +92,16 @@ def nested_reference(model: Nested, x):
     b0 = F.conv2d(s2, conv1.weight, conv1.bias, stride=2)
     b1 = batchnorm(b0, bn1)
     head = F.relu(b1).mean(dim=(2, 3)) @ model.head.weight.T + model.head.bias
-    return {"stem.0": s0, "stem.1": s1, "stem.2": s2, "body.block.0": b0, "body.block.1": b1,
-            "body.block": b1, "stem": s2, "head": head}
+    return {
+        "stem.0": s0,
+        "stem.1": s1,
+        "stem.2": s2,
+        "body.block.0": b0,
+        "body.block.1": b1,
+        "body.block": b1,
+        "stem": s2,
+        "head": head,
+    }
 
 
 class Residual(nn.Module):
@@ -108,8 +118,8 @@ class Residual(nn.Module):
     def forward(self, x):
         out = self.relu1(self.bn1(self.conv1(x)))
         out = self.conv2(out)
-        out += x                      # in place on conv2's output
-        return self.relu2(out)        # in place again
+        out += x  # in place on conv2's output
+        return self.relu2(out)  # in place again
 
 
 class ResidualNet(nn.Module):
@@ -139,8 +149,15 @@ def residual_reference(model: ResidualNet, x):
     r1 = torch.clamp(n1, min=0)
     c2 = F.conv2d(r1, b.conv2.weight, b.conv2.bias, padding=1)
     r2 = torch.clamp(c2 + s, min=0)
-    return {"stem": s, "block.conv1": c1, "block.bn1": n1, "block.relu1": r1,
-            "block.conv2": c2, "block.relu2": r2, "block": r2}
+    return {
+        "stem": s,
+        "block.conv1": c1,
+        "block.bn1": n1,
+        "block.relu1": r1,
+        "block.conv2": c2,
+        "block.relu2": r2,
+        "block": r2,
+    }
 
 
 ARCHITECTURES = {
@@ -155,6 +172,7 @@ def no_hooks(model: nn.Module) -> bool:
 
 
 # --- capture_activations -----------------------------------------------------------------
+
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_capture_equals_manual_forward_for_every_module(arch):
@@ -281,10 +299,16 @@ def test_capture_errors_name_the_problem():
 
 # --- activation_statistics -----------------------------------------------------------------
 
+
 def numpy_statistics(a: np.ndarray, saturated) -> dict[str, np.ndarray]:
     flat = np.moveaxis(a, 1, 0).reshape(a.shape[1], -1)  # (C, N * positions)
-    return {"mean": flat.mean(1), "std": flat.std(1), "active": (flat > 0).mean(1),
-            "saturated": saturated(flat).mean(1), "maximum": flat.max(1)}
+    return {
+        "mean": flat.mean(1),
+        "std": flat.std(1),
+        "active": (flat > 0).mean(1),
+        "saturated": saturated(flat).mean(1),
+        "maximum": flat.max(1),
+    }
 
 
 @pytest.mark.parametrize("as_loader", [False, True])
@@ -292,7 +316,7 @@ def test_statistics_match_numpy(as_loader):
     model = allconv(gain=8.0)  # large enough that ELU reaches its -1 floor
     x = torch.randn(11, 3, 16, 16, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     ref = allconv_reference(model, x)
-    data = [(x[i:i + 4], torch.zeros(len(x[i:i + 4]))) for i in range(0, 11, 4)] if as_loader else x
+    data = [(x[i : i + 4], torch.zeros(len(x[i : i + 4]))) for i in range(0, 11, 4)] if as_loader else x
     stats = activation_statistics(model, data, [3, 6, "features.18"], batch_size=3)
     assert list(stats) == ["features.5", "features.12", "features.18"]
     for name, s in stats.items():
@@ -300,8 +324,7 @@ def test_statistics_match_numpy(as_loader):
         assert isinstance(s, LayerStatistics)
         assert s.examples == 11 and s.positions == ref[name][0, 0].numel()
         for field, value in expected.items():
-            np.testing.assert_allclose(getattr(s, field), value, rtol=1e-10, atol=1e-12,
-                                       err_msg=f"{name}.{field}")
+            np.testing.assert_allclose(getattr(s, field), value, rtol=1e-10, atol=1e-12, err_msg=f"{name}.{field}")
         flat = ref[name].numpy()
         summary = s.summary
         assert summary.channels == flat.shape[1]
@@ -342,11 +365,11 @@ def test_dead_channel_is_found_dead():
     torch.manual_seed(5)
     conv = nn.Conv2d(3, 6, 3)
     with torch.no_grad():
-        conv.bias.fill_(5.0)          # every other channel is active almost everywhere
+        conv.bias.fill_(5.0)  # every other channel is active almost everywhere
         conv.weight[2].zero_()
-        conv.bias[2] = -1.0           # channel 2: ELU(-1) < 0 on every input
+        conv.bias[2] = -1.0  # channel 2: ELU(-1) < 0 on every input
         conv.weight[4].zero_()
-        conv.bias[4] = 0.0            # channel 4: exactly 0, never > 0: dead too
+        conv.bias[4] = 0.0  # channel 4: exactly 0, never > 0: dead too
     model = nn.Sequential(conv, nn.ELU())
     x = torch.randn(20, 3, 7, 7)
     stats = activation_statistics(model, x, [1], batch_size=6)["1"]
@@ -366,6 +389,7 @@ def test_statistics_reject_bad_input():
 
 
 # --- top_activating ------------------------------------------------------------------------
+
 
 def test_top_activating_matches_naive_ranking():
     model = allconv()
@@ -395,6 +419,7 @@ def test_top_activating_errors():
 
 
 # --- figures -------------------------------------------------------------------------------
+
 
 def test_scale_channels_per_channel_and_shared():
     from mindscope.render.activations import scale_channels
@@ -450,8 +475,7 @@ def test_gif_frames_and_file(tmp_path):
     model = allconv().float()
     x = torch.rand(1, 3, 32, 32)
     acts = capture_activations(model, x, "3,6,9")
-    frames = layer_gif_frames(x[0], {n: a[0] for n, a in acts.items()},
-                              labels={"features.5": "layer 3"}, channels=3)
+    frames = layer_gif_frames(x[0], {n: a[0] for n, a in acts.items()}, labels={"features.5": "layer 3"}, channels=3)
     assert len(frames) == 4 and len({f.size for f in frames}) == 1
     path = save_gif(frames, tmp_path / "layers.gif", duration_ms=500)
     with Image.open(path) as gif:
@@ -486,6 +510,7 @@ def test_top_activating_figure():
 
 # --- CLI (needs the lead's `tiny_run` fixture from tests/conftest.py) --------------------
 
+
 @pytest.fixture
 def run_dir(request):
     try:
@@ -498,8 +523,26 @@ def test_cli_draws_grids_gif_stats_and_top(run_dir, tmp_path, capsys):
     from mindscope.cli import main
 
     out = tmp_path / "acts"
-    assert main(["activations", str(run_dir), "--image", "0", "--out", str(out), "--stats",
-                 "--top", "1", "-k", "4", "--limit", "16"]) == 0
+    assert (
+        main(
+            [
+                "activations",
+                str(run_dir),
+                "--image",
+                "0",
+                "--out",
+                str(out),
+                "--stats",
+                "--top",
+                "1",
+                "-k",
+                "4",
+                "--limit",
+                "16",
+            ]
+        )
+        == 0
+    )
     names = {p.name for p in out.iterdir()}
     for layer in ("features.5", "features.12", "features.18"):
         assert {f"grid_{layer}.png", f"stats_{layer}.png", f"top_{layer}_channel1.png"} <= names
@@ -514,8 +557,9 @@ def test_cli_resizes_an_image_file_and_says_so(run_dir, tmp_path, capsys):
 
     photo = tmp_path / "photo.png"
     Image.fromarray(np.zeros((20, 50, 3), dtype=np.uint8)).save(photo)
-    assert main(["activations", str(run_dir), "--image", str(photo), "--layers", "3",
-                 "--out", str(tmp_path / "o")]) == 0
+    assert (
+        main(["activations", str(run_dir), "--image", str(photo), "--layers", "3", "--out", str(tmp_path / "o")]) == 0
+    )
     assert "resized photo.png from 50x20 to 32x32" in capsys.readouterr().out
 
 

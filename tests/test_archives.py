@@ -1,4 +1,5 @@
 """CIFAR-10 archives written by the tests in the official layout; the safe unpickler; download."""
+
 from __future__ import annotations
 
 import hashlib
@@ -75,15 +76,19 @@ def _py2_pickle(obj) -> bytes:
             out.extend(b"tb")
         else:
             raise TypeError(type(o))
+
     emit(obj)
     out.extend(b".")
     return bytes(out)
 
 
 def _batch(rng: np.random.Generator, n: int, label: str) -> dict:
-    return {b"batch_label": label.encode(), b"labels": [int(v) for v in rng.integers(0, 10, n)],
-            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-            b"filenames": [f"img_{i:05d}.png".encode() for i in range(n)]}
+    return {
+        b"batch_label": label.encode(),
+        b"labels": [int(v) for v in rng.integers(0, 10, n)],
+        b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        b"filenames": [f"img_{i:05d}.png".encode() for i in range(n)],
+    }
 
 
 def official_files(seed: int = 0, *, py2: bool = False) -> dict[str, bytes]:
@@ -92,8 +97,9 @@ def official_files(seed: int = 0, *, py2: bool = False) -> dict[str, bytes]:
     dump = _py2_pickle if py2 else (lambda o: pickle.dumps(o, protocol=2))
     files = {f"data_batch_{i}": dump(_batch(rng, PER_BATCH, f"training batch {i} of 5")) for i in range(1, 6)}
     files["test_batch"] = dump(_batch(rng, N_TEST, "testing batch 1 of 1"))
-    files["batches.meta"] = dump({b"num_cases_per_batch": PER_BATCH, b"num_vis": 3072,
-                                  b"label_names": [c.encode() for c in CLASSES]})
+    files["batches.meta"] = dump(
+        {b"num_cases_per_batch": PER_BATCH, b"num_vis": 3072, b"label_names": [c.encode() for c in CLASSES]}
+    )
     files["readme.html"] = b"<meta HTTP-EQUIV='REFRESH' content='0; url=http://www.cs.toronto.edu/~kriz/'>"
     return files
 
@@ -128,11 +134,13 @@ def write_archive(root: Path, files: dict[str, bytes]) -> Path:
 
 def expected(files: dict[str, bytes]):
     """Reference images by the documented layout: value [c, h, w] sits at c*1024 + h*32 + w."""
+
     def one(name):
         batch = pickle.loads(files[name], encoding="bytes")
         data = batch[b"data"]
         n, c, h, w = np.indices((len(data), 3, 32, 32))
         return data[n, c * 1024 + h * 32 + w], np.asarray(batch[b"labels"], np.int64)
+
     parts = [one(f"data_batch_{i}") for i in range(1, 6)]
     return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])), one("test_batch")
 
@@ -201,8 +209,7 @@ def _evil_batches(marker: Path):
     nested[b"labels"][1] = _Command(command)
     code = _batch(rng, PER_BATCH, "training batch 3 of 5")
     code[b"data"] = _Command(f"__import__('os').system({command!r})", via=eval)
-    return {"os.system": (top, "posix.system"), "nested": (nested, "posix.system"),
-            "eval": (code, "__builtin__.eval")}
+    return {"os.system": (top, "posix.system"), "nested": (nested, "posix.system"), "eval": (code, "__builtin__.eval")}
 
 
 @pytest.mark.parametrize("case", ["os.system", "nested", "eval"])
@@ -230,8 +237,19 @@ def test_crafted_meta_refused_through_cli(tmp_path, capsys):
     files = official_files(5)
     files["batches.meta"] = pickle.dumps({b"label_names": _Command(f"touch {marker}")}, protocol=2)
     out = tmp_path / "run"
-    status = main(["train", "--data", f"cifar10:{write_archive(tmp_path, files)}", "--epochs", "1",
-                   "--width", "4", "--out", str(out)])
+    status = main(
+        [
+            "train",
+            "--data",
+            f"cifar10:{write_archive(tmp_path, files)}",
+            "--epochs",
+            "1",
+            "--width",
+            "4",
+            "--out",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err
     assert status == 2
     assert err.startswith("mindscope: error: refused to unpickle batches.meta") and err.count("\n") == 1
@@ -250,7 +268,7 @@ def test_truncated_archive(tmp_path):
 def test_corrupt_archive(tmp_path):
     whole = bytearray(archive_bytes(official_files(6)))
     middle = len(whole) // 2
-    whole[middle:middle + 64] = bytes(64)
+    whole[middle : middle + 64] = bytes(64)
     path = tmp_path / archives.CIFAR10_ARCHIVE
     path.write_bytes(bytes(whole))
     with pytest.raises(ValueError, match=r"truncated or corrupt"):
@@ -286,7 +304,10 @@ def _with(batch: dict, **changes) -> dict:
 
 
 _BAD_BATCHES = {
-    "int32 data": (dict(data=np.zeros((PER_BATCH, 3072), np.int32)), r"expected uint8 images of shape \(N, 3072\), got int32"),
+    "int32 data": (
+        dict(data=np.zeros((PER_BATCH, 3072), np.int32)),
+        r"expected uint8 images of shape \(N, 3072\), got int32",
+    ),
     "float data": (dict(data=np.zeros((PER_BATCH, 3072), np.float64)), r"expected uint8 images .* got float64"),
     "object data": (dict(data=np.zeros((PER_BATCH, 3072), object)), r"expected uint8 images .* got object"),
     "list data": (dict(data=[[0] * 3072] * PER_BATCH), r"expected uint8 images .* got list"),
@@ -303,17 +324,21 @@ _BAD_BATCHES = {
 def test_wrong_dtype_shape_or_labels(tmp_path, case):
     changes, message = _BAD_BATCHES[case]
     files = official_files(9)
-    files["data_batch_2"] = pickle.dumps(_with(pickle.loads(files["data_batch_2"], encoding="bytes"), **changes),
-                                         protocol=2)
+    files["data_batch_2"] = pickle.dumps(
+        _with(pickle.loads(files["data_batch_2"], encoding="bytes"), **changes), protocol=2
+    )
     with pytest.raises(ValueError, match=r"^data_batch_2: .*" + message):
         archives.read_cifar10(write_archive(tmp_path, files))
 
 
-@pytest.mark.parametrize("meta, message", [
-    ({b"label_names": [c.encode() for c in CLASSES[:9]]}, "batches.meta names 9 classes, CIFAR-10 has 10"),
-    ({b"num_vis": 3072}, "batches.meta lacks the key 'label_names'"),
-    ([b"airplane"] * 10, "batches.meta holds a list, not a dict"),
-])
+@pytest.mark.parametrize(
+    "meta, message",
+    [
+        ({b"label_names": [c.encode() for c in CLASSES[:9]]}, "batches.meta names 9 classes, CIFAR-10 has 10"),
+        ({b"num_vis": 3072}, "batches.meta lacks the key 'label_names'"),
+        ([b"airplane"] * 10, "batches.meta holds a list, not a dict"),
+    ],
+)
 def test_wrong_meta(tmp_path, meta, message):
     files = official_files(10)
     files["batches.meta"] = pickle.dumps(meta, protocol=2)
@@ -332,6 +357,7 @@ def test_batch_that_is_not_a_dict(tmp_path):
 @contextmanager
 def serve(routes: dict[str, bytes | tuple[int, bytes]]):
     """Serve `routes` on 127.0.0.1 from a thread; a tuple is (declared length, body) to cut a reply short."""
+
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             if self.path not in routes:
@@ -376,8 +402,11 @@ def test_download_refused_leaves_nothing(tmp_path, route):
     payload = archive_bytes(official_files(13))
     md5 = "0" * 32 if route == "wrong-checksum" else hashlib.md5(payload).hexdigest()
     routes = {"/wrong-checksum": payload, "/cut-short": (len(payload), payload[: len(payload) // 2])}
-    message = ("could not download" if route == "missing"
-               else r"refused the download .* its MD5 is [0-9a-f]{32}, expected [0-9a-f]{32}; the file was removed")
+    message = (
+        "could not download"
+        if route == "missing"
+        else r"refused the download .* its MD5 is [0-9a-f]{32}, expected [0-9a-f]{32}; the file was removed"
+    )
     dest = tmp_path / "cache"
     with serve(routes) as base:
         with pytest.raises(ValueError, match=message):
@@ -388,6 +417,7 @@ def test_download_refused_leaves_nothing(tmp_path, route):
 def test_download_to_archive_path(tmp_path):
     payload = b"tiny"
     with serve({"/x": payload}) as base:
-        got = archives.download_cifar10(tmp_path / "d" / "mine.tar.gz", url=f"{base}/x",
-                                        md5=hashlib.md5(payload).hexdigest(), timeout=10)
+        got = archives.download_cifar10(
+            tmp_path / "d" / "mine.tar.gz", url=f"{base}/x", md5=hashlib.md5(payload).hexdigest(), timeout=10
+        )
     assert got == tmp_path / "d" / "mine.tar.gz" and got.read_bytes() == payload

@@ -1,4 +1,5 @@
 """Attributions against references: closed forms, float64 autograd, naive re-implementations."""
+
 from __future__ import annotations
 
 import math
@@ -9,12 +10,21 @@ import torch
 from torch import nn
 from torch.testing import assert_close
 
-from mindscope.attribution import (Attribution, black, blurred, class_logit, class_probability, dataset_mean,
-                                   gradients, integrated_gradients, interior_gradients, smoothgrad,
-                                   uniform_noise)
+from mindscope.attribution import (
+    Attribution,
+    black,
+    blurred,
+    class_logit,
+    class_probability,
+    dataset_mean,
+    gradients,
+    integrated_gradients,
+    interior_gradients,
+    smoothgrad,
+    uniform_noise,
+)
 from mindscope.data import Normalization
-from mindscope.quadrature import (Quadrature, composite, gauss_legendre, left, midpoint, right, simpson,
-                                  trapezoid)
+from mindscope.quadrature import Quadrature, composite, gauss_legendre, left, midpoint, right, simpson, trapezoid
 
 ALL_RULES = [left(7), right(7), midpoint(7), trapezoid(7), gauss_legendre(7), simpson(3)]
 
@@ -24,8 +34,16 @@ def linear_model(classes: int = 3, shape: tuple[int, ...] = (2, 3, 3)) -> nn.Mod
 
 
 def elu_net(classes: int = 5) -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ELU(), nn.Conv2d(6, 6, 3, padding=1), nn.ELU(),
-                         nn.AvgPool2d(2), nn.Conv2d(6, classes, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()).double()
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.ELU(),
+        nn.Conv2d(6, 6, 3, padding=1),
+        nn.ELU(),
+        nn.AvgPool2d(2),
+        nn.Conv2d(6, classes, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    ).double()
 
 
 def naive_gradient(model: nn.Module, z: torch.Tensor, targets: torch.Tensor, output=class_probability) -> torch.Tensor:
@@ -35,6 +53,7 @@ def naive_gradient(model: nn.Module, z: torch.Tensor, targets: torch.Tensor, out
 
 
 # --- quadrature rules against closed forms ------------------------------------------------
+
 
 @pytest.mark.parametrize("n", [2, 3, 10, 33])
 def test_trapezoid_weights_sum_to_one_and_integrate_lines_exactly(n: int) -> None:
@@ -53,14 +72,14 @@ def test_rules_live_on_unit_interval_with_unit_mass(rule: Quadrature) -> None:
 def test_midpoint_is_exact_for_lines_but_not_parabolas(n: int) -> None:
     assert midpoint(n).integrate(lambda t: 5 * t + 2) == pytest.approx(4.5, abs=1e-14)
     # midpoint error on t^2 is -h^3/12 per panel of width h = 1/n: exactly -1/(12 n^2) in all
-    assert midpoint(n).integrate(lambda t: t ** 2) - 1 / 3 == pytest.approx(-1 / (12 * n ** 2), abs=1e-14)
+    assert midpoint(n).integrate(lambda t: t**2) - 1 / 3 == pytest.approx(-1 / (12 * n**2), abs=1e-14)
 
 
 @pytest.mark.parametrize("n", [1, 3, 6])
 def test_gauss_legendre_is_exact_to_degree_2n_minus_1(n: int) -> None:
     rule = gauss_legendre(n)
     for degree in range(2 * n):
-        assert rule.integrate(lambda t: (degree + 1) * t ** degree) == pytest.approx(1.0, abs=1e-12)
+        assert rule.integrate(lambda t, d=degree: (d + 1) * t**d) == pytest.approx(1.0, abs=1e-12)
     # Degree 2n is the first it misses, by the known (n!)^4 / ((2n)!)^2 for (2n+1) t^(2n) on [0, 1].
     missed = 1.0 - rule.integrate(lambda t: (2 * n + 1) * t ** (2 * n))
     assert missed == pytest.approx(math.factorial(n) ** 4 / math.factorial(2 * n) ** 2, rel=1e-6)
@@ -81,7 +100,7 @@ def test_left_and_right_riemann_have_first_order_error(n: int) -> None:
 
 
 def test_simpson_and_composite_are_exact_for_cubics() -> None:
-    cubic = lambda t: 4 * t ** 3 - 3 * t ** 2 + 2 * t  # noqa: E731 - integral 1 - 1 + 1 = 1
+    cubic = lambda t: 4 * t**3 - 3 * t**2 + 2 * t  # noqa: E731 - integral 1 - 1 + 1 = 1
     assert simpson(2).integrate(cubic) == pytest.approx(1.0, abs=1e-14)
     assert composite(gauss_legendre(2), np.array([0.0, 0.3, 1.0])).integrate(cubic) == pytest.approx(1.0, abs=1e-14)
 
@@ -98,6 +117,7 @@ def test_rules_refuse_bad_input() -> None:
 
 
 # --- integrated gradients -----------------------------------------------------------------
+
 
 @pytest.mark.parametrize("rule", ALL_RULES, ids=repr)
 def test_linear_model_ig_is_input_times_weight_under_every_rule(rule: Quadrature) -> None:
@@ -143,8 +163,9 @@ def test_tolerance_reaches_completeness_and_map_accuracy_for_every_example(outpu
     result = integrated_gradients(model, x, tolerance=tolerance, output=output, max_steps=4000)
     assert (result.relative_completeness_error < tolerance).all()
     assert (result.map_error < tolerance).all() and (result.steps < 4000).all()
-    reference = integrated_gradients(model, x, rule=composite(gauss_legendre(8), np.linspace(0, 1, 65)),
-                                     output=output).attributions
+    reference = integrated_gradients(
+        model, x, rule=composite(gauss_legendre(8), np.linspace(0, 1, 65)), output=output
+    ).attributions
     true_error = (result.attributions - reference).flatten(1).norm(dim=1) / reference.flatten(1).norm(dim=1)
     assert (true_error < tolerance).all()
 
@@ -173,6 +194,7 @@ def test_model_mode_and_parameter_flags_are_restored_and_params_get_no_grad() ->
 
 # --- targets and input checks -------------------------------------------------------------
 
+
 def test_targets_default_to_predictions_and_accept_int_or_tensor() -> None:
     model, x = elu_net(), torch.randn(4, 3, 6, 6, dtype=torch.float64)
     logits = model(x).detach()
@@ -195,7 +217,9 @@ def test_bad_targets_and_shapes_raise_with_the_rule_and_the_way_out() -> None:
         gradients(model, x, torch.tensor([0, 1, 2]))
     with pytest.raises(TypeError, match="integer classes"):
         gradients(model, x, torch.tensor([0.0, 1.0]))
-    with pytest.raises(ValueError, match=r"batch of images of shape \(N, C, H, W\), got shape \(3, 6, 6\); add a batch"):
+    with pytest.raises(
+        ValueError, match=r"batch of images of shape \(N, C, H, W\), got shape \(3, 6, 6\); add a batch"
+    ):
         integrated_gradients(model, x[0])
     with pytest.raises(ValueError, match=r"does not broadcast to x's shape"):
         integrated_gradients(model, x, baseline=torch.zeros(3, 5, 5))
@@ -206,6 +230,7 @@ def test_bad_targets_and_shapes_raise_with_the_rule_and_the_way_out() -> None:
 
 
 # --- interior gradients, smoothgrad, baselines --------------------------------------------
+
 
 def test_interior_gradients_match_autograd_at_each_alpha() -> None:
     model, x = elu_net(), torch.randn(3, 3, 6, 6, dtype=torch.float64)
@@ -268,13 +293,14 @@ def test_attribution_is_a_small_dataclass() -> None:
 
 # --- figures ------------------------------------------------------------------------------
 
+
 def test_overlay_draws_positive_blue_and_negative_red_over_grey() -> None:
     from mindscope.render.attribution import overlay
 
     pixels = torch.full((3, 4, 4), 0.5)
     attribution = torch.zeros(3, 4, 4)
-    attribution[:, 0, 0] = 1.0     # strongly for the target
-    attribution[:, 3, 3] = -1.0    # strongly against
+    attribution[:, 0, 0] = 1.0  # strongly for the target
+    attribution[:, 3, 3] = -1.0  # strongly against
     rgb = overlay(pixels, attribution, percentile=100)
     red, green, blue = rgb[0, 0]
     assert blue > 0.9 and red < 0.1
@@ -311,6 +337,7 @@ def test_figures_and_gif_frames_are_drawn() -> None:
 
 # --- command line -------------------------------------------------------------------------
 
+
 def test_cli_interior_writes_gifs_and_saturation_curve(tiny_run, tmp_path, capsys) -> None:
     from mindscope.cli import main
 
@@ -324,8 +351,9 @@ def test_cli_integrated_with_tolerance_prints_errors_below_it(tiny_run, tmp_path
 
     from mindscope.cli import main
 
-    status = main(["attribute", str(tiny_run), "--image", "3", "--image", "4", "--tolerance", "0.01",
-                   "--out", str(tmp_path)])
+    status = main(
+        ["attribute", str(tiny_run), "--image", "3", "--image", "4", "--tolerance", "0.01", "--out", str(tmp_path)]
+    )
     assert status == 0 and (tmp_path / "integrated.png").is_file()
     errors = [float(e) for e in re.findall(r"completeness error ([0-9.]+)%", capsys.readouterr().out)]
     assert len(errors) == 2 and max(errors) < 1.0
@@ -349,17 +377,16 @@ def test_adaptive_simpson_puts_its_steps_at_the_kink_and_meets_the_tolerance() -
     def evaluate(example: np.ndarray, alpha: np.ndarray) -> torch.Tensor:
         seen.append(alpha)
         a = torch.as_tensor(alpha)
-        return torch.stack([(a - kink).abs(), torch.exp(a)], dim=1)         # (J, 2)
+        return torch.stack([(a - kink).abs(), torch.exp(a)], dim=1)  # (J, 2)
 
-    exact = torch.tensor([(kink ** 2 + (1 - kink) ** 2) / 2, math.e - 1], dtype=torch.float64)
+    exact = torch.tensor([(kink**2 + (1 - kink) ** 2) / 2, math.e - 1], dtype=torch.float64)
     weights = torch.ones(1, 2, dtype=torch.float64)
-    integral, steps, estimate = adaptive_simpson(evaluate, weights, [float(exact.sum())],
-                                                 tolerance=1e-6, max_steps=500)
+    integral, steps, estimate = adaptive_simpson(evaluate, weights, [float(exact.sum())], tolerance=1e-6, max_steps=500)
     error = float((integral[0] - exact).norm() / exact.norm())
     assert error < 1e-6 and estimate[0] < 1e-6 and steps[0] == sum(len(s) for s in seen) < 500
     nodes = np.concatenate(seen)
     near = np.sum(np.abs(nodes - kink) < 0.05)
-    assert near > 0.5 * nodes.size   # most steps within 0.05 of the kink: 10% of the interval
+    assert near > 0.5 * nodes.size  # most steps within 0.05 of the kink: 10% of the interval
 
 
 def test_smoothgrad_equals_a_naive_loop_over_noisy_copies() -> None:
@@ -370,7 +397,7 @@ def test_smoothgrad_equals_a_naive_loop_over_noisy_copies() -> None:
     sigma = noise * (x.flatten(1).max(1).values - x.flatten(1).min(1).values)
     naive = torch.zeros_like(x)
     for _ in range(samples):
-        z = (x + sigma.view(-1, 1, 1, 1) * torch.randn(x.shape, generator=generator, dtype=torch.float64))
+        z = x + sigma.view(-1, 1, 1, 1) * torch.randn(x.shape, generator=generator, dtype=torch.float64)
         z.requires_grad_(True)
         score = model(z).softmax(-1).gather(1, targets[:, None]).sum()
         naive += torch.autograd.grad(score, z)[0] / samples

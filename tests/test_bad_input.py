@@ -1,4 +1,5 @@
 """Bad input never loses what was written: damaged runs, NaN weights, failed retrains and resumes."""
+
 from __future__ import annotations
 
 import shutil
@@ -27,8 +28,11 @@ def test_nan_weights_in_a_snapshot_are_refused(tiny_run, tmp_path, capsys):
     weights = load_file(snapshot)
     weights["features.4.weight"][0, 0, 0, 0] = float("nan")
     save_file(weights, snapshot)
-    for command in (["attribute", str(run), "--image", "0", "--steps", "4"],
-                    ["activations", str(run), "--image", "0"], ["layers", str(run)]):
+    for command in (
+        ["attribute", str(run), "--image", "0", "--steps", "4"],
+        ["activations", str(run), "--image", "0"],
+        ["layers", str(run)],
+    ):
         assert main(command) == 2
         one_error_line(capsys, "NaN or Inf in features.4.weight")
 
@@ -73,6 +77,8 @@ def test_oversized_counts_and_mapless_layers_are_refused(tiny_run, tmp_path, cap
     one_error_line(capsys, "--steps must be at most 4096")
     assert main(["evaluate", str(tiny_run), "--ig-points", "100000"]) == 2
     one_error_line(capsys, "--ig-points must be at most 1024")
-    assert main(["activations", str(tiny_run), "--image", "0", "--layers", "features.20",
-                 "--out", str(tmp_path / "a")]) == 2
+    assert (
+        main(["activations", str(tiny_run), "--image", "0", "--layers", "features.20", "--out", str(tmp_path / "a")])
+        == 2
+    )
     one_error_line(capsys, "outputs shape (1, 10), no channel maps")

@@ -1,4 +1,5 @@
 """`mindscope train` and `mindscope layers` on bad input: one line on stderr, exit 2, nothing lost."""
+
 from __future__ import annotations
 
 import hashlib
@@ -40,20 +41,29 @@ def fails(capsys, argv: list[str], message: str) -> str:
 
 
 def fingerprint(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 # --- the data option -------------------------------------------------------------------------
-@pytest.mark.parametrize("spec, message", [
-    ("folder:{tmp}/absent", r"no such file or folder '.*absent' for 'folder:.*'; check the path"),
-    ("cifar10:{tmp}/absent.tar.gz", r"no such file or folder .* or pass --download"),
-    ("fashion-mnist:{tmp}/absent", r"no such file or folder"),
-    ("mnist:{tmp}", r"unknown data kind 'mnist' .*; use one of: builtin, cifar10:PATH, fashion-mnist:PATH, folder:PATH"),
-    ("cifar10:{tmp}/notes.txt", r"notes.txt is not a tar archive; give cifar-10-python.tar.gz"),
-    ("cifar10:{tmp}/other.tar.gz", r"other.tar.gz is not the CIFAR-10 python archive: it lacks data_batch_1"),
-    ("cifar10:{tmp}", r"is not an extracted CIFAR-10 folder: it lacks data_batch_1"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("folder:{tmp}/absent", r"no such file or folder '.*absent' for 'folder:.*'; check the path"),
+        ("cifar10:{tmp}/absent.tar.gz", r"no such file or folder .* or pass --download"),
+        ("fashion-mnist:{tmp}/absent", r"no such file or folder"),
+        (
+            "mnist:{tmp}",
+            r"unknown data kind 'mnist' .*; use one of: builtin, cifar10:PATH, fashion-mnist:PATH, folder:PATH",
+        ),
+        ("cifar10:{tmp}/notes.txt", r"notes.txt is not a tar archive; give cifar-10-python.tar.gz"),
+        ("cifar10:{tmp}/other.tar.gz", r"other.tar.gz is not the CIFAR-10 python archive: it lacks data_batch_1"),
+        ("cifar10:{tmp}", r"is not an extracted CIFAR-10 folder: it lacks data_batch_1"),
+    ],
+)
 def test_bad_data(tmp_path, capsys, spec, message):
     (tmp_path / "notes.txt").write_text("hello")
     buffer = io.BytesIO()
@@ -64,14 +74,16 @@ def test_bad_data(tmp_path, capsys, spec, message):
     (tmp_path / "other.tar.gz").write_bytes(buffer.getvalue())
     out = tmp_path / "run"
     fails(capsys, ["train", "--data", spec.format(tmp=tmp_path), "--epochs", "1", *SMALL, "--out", out], message)
-    assert not out.exists()                                    # nothing half-made
+    assert not out.exists()  # nothing half-made
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "other.tar.gz"]
 
 
 # --- training options ------------------------------------------------------------------------
 @pytest.mark.parametrize("epochs", ["0", "-3"])
 def test_epochs_below_one(tmp_path, capsys, epochs):
-    fails(capsys, ["train", "--epochs", epochs, *SMALL, "--out", tmp_path / "run"], rf"epochs must be >= 1, got {epochs}")
+    fails(
+        capsys, ["train", "--epochs", epochs, *SMALL, "--out", tmp_path / "run"], rf"epochs must be >= 1, got {epochs}"
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -86,15 +98,21 @@ def test_cuda_without_cuda(tmp_path, capsys, finished):
 
 
 def test_unknown_device(tmp_path, capsys):
-    fails(capsys, ["train", "--epochs", "1", *SMALL, "--device", "tpu", "--out", tmp_path / "run"],
-          r"unknown device 'tpu'; use cpu or cuda")
+    fails(
+        capsys,
+        ["train", "--epochs", "1", *SMALL, "--device", "tpu", "--out", tmp_path / "run"],
+        r"unknown device 'tpu'; use cpu or cuda",
+    )
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["train", "--epochs", "1"], r"give exactly one of --out RUN_DIR \(a new run\) or --resume RUN_DIR"),
-    (["train", "--out", "a", "--resume", "b"], r"give exactly one of --out"),
-    (["train", "--epochs", "many", "--out", "a"], r"'many' is not a valid integer"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--epochs", "1"], r"give exactly one of --out RUN_DIR \(a new run\) or --resume RUN_DIR"),
+        (["train", "--out", "a", "--resume", "b"], r"give exactly one of --out"),
+        (["train", "--epochs", "many", "--out", "a"], r"'many' is not a valid integer"),
+    ],
+)
 def test_usage_errors(capsys, argv, message):
     fails(capsys, argv, message)
 
@@ -125,8 +143,9 @@ def test_damaged_run_files(tmp_path, capsys, finished, damage):
     folder = tmp_path / "damaged"
     folder.mkdir()
     (folder / "config.json").write_bytes(b"not json" if damage == "config" else (finished / "config.json").read_bytes())
-    (folder / "metrics.sqlite").write_bytes(b"garbage, not SQLite" if damage == "database"
-                                            else (finished / "metrics.sqlite").read_bytes())
+    (folder / "metrics.sqlite").write_bytes(
+        b"garbage, not SQLite" if damage == "database" else (finished / "metrics.sqlite").read_bytes()
+    )
     before = fingerprint(folder)
     fails(capsys, ["train", "--resume", folder], re.escape(str(folder)))
     fails(capsys, ["layers", folder], re.escape(str(folder)))
@@ -134,8 +153,12 @@ def test_damaged_run_files(tmp_path, capsys, finished, damage):
 
 
 def test_resume_a_run_that_was_never_started(tmp_path, capsys, finished):
-    fails(capsys, ["train", "--resume", tmp_path / "never"], r"no run at .*never to resume; start one with "
-                                                             r"'mindscope train --out .*never'")
+    fails(
+        capsys,
+        ["train", "--resume", tmp_path / "never"],
+        r"no run at .*never to resume; start one with "
+        r"'mindscope train --out .*never'",
+    )
     assert not (tmp_path / "never").exists()
     # Files but no checkpoint: the process died before epoch 0 was saved.
     empty = tmp_path / "empty"

@@ -1,4 +1,5 @@
 """Datasets: the built-in shapes, normalisation, data specs, image folders, Fashion-MNIST idx files."""
+
 from __future__ import annotations
 
 import gzip
@@ -23,14 +24,14 @@ def test_builtin_is_deterministic_from_its_seed():
         assert torch.equal(x.images, y.images) and torch.equal(x.labels, y.labels)
         assert torch.equal(x.masks, y.masks)
     assert not torch.equal(a.train.images, c.train.images)
-    assert not torch.equal(a.train.images[:20], a.test.images)       # train and test are different draws
+    assert not torch.equal(a.train.images[:20], a.test.images)  # train and test are different draws
 
 
 def test_builtin_prefix_property():
     # 270 crosses the generator's 256-image chunk boundary.
     small, large = shapes.generate(270, seed=1), shapes.generate(300, seed=1)
-    for s, l in zip(small, large):
-        np.testing.assert_array_equal(s, l[:270])
+    for s, big in zip(small, large):
+        np.testing.assert_array_equal(s, big[:270])
     data = load_data("builtin", seed=1, train_limit=20, test_limit=7)
     np.testing.assert_array_equal(data.train.images.numpy(), large[0][:20])
     np.testing.assert_array_equal(data.test.images.numpy(), shapes.generate(7, seed=1, split=1)[0])
@@ -48,7 +49,7 @@ def test_builtin_types_and_classes(builtin):
     assert train.masks.dtype == torch.bool and train.masks.shape == (200, 32, 32)
     assert len(builtin.classes) == 10 == len(set(builtin.classes))
     counts = torch.bincount(train.labels, minlength=10)
-    assert counts.min() >= 15                                        # every class, roughly balanced
+    assert counts.min() >= 15  # every class, roughly balanced
     assert builtin.name == "shapes10" and builtin.description
     assert builtin.image_shape == (3, 32, 32)
 
@@ -70,7 +71,7 @@ def test_masks_lie_on_the_object(builtin):
     ring = grown & ~masks
 
     def contrast(inside, outside):
-        return np.array([abs(l[i].mean() - l[o].mean()) for l, i, o in zip(lum, inside, outside)])
+        return np.array([abs(v[i].mean() - v[o].mean()) for v, i, o in zip(lum, inside, outside)])
 
     on_object = contrast(masks, ring)
     # Control: the same mask moved off the object shows far less contrast with its ring.
@@ -121,15 +122,26 @@ def test_imageset_checks():
 
 
 # --- data specs ------------------------------------------------------------------------------
-@pytest.mark.parametrize("spec, error, message", [
-    ("mnist:/tmp/x", ValueError, r"unknown data kind 'mnist' in 'mnist:/tmp/x'; use one of: builtin, "
-                                 r"cifar10:PATH, fashion-mnist:PATH, folder:PATH"),
-    ("builtin:/tmp", ValueError, r"'builtin' takes no path"),
-    ("folder", ValueError, r"folder needs a path: 'folder:PATH'"),
-    ("folder:{tmp}/absent", FileNotFoundError, r"no such file or folder '.*absent' for 'folder:.*'; check the path"),
-    ("cifar10:{tmp}/absent.tar.gz", FileNotFoundError, r"no such file or folder .* or pass --download"),
-    ("fashion-mnist:{tmp}/nope", FileNotFoundError, r"no such file or folder"),
-])
+@pytest.mark.parametrize(
+    "spec, error, message",
+    [
+        (
+            "mnist:/tmp/x",
+            ValueError,
+            r"unknown data kind 'mnist' in 'mnist:/tmp/x'; use one of: builtin, "
+            r"cifar10:PATH, fashion-mnist:PATH, folder:PATH",
+        ),
+        ("builtin:/tmp", ValueError, r"'builtin' takes no path"),
+        ("folder", ValueError, r"folder needs a path: 'folder:PATH'"),
+        (
+            "folder:{tmp}/absent",
+            FileNotFoundError,
+            r"no such file or folder '.*absent' for 'folder:.*'; check the path",
+        ),
+        ("cifar10:{tmp}/absent.tar.gz", FileNotFoundError, r"no such file or folder .* or pass --download"),
+        ("fashion-mnist:{tmp}/nope", FileNotFoundError, r"no such file or folder"),
+    ],
+)
 def test_load_data_errors(tmp_path, spec, error, message):
     with pytest.raises(error, match=message):
         load_data(spec.format(tmp=tmp_path))
@@ -177,12 +189,12 @@ def test_image_folder_split_80_20_and_conversions(tmp_path):
     written.append((np.stack([grey] * 3), 1))
     _write_png(tmp_path / "c" / "big.png", rng.integers(0, 256, (48, 40, 3), dtype=np.uint8))
     data = load_data(f"folder:{tmp_path}", seed=3)
-    assert len(data.train) == 9 and len(data.test) == 2                 # round(0.8 * 11) = 9
+    assert len(data.train) == 9 and len(data.test) == 2  # round(0.8 * 11) = 9
     everything = _as_set(data.train) + _as_set(data.test)
     for item in sorted((a.tobytes(), y) for a, y in written):
         assert item in everything
     assert sorted(y for _, y in everything) == [0] * 3 + [1] * 4 + [2] * 4
-    assert data.test.images.shape[1:] == (3, 32, 32)                   # the 48x40 image is resized
+    assert data.test.images.shape[1:] == (3, 32, 32)  # the 48x40 image is resized
     # The split depends on the seed only.
     again = load_data(f"folder:{tmp_path}", seed=3)
     assert torch.equal(again.test.images, data.test.images)
@@ -191,7 +203,7 @@ def test_image_folder_split_80_20_and_conversions(tmp_path):
 def test_image_folder_without_classes(tmp_path):
     (tmp_path / "loose.png").write_bytes(b"")
     with pytest.raises(ValueError, match="no class folders in"):
-        load_data(f"folder:{tmp_path}").train
+        _ = load_data(f"folder:{tmp_path}").train
 
 
 # --- Fashion-MNIST idx files -----------------------------------------------------------------
@@ -203,10 +215,12 @@ def _idx(array: np.ndarray) -> bytes:
 
 def write_fashion(folder: Path, *, compress: bool, n_train: int = 12, n_test: int = 5, seed: int = 0):
     rng = np.random.default_rng(seed)
-    arrays = {"train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
-              "train-labels-idx1-ubyte": rng.integers(0, 10, n_train, dtype=np.uint8),
-              "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
-              "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test, dtype=np.uint8)}
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "train-labels-idx1-ubyte": rng.integers(0, 10, n_train, dtype=np.uint8),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test, dtype=np.uint8),
+    }
     folder.mkdir(parents=True, exist_ok=True)
     for name, array in arrays.items():
         raw = _idx(array)
@@ -230,19 +244,22 @@ def test_fashion_mnist(tmp_path, compress):
     assert data.image_shape == (1, 28, 28)
 
 
-@pytest.mark.parametrize("compress, keep, message", [
-    (False, -100, r"holds 9308 values, its header says \(12, 28, 28\): truncated"),
-    (False, -1, r"holds 9407 values, its header says \(12, 28, 28\): truncated"),
-    (True, -100, r"truncated or corrupt"),
-    (False, 10, r"header is cut short"),
-])
+@pytest.mark.parametrize(
+    "compress, keep, message",
+    [
+        (False, -100, r"holds 9308 values, its header says \(12, 28, 28\): truncated"),
+        (False, -1, r"holds 9407 values, its header says \(12, 28, 28\): truncated"),
+        (True, -100, r"truncated or corrupt"),
+        (False, 10, r"header is cut short"),
+    ],
+)
 def test_fashion_mnist_truncated(tmp_path, compress, keep, message):
     """`keep` bytes of the training images file: from the start if positive, all but -keep if negative."""
     write_fashion(tmp_path, compress=compress)
     path = tmp_path / ("train-images-idx3-ubyte" + (".gz" if compress else ""))
     path.write_bytes(path.read_bytes()[:keep])
     with pytest.raises(ValueError, match=message):
-        load_data(f"fashion-mnist:{tmp_path}").train
+        _ = load_data(f"fashion-mnist:{tmp_path}").train
 
 
 def test_fashion_mnist_bad_files(tmp_path):
@@ -250,10 +267,10 @@ def test_fashion_mnist_bad_files(tmp_path):
     labels = tmp_path / "t10k-labels-idx1-ubyte"
     labels.write_bytes(_idx(np.array([0, 1, 10, 2, 3], np.uint8)))
     with pytest.raises(ValueError, match=r"labels must lie in 0..9, got 0..10"):
-        load_data(f"fashion-mnist:{tmp_path}").train
+        _ = load_data(f"fashion-mnist:{tmp_path}").train
     labels.write_bytes(_idx(np.array([0, 1], np.uint8)))
     with pytest.raises(ValueError, match=r"expected 5 integer labels"):
-        load_data(f"fashion-mnist:{tmp_path}").train
+        _ = load_data(f"fashion-mnist:{tmp_path}").train
     labels.unlink()
     with pytest.raises(ValueError, match=r"lacks t10k-labels-idx1-ubyte\[.gz\]"):
         load_data(f"fashion-mnist:{tmp_path}")

@@ -1,15 +1,27 @@
 """`mindscope demo`: trains, reports, reuses a finished run, and runs on a CIFAR-10 archive."""
+
 from __future__ import annotations
 
 import re
 
-from test_archives import CLASSES, official_files, write_archive
-
 from mindscope.cli import main
 from mindscope.run import load_run
+from test_archives import CLASSES, official_files, write_archive
 
-TINY = ["--epochs", "1", "--width", "8", "--train-limit", "96", "--test-limit", "32",
-        "--images", "2", "--evaluation-images", "2"]
+TINY = [
+    "--epochs",
+    "1",
+    "--width",
+    "8",
+    "--train-limit",
+    "96",
+    "--test-limit",
+    "32",
+    "--images",
+    "2",
+    "--evaluation-images",
+    "2",
+]
 
 
 def test_demo_writes_a_report_and_reuses_the_run(tmp_path, capsys):
@@ -43,6 +55,12 @@ def test_demo_on_a_cifar10_archive(tmp_path):
     run = load_run(out / "run")
     assert run.classes == tuple(CLASSES) and run.config["data"]["name"] == "cifar10"
     html = (out / "report.html").read_text()
-    assert re.findall(r'<section id="([\w-]+)"', html) == ["experiment", "weights", "activations", "interior",
-                                                            "integrated", "trust"]
+    assert re.findall(r'<section id="([\w-]+)"', html) == [
+        "experiment",
+        "weights",
+        "activations",
+        "interior",
+        "integrated",
+        "trust",
+    ]
     assert all(name in html for name in CLASSES)

@@ -1,4 +1,5 @@
 """Attribution checks against known answers: closed forms, scipy, built-to-purpose networks."""
+
 from __future__ import annotations
 
 import json
@@ -48,7 +49,7 @@ class TopLeftNet(nn.Module):
         self.linear = nn.Linear(channels * self.half * self.half, 3).double()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x[:, :, :self.half, :self.half].flatten(1))
+        return self.linear(x[:, :, : self.half, : self.half].flatten(1))
 
 
 def ig(rule_points: int = 8):
@@ -57,16 +58,18 @@ def ig(rule_points: int = 8):
 
 # --- Spearman ------------------------------------------------------------------------------
 
+
 def test_spearman_matches_scipy_with_ties() -> None:
     g = torch.Generator().manual_seed(1)
-    a = torch.randint(0, 5, (4, 3, 7), generator=g).double()            # many ties
+    a = torch.randint(0, 5, (4, 3, 7), generator=g).double()  # many ties
     b = a + torch.randn(4, 3, 7, generator=g, dtype=torch.float64)
     b[0] = torch.randint(0, 3, (3, 7), generator=g).double()
     ours = spearman(a, b).numpy()
     reference = [scipy.stats.spearmanr(a[i].flatten().numpy(), b[i].flatten().numpy()).statistic for i in range(4)]
     np.testing.assert_allclose(ours, reference, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(rankdata(a.flatten(1)).numpy(),
-                               scipy.stats.rankdata(a.flatten(1).numpy(), axis=1), rtol=0, atol=0)
+    np.testing.assert_allclose(
+        rankdata(a.flatten(1)).numpy(), scipy.stats.rankdata(a.flatten(1).numpy(), axis=1), rtol=0, atol=0
+    )
 
 
 def test_spearman_is_nan_for_a_constant_map_and_rejects_shapes() -> None:
@@ -80,6 +83,7 @@ def test_spearman_is_nan_for_a_constant_map_and_rejects_shapes() -> None:
 
 # --- localisation --------------------------------------------------------------------------
 
+
 def test_quadrant_network_localises_in_its_quadrant_only() -> None:
     n, c, size = 6, 3, 8
     model = TopLeftNet(c, size)
@@ -90,12 +94,12 @@ def test_quadrant_network_localises_in_its_quadrant_only() -> None:
     bottom_right = torch.zeros_like(top_left)
     bottom_right[:, 4:, 4:] = True
     inside, outside = localisation(maps, top_left), localisation(maps, bottom_right)
-    np.testing.assert_allclose(inside.mass_inside, 1.0)          # nothing outside the quadrant gets mass
+    np.testing.assert_allclose(inside.mass_inside, 1.0)  # nothing outside the quadrant gets mass
     assert inside.pointing.all()
     np.testing.assert_allclose(outside.mass_inside, 0.0)
     assert not outside.pointing.any()
     np.testing.assert_allclose(inside.mask_fraction, 0.25)
-    assert 0.1 < inside.random_mass < 0.4                         # a random map spreads its mass by area
+    assert 0.1 < inside.random_mass < 0.4  # a random map spreads its mass by area
 
 
 def test_localisation_rejects_mismatched_shapes_and_empty_masks() -> None:
@@ -116,6 +120,7 @@ def test_localisation_rejects_mismatched_shapes_and_empty_masks() -> None:
 
 # --- deletion and insertion ----------------------------------------------------------------
 
+
 def test_deletion_curves_of_a_linear_model_match_the_closed_form() -> None:
     g = torch.Generator().manual_seed(3)
     n, c, h, w = 5, 2, 4, 4
@@ -123,16 +128,16 @@ def test_deletion_curves_of_a_linear_model_match_the_closed_form() -> None:
     model = Linear2(weight, 0.3)
     x = torch.randn(n, c, h, w, generator=g, dtype=torch.float64)
     baseline = torch.full((c, h, w), -0.5, dtype=torch.float64)
-    oracle = weight * (x - baseline)                                      # exact IG of a linear model
+    oracle = weight * (x - baseline)  # exact IG of a linear model
     result = deletion_insertion(model, x, 0, oracle, baseline=baseline, steps=16, max_batch=7)
 
-    contribution = oracle.sum(1).flatten(1).numpy()                      # (N, P)
+    contribution = oracle.sum(1).flatten(1).numpy()  # (N, P)
     order = np.argsort(-contribution, axis=1, kind="stable")
     ranked = np.take_along_axis(contribution, order, axis=1)
-    removed = np.concatenate([np.zeros((n, 1)), np.cumsum(ranked, axis=1)], axis=1)    # (N, 17)
+    removed = np.concatenate([np.zeros((n, 1)), np.cumsum(ranked, axis=1)], axis=1)  # (N, 17)
     full = (weight * x).flatten(1).sum(1).numpy()[:, None] + 0.3
     empty = float((weight * baseline).sum()) + 0.3
-    sigmoid = lambda z: 1 / (1 + np.exp(-z))                              # noqa: E731
+    sigmoid = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
     np.testing.assert_allclose(result.fractions, np.arange(17) / 16)
     np.testing.assert_allclose(result.deletion, sigmoid(full - removed), rtol=1e-10)
     np.testing.assert_allclose(result.insertion, sigmoid(empty + removed), rtol=1e-10)
@@ -162,16 +167,23 @@ def test_deletion_rejects_mismatched_shapes() -> None:
 
 # --- randomisation -------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def centre_detector() -> tuple[nn.Module, torch.Tensor]:
     """A small convnet trained to tell whether the centre 3x3 of a +-1 image sums positive."""
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ELU(), nn.Conv2d(6, 4, 3, padding=1), nn.ELU(),
-                          nn.Flatten(), nn.Linear(4 * 8 * 8, 2)).double()
+    model = nn.Sequential(
+        nn.Conv2d(1, 6, 3, padding=1),
+        nn.ELU(),
+        nn.Conv2d(6, 4, 3, padding=1),
+        nn.ELU(),
+        nn.Flatten(),
+        nn.Linear(4 * 8 * 8, 2),
+    ).double()
     optimiser = torch.optim.Adam(model.parameters(), lr=0.02)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)            # tiny ops: a second thread only waits on a shared machine
+    torch.set_num_threads(1)  # tiny ops: a second thread only waits on a shared machine
     try:
         for _ in range(300):
             x = torch.randint(0, 2, (64, 1, 8, 8), generator=g).double() * 2 - 1
@@ -193,12 +205,12 @@ def test_randomising_all_layers_destroys_integrated_gradients_similarity(centre_
     before = {k: v.clone() for k, v in model.state_dict().items()}
     steps = []
     result = randomisation_check(model, x, None, ig(), progress=steps.append)
-    assert result.layers == ("5", "2", "0")                               # top (output) layer first
+    assert result.layers == ("5", "2", "0")  # top (output) layer first
     assert len(steps) == 4
     np.testing.assert_allclose(result.spearman_abs[0], 1.0)
     assert result.final_abs < 0.3 and result.passed
     assert result.curve[-1] < result.curve[0] - 0.6
-    for k, v in model.state_dict().items():                              # the caller's model is untouched
+    for k, v in model.state_dict().items():  # the caller's model is untouched
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
 
 
@@ -224,6 +236,7 @@ def test_randomisation_of_chosen_layers_is_top_down_and_checked(centre_detector)
 
 
 # --- completeness and the table ------------------------------------------------------------
+
 
 def test_completeness_is_collected_where_it_exists() -> None:
     model = Linear2(torch.randn(1, 4, 4, dtype=torch.float64), 0.1)
@@ -255,10 +268,12 @@ def test_evaluate_methods_tabulates_every_method_and_check(tmp_path) -> None:
         evaluate_methods(model, x, None, masks[:2], methods)
     with pytest.raises(ValueError, match="non-empty dict"):
         evaluate_methods(model, x, None, masks, {})
-    figures = [randomisation_figure({r.name: r.randomisation for r in table.rows}),
-               deletion_figure({r.name: r.deletion for r in table.rows}),
-               localisation_figure({r.name: r.localisation for r in table.rows}),
-               maps_figure(x.numpy(), {r.name: r.attributions.numpy() for r in table.rows}, masks.numpy())]
+    figures = [
+        randomisation_figure({r.name: r.randomisation for r in table.rows}),
+        deletion_figure({r.name: r.deletion for r in table.rows}),
+        localisation_figure({r.name: r.localisation for r in table.rows}),
+        maps_figure(x.numpy(), {r.name: r.attributions.numpy() for r in table.rows}, masks.numpy()),
+    ]
     for i, figure in enumerate(figures):
         assert isinstance(figure, Figure)
         figure.savefig(tmp_path / f"{i}.png")
@@ -266,10 +281,28 @@ def test_evaluate_methods_tabulates_every_method_and_check(tmp_path) -> None:
 
 # --- CLI ----------------------------------------------------------------------------------
 
+
 def test_cli_evaluates_a_run(tiny_run, tmp_path, capsys) -> None:
     out = tmp_path / "evaluation"
-    assert main(["evaluate", str(tiny_run), "--images", "2", "--methods", "gradient,integrated",
-                 "--ig-points", "4", "--steps", "4", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(tiny_run),
+                "--images",
+                "2",
+                "--methods",
+                "gradient,integrated",
+                "--ig-points",
+                "4",
+                "--steps",
+                "4",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "gradient" in printed and "integrated" in printed and "del AUC" in printed
     numbers = json.loads((out / "evaluation.json").read_text())
@@ -281,11 +314,14 @@ def test_cli_evaluates_a_run(tiny_run, tmp_path, capsys) -> None:
         assert (out / name).stat().st_size > 0
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--methods", "gradient,occlusion"], "unknown method 'occlusion'"),
-    (["--images", "0"], "--images must be at least 1"),
-    (["--alpha", "1.5"], "--alpha must lie in"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--methods", "gradient,occlusion"], "unknown method 'occlusion'"),
+        (["--images", "0"], "--images must be at least 1"),
+        (["--alpha", "1.5"], "--alpha must lie in"),
+    ],
+)
 def test_cli_rejects_bad_input(tiny_run, tmp_path, capsys, args, message) -> None:
     assert main(["evaluate", str(tiny_run), "--out", str(tmp_path), *args]) == 2
     assert message in capsys.readouterr().err

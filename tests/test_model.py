@@ -1,5 +1,6 @@
 """AllConvNet against the walk-through's description, a float64 functional re-implementation,
 layer naming, and `mindscope layers`."""
+
 from __future__ import annotations
 
 import math
@@ -14,9 +15,29 @@ from mindscope.layers import numbered_layers, resolve_layer, resolve_layers
 from mindscope.model import INIT_STDS, AllConvNet
 
 # The walk-through's network, written out: (kind, kernel) per module of `features`.
-SPEC = ["conv3", "elu", "conv3", "elu", "conv3", "elu", "pool",
-        "conv3", "elu", "conv3", "elu", "conv3", "elu", "pool",
-        "conv3", "elu", "conv1", "elu", "conv1", "gap", "flatten"]
+SPEC = [
+    "conv3",
+    "elu",
+    "conv3",
+    "elu",
+    "conv3",
+    "elu",
+    "pool",
+    "conv3",
+    "elu",
+    "conv3",
+    "elu",
+    "conv3",
+    "elu",
+    "pool",
+    "conv3",
+    "elu",
+    "conv1",
+    "elu",
+    "conv1",
+    "gap",
+    "flatten",
+]
 CONV_NAMES = [f"features.{i}" for i, kind in enumerate(SPEC) if kind.startswith("conv")]
 
 
@@ -39,7 +60,7 @@ def test_structure():
     assert not any(isinstance(m, (nn.Softmax, nn.LogSoftmax)) for m in model.modules())
     out = model(torch.randn(5, 1, 32, 32))
     assert out.shape == (5, 7)
-    assert not torch.allclose(out.softmax(1).sum(1), out.sum(1))   # logits, not probabilities
+    assert not torch.allclose(out.softmax(1).sum(1), out.sum(1))  # logits, not probabilities
 
 
 def test_rejects_bad_arguments_and_inputs():
@@ -89,7 +110,7 @@ def _functional_forward(state: dict[str, torch.Tensor], x: torch.Tensor) -> torc
             h = F.elu(h)
         if i in (2, 5):
             h = F.avg_pool2d(h, 2)
-    return h.mean(dim=(2, 3))                          # (N, classes)
+    return h.mean(dim=(2, 3))  # (N, classes)
 
 
 def test_forward_matches_functional_float64():
@@ -98,7 +119,7 @@ def test_forward_matches_functional_float64():
     with torch.no_grad():
         for conv in model.features:
             if isinstance(conv, nn.Conv2d):
-                conv.bias.normal_(0, 0.1)           # exercise the biases too
+                conv.bias.normal_(0, 0.1)  # exercise the biases too
     x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
     torch.testing.assert_close(model(x), _functional_forward(model.state_dict(), x))
 
@@ -108,23 +129,38 @@ def test_numbered_layers():
     assert numbered_layers(AllConvNet(width=4)) == dict(enumerate(CONV_NAMES, start=1))
 
 
-@pytest.mark.parametrize("spec, output, name", [
-    (1, False, "features.0"), ("3", False, "features.4"), (" 7 ", False, "features.14"),
-    (9, False, "features.18"), (3, True, "features.5"), ("6", True, "features.12"),
-    (8, True, "features.17"), (9, True, "features.18"),
-    ("features.6", False, "features.6"), ("features.6", True, "features.6"),
-    ("features.4", True, "features.4"),
-])
+@pytest.mark.parametrize(
+    "spec, output, name",
+    [
+        (1, False, "features.0"),
+        ("3", False, "features.4"),
+        (" 7 ", False, "features.14"),
+        (9, False, "features.18"),
+        (3, True, "features.5"),
+        ("6", True, "features.12"),
+        (8, True, "features.17"),
+        (9, True, "features.18"),
+        ("features.6", False, "features.6"),
+        ("features.6", True, "features.6"),
+        ("features.4", True, "features.4"),
+    ],
+)
 def test_resolve_layer(spec, output, name):
     assert resolve_layer(AllConvNet(width=4), spec, output=output) == name
 
 
-@pytest.mark.parametrize("spec, message", [
-    (0, r"no layer 0; layer numbers run from 1 to 9 \(see 'mindscope layers'\)"),
-    ("10", r"no layer 10; layer numbers run from 1 to 9"),
-    ("features.99", r"no layer 'features.99'; layers are: features, features.0, features.1, .*\(see 'mindscope layers'\)"),
-    ("", r"no layer ''; layers are: features"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        (0, r"no layer 0; layer numbers run from 1 to 9 \(see 'mindscope layers'\)"),
+        ("10", r"no layer 10; layer numbers run from 1 to 9"),
+        (
+            "features.99",
+            r"no layer 'features.99'; layers are: features, features.0, features.1, .*\(see 'mindscope layers'\)",
+        ),
+        ("", r"no layer ''; layers are: features"),
+    ],
+)
 def test_resolve_layer_unknown(spec, message):
     with pytest.raises(ValueError, match=message):
         resolve_layer(AllConvNet(width=4), spec)
@@ -177,10 +213,13 @@ def test_layers_command_lists_every_module(capsys):
     assert lines[-1] == f"total parameters: {total:,}"
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["layers"], "give a RUN_DIR or --width W"),
-    (["layers", "--width", "0"], "width must be a positive integer, got 0"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["layers"], "give a RUN_DIR or --width W"),
+        (["layers", "--width", "0"], "width must be a positive integer, got 0"),
+    ],
+)
 def test_layers_command_bad_input(capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err

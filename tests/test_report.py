@@ -1,4 +1,5 @@
 """The HTML report: its sections, and a real headless Chromium loading it from disk."""
+
 from __future__ import annotations
 
 import os
@@ -11,15 +12,37 @@ import pytest
 from mindscope.cli import main
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
 def report(tiny_run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("report") / "report.html"
-    assert main(["report", str(tiny_run), "--out", str(out), "--images", "2", "--evaluation-images", "2",
-                 "--tolerance", "0.05"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                str(tiny_run),
+                "--out",
+                str(out),
+                "--images",
+                "2",
+                "--evaluation-images",
+                "2",
+                "--tolerance",
+                "0.05",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -27,7 +50,7 @@ def test_report_has_every_section_in_walkthrough_order(report):
     html = report.read_text()
     ids = re.findall(r'<section id="([\w-]+)"', html)
     assert ids == ["experiment", "weights", "activations", "interior", "integrated", "trust"]
-    assert "http://" not in html and "https://" not in html     # nothing to fetch
+    assert "http://" not in html and "https://" not in html  # nothing to fetch
     assert html.count("<img ") >= 10
 
 

@@ -1,4 +1,5 @@
 """Recorded runs: what `mindscope train` writes, `load_run` reads, reruns, resumes and SIGKILL."""
+
 from __future__ import annotations
 
 import os
@@ -20,9 +21,21 @@ from mindscope.cli import main
 from mindscope.model import AllConvNet
 from mindscope.run import RunRecorder, load_run
 
-EPOCHS, STEPS_PER_EPOCH = 2, 4                # 128 images in batches of 32
-COMMON = ["--width", "8", "--train-limit", "128", "--test-limit", "32", "--batch-size", "32",
-          "--log-every", "1", "--histogram-every", "2"]
+EPOCHS, STEPS_PER_EPOCH = 2, 4  # 128 images in batches of 32
+COMMON = [
+    "--width",
+    "8",
+    "--train-limit",
+    "128",
+    "--test-limit",
+    "32",
+    "--batch-size",
+    "32",
+    "--log-every",
+    "1",
+    "--histogram-every",
+    "2",
+]
 
 
 def train(out: Path, *extra: str, epochs: int = EPOCHS) -> None:
@@ -37,10 +50,18 @@ def check_complete(metrics, epochs: int, steps_per_epoch: int = STEPS_PER_EPOCH)
     """No duplicate (step, split, name, scope), every step logged, every epoch closed once."""
     keys = Counter((m["step"], m["split"], m["name"], m["scope"]) for m in metrics)
     assert max(keys.values()) == 1
-    expected = {(s, split, name, "step") for s in range(1, epochs * steps_per_epoch + 1)
-                for split in ("train", "test") for name in ("loss", "accuracy")}
-    expected |= {(e * steps_per_epoch, split, name, "epoch") for e in range(1, epochs + 1)
-                 for split in ("train", "test") for name in ("loss", "accuracy")}
+    expected = {
+        (s, split, name, "step")
+        for s in range(1, epochs * steps_per_epoch + 1)
+        for split in ("train", "test")
+        for name in ("loss", "accuracy")
+    }
+    expected |= {
+        (e * steps_per_epoch, split, name, "epoch")
+        for e in range(1, epochs + 1)
+        for split in ("train", "test")
+        for name in ("loss", "accuracy")
+    }
     assert set(keys) == expected
     assert sorted({m["epoch"] for m in metrics if m["scope"] == "epoch"}) == list(range(1, epochs + 1))
 
@@ -73,7 +94,7 @@ def test_load_run_contents(reference):
 
 def test_snapshots_are_the_weights(reference):
     run = load_run(reference)
-    torch.manual_seed(0)                           # --seed 0: the network before training
+    torch.manual_seed(0)  # --seed 0: the network before training
     fresh = AllConvNet(width=8)
     for name, value in fresh.state_dict().items():
         torch.testing.assert_close(run.state_dict_at(0)[name], value, rtol=0, atol=0)
@@ -89,12 +110,13 @@ def test_snapshots_are_the_weights(reference):
 def test_epoch_metrics_match_the_snapshots(reference):
     run = load_run(reference)
     data = run.data
-    pixels = data.test.images.double() / 255                          # (32, 3, 32, 32)
+    pixels = data.test.images.double() / 255  # (32, 3, 32, 32)
     mean = torch.tensor(data.normalization.mean, dtype=torch.float64).view(1, 3, 1, 1)
     std = torch.tensor(data.normalization.std, dtype=torch.float64).view(1, 3, 1, 1)
     x = (pixels - mean) / std
-    logged = {(m["epoch"], m["name"]): m["value"] for m in run.metrics
-              if m["scope"] == "epoch" and m["split"] == "test"}
+    logged = {
+        (m["epoch"], m["name"]): m["value"] for m in run.metrics if m["scope"] == "epoch" and m["split"] == "test"
+    }
     for epoch in (1, 2):
         model = run.model_at(epoch).double()
         with torch.no_grad():
@@ -121,7 +143,7 @@ def test_histograms_match_the_snapshots(reference):
         assert h["counts"].sum() == values.size == h["stats"]["count"]
         if values.min() < values.max():
             reference_counts, _ = np.histogram(values, bins=h["edges"])
-            assert np.abs(reference_counts - h["counts"]).sum() <= 2     # float32 edges vs float64 bins
+            assert np.abs(reference_counts - h["counts"]).sum() <= 2  # float32 edges vs float64 bins
         assert h["stats"]["mean"] == pytest.approx(values.mean(), abs=1e-6)
     assert {h["tensor"] for h in histograms if h["step"] == 8} == set(tensors)
 
@@ -131,10 +153,19 @@ def test_epoch_train_metrics_are_the_mean_of_its_steps(reference):
     metrics = load_run(reference).metrics
     for epoch in (1, 2):
         for name in ("loss", "accuracy"):
-            steps = [m["value"] for m in metrics if m["scope"] == "step" and m["split"] == "train"
-                     and m["name"] == name and epoch - 1 < m["epoch"] <= epoch]
-            closing = [m["value"] for m in metrics if m["scope"] == "epoch" and m["split"] == "train"
-                       and m["name"] == name and m["epoch"] == epoch]
+            steps = [
+                m["value"]
+                for m in metrics
+                if m["scope"] == "step"
+                and m["split"] == "train"
+                and m["name"] == name
+                and epoch - 1 < m["epoch"] <= epoch
+            ]
+            closing = [
+                m["value"]
+                for m in metrics
+                if m["scope"] == "epoch" and m["split"] == "train" and m["name"] == name and m["epoch"] == epoch
+            ]
             assert len(steps) == STEPS_PER_EPOCH
             assert closing == [pytest.approx(np.mean(steps), rel=1e-9)]
 
@@ -162,8 +193,9 @@ def test_resume_after_one_epoch_matches_uninterrupted(reference, tmp_path):
     check_complete(resumed.metrics, EPOCHS)
     assert rows(resumed.metrics) == rows(load_run(reference).metrics)
     _same_weights(out, reference, 2)
-    assert [(h["step"], h["tensor"]) for h in resumed.histograms()] == \
-        [(h["step"], h["tensor"]) for h in load_run(reference).histograms()]
+    assert [(h["step"], h["tensor"]) for h in resumed.histograms()] == [
+        (h["step"], h["tensor"]) for h in load_run(reference).histograms()
+    ]
 
 
 def test_resume_records_the_new_total(tmp_path):
@@ -173,7 +205,7 @@ def test_resume_records_the_new_total(tmp_path):
     train(out, epochs=1)
     assert main(["train", "--resume", str(out), "--epochs", "2"]) == 0
     assert load_run(out).config["train"]["epochs"] == 2
-    assert main(["train", "--resume", str(out)]) == 2           # already trained 2 of 2
+    assert main(["train", "--resume", str(out)]) == 2  # already trained 2 of 2
 
 
 class Crash(Exception):
@@ -203,7 +235,7 @@ def test_resume_after_a_crash(reference, tmp_path, monkeypatch, when):
     monkeypatch.undo()
     crashed = load_run(out)
     assert crashed.epochs == [0, 1]
-    if when == "mid epoch 2":                      # rows past the checkpoint are there until resuming
+    if when == "mid epoch 2":  # rows past the checkpoint are there until resuming
         assert max(m["step"] for m in crashed.metrics) == STEPS_PER_EPOCH + 2
     assert main(["train", "--resume", str(out)]) == 0
     check_complete(load_run(out).metrics, EPOCHS)
@@ -222,23 +254,27 @@ def test_sigkill_at_random_points_then_resume(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for trial in range(3):
         out = tmp_path / f"killed{trial}"
-        process = subprocess.Popen([sys.executable, "-m", "mindscope", "train", *args, "--out", str(out)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mindscope", "train", *args, "--out", str(out)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
         try:
-            if trial > 0:                          # wait for the run to exist, then kill during training
+            if trial > 0:  # wait for the run to exist, then kill during training
                 deadline = time.monotonic() + 30
                 while not out.exists() and process.poll() is None and time.monotonic() < deadline:
                     time.sleep(0.02)
                 time.sleep(rng.uniform(0.0, 1.5))
-            else:                                  # anywhere, start-up included
+            else:  # anywhere, start-up included
                 time.sleep(rng.uniform(0.0, 5.0))
             process.send_signal(signal.SIGKILL)
         finally:
             process.wait(timeout=30)
-        if not out.exists():                       # killed before epoch 0 was saved: no run at all
+        if not out.exists():  # killed before epoch 0 was saved: no run at all
             assert main(["train", *args, "--out", str(out)]) == 0
         else:
-            run = load_run(out)                    # a killed run is readable
+            run = load_run(out)  # a killed run is readable
             assert run.epochs[0] == 0 and run.model is not None
             if run.epochs[-1] < epochs:
                 assert main(["train", "--resume", str(out)]) == 0

@@ -3,6 +3,7 @@
 References: numpy in float64 (np.histogram, np.mean, np.std, np.quantile), hand-computed
 tables, and tensorboard's own EventAccumulator reading the event files back.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,8 +16,15 @@ import torch
 from torch import nn
 
 from mindscope.model import AllConvNet
-from mindscope.weights import (format_change_table, histogram_quantiles, histogram_rows,
-                               paired_histograms, shared_edges, weight_changes, weight_histograms)
+from mindscope.weights import (
+    format_change_table,
+    histogram_quantiles,
+    histogram_rows,
+    paired_histograms,
+    shared_edges,
+    weight_changes,
+    weight_histograms,
+)
 
 
 @pytest.fixture
@@ -28,7 +36,7 @@ def model() -> AllConvNet:
 def test_counts_sum_to_numel_for_every_parameter(model):
     hists = weight_histograms(model, bins=16)
     params = dict(model.named_parameters())
-    assert list(hists) == list(params)              # weights and biases apart, in order
+    assert list(hists) == list(params)  # weights and biases apart, in order
     for name, h in hists.items():
         assert h.counts.dtype == torch.int64 and h.counts.shape == (16,)
         assert h.edges.dtype == torch.float64 and h.edges.shape == (17,)
@@ -41,7 +49,7 @@ def test_batching_tensors_together_changes_nothing(model, monkeypatch):
     state = model.state_dict()
     state["features.0.weight"][0, 0, 0, :2] = torch.tensor([float("nan"), float("-inf")])
     together = weight_histograms(state, bins=12)
-    monkeypatch.setattr(mindscope.weights, "BATCH_ELEMENTS", 100)   # most tensors alone
+    monkeypatch.setattr(mindscope.weights, "BATCH_ELEMENTS", 100)  # most tensors alone
     apart = weight_histograms(state, bins=12)
     for name, h in together.items():
         assert torch.equal(h.counts, apart[name].counts) and torch.equal(h.edges, apart[name].edges)
@@ -105,7 +113,7 @@ def test_all_nan_and_constant_tensors_do_not_crash():
     hists = weight_histograms({"nan": torch.full((3,), float("nan")), "zero": torch.zeros(4)}, bins=4)
     assert int(hists["nan"].counts.sum()) == 0 and hists["nan"].stats.nan_count == 3
     assert math.isnan(hists["nan"].stats.mean)
-    zero = hists["zero"]                       # numpy's convention: range widened to +-0.5
+    zero = hists["zero"]  # numpy's convention: range widened to +-0.5
     np.testing.assert_array_equal(zero.counts.numpy(), np.histogram(np.zeros(4), bins=4)[0])
     np.testing.assert_allclose(zero.edges.numpy(), np.histogram(np.zeros(4), bins=4)[1])
     assert zero.stats.std == 0.0 and zero.stats.near_zero_fraction == 1.0
@@ -134,7 +142,10 @@ def test_shared_edges_are_shared_and_span_both_states(model):
 def test_layers_accept_numbers_names_and_prefixes(model):
     assert list(weight_histograms(model, layers="1")) == ["features.0.weight", "features.0.bias"]
     assert list(weight_histograms(model, layers=[9, "features.2.weight"])) == [
-        "features.18.weight", "features.18.bias", "features.2.weight"]
+        "features.18.weight",
+        "features.18.bias",
+        "features.2.weight",
+    ]
     state = model.state_dict()
     assert list(weight_histograms(state, layers="features.4")) == ["features.4.weight", "features.4.bias"]
     with pytest.raises(ValueError, match="needs the model"):
@@ -179,14 +190,14 @@ def test_quantiles_from_a_histogram_match_numpy_within_a_bin():
     np.testing.assert_allclose(got, np.quantile(x, qs), atol=edges[1] - edges[0])
     assert got[0] == x.min() and got[-1] == x.max()
     # uniform mass in [0, 4): exact
-    np.testing.assert_allclose(histogram_quantiles([1, 1, 1, 1], [0, 1, 2, 3, 4], [0.25, 0.5, 0.875]),
-                               [1.0, 2.0, 3.5])
+    np.testing.assert_allclose(histogram_quantiles([1, 1, 1, 1], [0, 1, 2, 3, 4], [0.25, 0.5, 0.875]), [1.0, 2.0, 3.5])
     assert histogram_quantiles([0, 2, 0], [0, 1, 2, 3], [0.0, 1.0]).tolist() == [1.0, 2.0]
     with pytest.raises(ValueError, match=r"quantiles must lie in \[0, 1\]"):
         histogram_quantiles([1], [0, 1], [50])
 
 
 # --- figures ---------------------------------------------------------------------------
+
 
 def _history(model: nn.Module, steps=(0, 5, 10)) -> list[dict]:
     rows = []
@@ -207,11 +218,11 @@ def test_before_after_figures_share_x_and_label_density(model):
             p.mul_(4.0)
     before_h, after_h = paired_histograms(model, after, bins=16)
     figs = weight_histogram_figures(before_h, after_h)
-    assert len(figs) == 3                                    # 9 weight tensors, 3 per figure
+    assert len(figs) == 3  # 9 weight tensors, 3 per figure
     left, right = figs[0].axes
     assert left.get_xlim() == right.get_xlim()
     assert "density" in left.get_ylabel()
-    for patch in left.patches:                               # each curve is a density: area 1
+    for patch in left.patches:  # each curve is a density: area 1
         values, edges, _ = patch.get_data()
         assert np.sum(values * np.diff(edges)) == pytest.approx(1.0)
     assert len(left.patches) == 3
@@ -240,6 +251,7 @@ def test_ridge_and_percentile_figures_draw_from_rows_and_from_histograms(model):
 
 # --- TensorBoard -----------------------------------------------------------------------
 
+
 class FakeRun:
     """Just what export_tensorboard reads from a LoadedRun."""
 
@@ -267,8 +279,11 @@ def test_tensorboard_round_trip(model, tmp_path):
 
     numel = {name: p.numel() for name, p in model.named_parameters()}
     rows = _history(model)
-    metrics = [{"step": s, "epoch": s / 10, "split": split, "name": "accuracy", "scope": "step", "value": v}
-               for s, v in ((0, 0.1), (5, 0.3), (10, 0.5)) for split in ("train", "test")]
+    metrics = [
+        {"step": s, "epoch": s / 10, "split": split, "name": "accuracy", "scope": "step", "value": v}
+        for s, v in ((0, 0.1), (5, 0.3), (10, 0.5))
+        for split in ("train", "test")
+    ]
     metrics.append({"step": 10, "epoch": 1.0, "split": "test", "name": "loss", "scope": "epoch", "value": 1.5})
     export_tensorboard(FakeRun(rows, metrics), tmp_path / "tb")
     acc = _accumulator(tmp_path / "tb")
@@ -276,7 +291,8 @@ def test_tensorboard_round_trip(model, tmp_path):
     assert set(tags["scalars"]) == {"train/accuracy", "test/accuracy", "test/loss_per_epoch"}
     assert [(e.step, round(e.value, 6)) for e in acc.Scalars("test/accuracy")] == [(0, 0.1), (5, 0.3), (10, 0.5)]
     assert set(tags["histograms"]) == {"features.0/weight", "features.0/bias"} | {
-        f"{n.rpartition('.')[0]}/{n.rpartition('.')[2]}" for n in numel}
+        f"{n.rpartition('.')[0]}/{n.rpartition('.')[2]}" for n in numel
+    }
     for name, n in numel.items():
         events = acc.Histograms(f"{name.rpartition('.')[0]}/{name.rpartition('.')[2]}")
         assert [e.step for e in events] == [0, 5, 10]
@@ -291,8 +307,10 @@ def test_tensorboard_round_trip(model, tmp_path):
 def test_tensorboard_falls_back_on_snapshots_when_nothing_was_recorded(model, tmp_path):
     from mindscope.tensorboard import export_tensorboard
 
-    states = [{k: v.clone() for k, v in model.state_dict().items()},
-              {k: v * 2 + 1 for k, v in model.state_dict().items()}]
+    states = [
+        {k: v.clone() for k, v in model.state_dict().items()},
+        {k: v * 2 + 1 for k, v in model.state_dict().items()},
+    ]
     export_tensorboard(FakeRun([], [], states), tmp_path)
     events = _accumulator(tmp_path).Histograms("features.2/weight")
     assert [e.step for e in events] == [0, 1]
@@ -322,6 +340,7 @@ def test_missing_tensorboard_says_how_to_install(monkeypatch, tmp_path):
 
 # --- CLI -------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def run_dir(tmp_path, model):
     """A two-checkpoint run written through the run writer, without training."""
@@ -348,9 +367,12 @@ def test_cli_weights_writes_figures_and_the_change_table(run_dir, tmp_path, caps
     assert main(["weights", str(run_dir), "--layers", "1,9", "--out", str(tmp_path / "figs")]) == 0
     out = capsys.readouterr().out
     assert "features.0.weight" in out and "features.18.bias" in out and "features.2.weight" not in out
-    assert "+237.5%" in out                                   # three steps of x1.5: 1.5^3 - 1
+    assert "+237.5%" in out  # three steps of x1.5: 1.5^3 - 1
     assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == [
-        "weights_before_after_1.png", "weights_percentiles.png", "weights_ridge.png"]
+        "weights_before_after_1.png",
+        "weights_percentiles.png",
+        "weights_ridge.png",
+    ]
 
 
 def test_cli_rejects_bad_input(run_dir, tmp_path, capsys):

@@ -6,6 +6,7 @@ finds the examples that drive one channel hardest. All three take any `nn.Module
 Visualising channels as images, and ranking inputs by a unit's activation, follow
 Zeiler & Fergus 2014 ("Visualizing and Understanding Convolutional Networks").
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -28,6 +29,7 @@ class Saturation:
 
     The default suits ELU, whose negative side flattens out at -1.
     """
+
     level: float = -1.0
     tolerance: float = 0.05
 
@@ -38,11 +40,12 @@ class Saturation:
 @dataclass(frozen=True)
 class LayerSummary:
     """One layer in a few numbers: fractions over all channels, examples and positions."""
+
     layer: str
     channels: int
-    active: float       # fraction of values > 0
-    saturated: float    # fraction of values the saturation rule flags
-    dead: float         # fraction of channels never > 0 on any example
+    active: float  # fraction of values > 0
+    saturated: float  # fraction of values the saturation rule flags
+    dead: float  # fraction of channels never > 0 on any example
     mean: float
     std: float
 
@@ -53,14 +56,15 @@ class LayerStatistics:
 
     `std` is the population std (ddof=0) over all examples and spatial positions.
     """
+
     layer: str
-    examples: int           # number of inputs seen
-    positions: int          # values per channel per example (H * W for a conv map)
+    examples: int  # number of inputs seen
+    positions: int  # values per channel per example (H * W for a conv map)
     mean: np.ndarray
     std: np.ndarray
-    active: np.ndarray      # fraction of values > 0
-    saturated: np.ndarray   # fraction of values flagged by the saturation rule
-    maximum: np.ndarray     # largest value seen
+    active: np.ndarray  # fraction of values > 0
+    saturated: np.ndarray  # fraction of values flagged by the saturation rule
+    maximum: np.ndarray  # largest value seen
 
     @property
     def dead(self) -> np.ndarray:
@@ -76,19 +80,27 @@ class LayerStatistics:
     def summary(self) -> LayerSummary:
         # Every channel has the same number of values, so layer figures are plain means.
         mean = float(self.mean.mean())
-        var = float((self.std ** 2).mean() + ((self.mean - mean) ** 2).mean())
-        return LayerSummary(self.layer, len(self.mean), float(self.active.mean()),
-                            float(self.saturated.mean()), float(self.dead.mean()), mean, var ** 0.5)
+        var = float((self.std**2).mean() + ((self.mean - mean) ** 2).mean())
+        return LayerSummary(
+            self.layer,
+            len(self.mean),
+            float(self.active.mean()),
+            float(self.saturated.mean()),
+            float(self.dead.mean()),
+            mean,
+            var**0.5,
+        )
 
 
 @dataclass(frozen=True)
 class TopActivations:
     """The k examples with the highest mean activation of one channel, best first."""
+
     layer: str
     channel: int
-    indices: np.ndarray     # (k,) positions in the data, in the order it was given
-    scores: np.ndarray      # (k,) mean activation of the channel over positions
-    maps: np.ndarray        # (k, H, W) the channel's activation map for each example
+    indices: np.ndarray  # (k,) positions in the data, in the order it was given
+    scores: np.ndarray  # (k,) mean activation of the channel over positions
+    maps: np.ndarray  # (k, H, W) the channel's activation map for each example
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -103,8 +115,7 @@ class _Done(Exception):
 
 
 @contextmanager
-def _recording(model: nn.Module, layers: Sequence[str], *,
-              stop_early: bool = False) -> Iterator[dict[str, Tensor]]:
+def _recording(model: nn.Module, layers: Sequence[str], *, stop_early: bool = False) -> Iterator[dict[str, Tensor]]:
     """Hook the named modules; yield a dict that each forward pass fills with their outputs.
 
     Outputs are detached clones, so later in-place operations (`ReLU(inplace=True)`,
@@ -116,8 +127,9 @@ def _recording(model: nn.Module, layers: Sequence[str], *,
     modules = dict(model.named_modules())
     missing = [name for name in layers if name not in modules]
     if missing:
-        raise ValueError(f"no layer {missing[0]!r} in {type(model).__name__}; "
-                         f"resolve names with mindscope.resolve_layers")
+        raise ValueError(
+            f"no layer {missing[0]!r} in {type(model).__name__}; resolve names with mindscope.resolve_layers"
+        )
     record: dict[str, Tensor] = {}
     wanted = set(layers)
 
@@ -126,11 +138,13 @@ def _recording(model: nn.Module, layers: Sequence[str], *,
             if name in record:
                 return
             if not isinstance(out, Tensor):
-                raise TypeError(f"layer {name!r} returned {type(out).__name__}, not a Tensor; "
-                                f"capture one of its submodules instead")
+                raise TypeError(
+                    f"layer {name!r} returned {type(out).__name__}, not a Tensor; capture one of its submodules instead"
+                )
             record[name] = out.detach().clone()
             if stop_early and wanted.issubset(record):
                 raise _Done
+
         return hook
 
     handles = [modules[name].register_forward_hook(hook_for(name)) for name in layers]
@@ -162,16 +176,20 @@ def _forward(model: nn.Module, x: Tensor, record: dict[str, Tensor], layers: Seq
         pass
     absent = [name for name in layers if name not in record]
     if absent:
-        raise ValueError(f"layer {absent[0]!r} did not run in the forward pass; "
-                         f"choose a module that {type(model).__name__}.forward calls")
+        raise ValueError(
+            f"layer {absent[0]!r} did not run in the forward pass; "
+            f"choose a module that {type(model).__name__}.forward calls"
+        )
 
 
 def _check_input(x: object) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"inputs must be a torch.Tensor batch, got {type(x).__name__}")
     if x.dim() < 2:
-        raise ValueError(f"inputs must be a batch with a leading example axis, got shape "
-                         f"{tuple(x.shape)}; add one with x.unsqueeze(0)")
+        raise ValueError(
+            f"inputs must be a batch with a leading example axis, got shape "
+            f"{tuple(x.shape)}; add one with x.unsqueeze(0)"
+        )
     return x
 
 
@@ -205,11 +223,10 @@ def batches(data: Data, batch_size: int) -> Iterator[Tensor]:
     if isinstance(data, Tensor):
         _check_input(data)
         for start in range(0, len(data), batch_size):
-            yield data[start:start + batch_size]
+            yield data[start : start + batch_size]
         return
     if not isinstance(data, Iterable):
-        raise TypeError(f"data must be a Tensor (N, C, H, W) or an iterable of batches, "
-                        f"got {type(data).__name__}")
+        raise TypeError(f"data must be a Tensor (N, C, H, W) or an iterable of batches, got {type(data).__name__}")
     for item in data:
         if isinstance(item, (tuple, list)) and item:
             item = item[0]
@@ -226,27 +243,34 @@ class _Moments:
         self.maximum = torch.full((channels,), -torch.inf, dtype=torch.float64, device=device)
 
     def update(self, a: Tensor, saturation: Callable[[Tensor], Tensor]) -> None:
-        dims = [0, *range(2, a.dim())]                      # all but the channel axis
+        dims = [0, *range(2, a.dim())]  # all but the channel axis
         n = a.numel() // a.shape[1]
         var, mean = torch.var_mean(a, dim=dims, correction=0)  # one pass, no (C, M) copy
         mean, m2 = mean.double(), var.double() * n
         total = self.count + n
         delta = mean - self.mean
         self.mean += delta * (n / total)
-        self.m2 += m2 + delta ** 2 * (self.count * n / total)
+        self.m2 += m2 + delta**2 * (self.count * n / total)
         self.count = total
         self.active += (a > 0).sum(dim=dims)
         mask = saturation(a)
         if not isinstance(mask, Tensor) or mask.shape != a.shape:
-            raise ValueError(f"saturation must return a mask shaped like its input {tuple(a.shape)}, "
-                             f"got {getattr(mask, 'shape', type(mask).__name__)}; apply it elementwise")
+            raise ValueError(
+                f"saturation must return a mask shaped like its input {tuple(a.shape)}, "
+                f"got {getattr(mask, 'shape', type(mask).__name__)}; apply it elementwise"
+            )
         self.saturated += mask.sum(dim=dims)
         self.maximum = torch.maximum(self.maximum, a.amax(dim=dims).double())
 
 
-def activation_statistics(model: nn.Module, data: Data, layers: LayerSpecs, *,
-                          batch_size: int = 256,
-                          saturation: Callable[[Tensor], Tensor] = Saturation()) -> dict[str, LayerStatistics]:
+def activation_statistics(
+    model: nn.Module,
+    data: Data,
+    layers: LayerSpecs,
+    *,
+    batch_size: int = 256,
+    saturation: Callable[[Tensor], Tensor] = Saturation(),
+) -> dict[str, LayerStatistics]:
     """Stream `data` through the model and return per-channel statistics for each layer.
 
     Memory is bounded by one batch of the requested layers plus a few (C,) float64
@@ -257,8 +281,10 @@ def activation_statistics(model: nn.Module, data: Data, layers: LayerSpecs, *,
         {name: LayerStatistics}; `.summary` of each gives the per-layer fractions.
     """
     if not callable(saturation):
-        raise TypeError(f"saturation must be a callable Tensor -> bool Tensor, e.g. "
-                        f"Saturation(-1.0, tolerance=0.05), got {saturation!r}")
+        raise TypeError(
+            f"saturation must be a callable Tensor -> bool Tensor, e.g. "
+            f"Saturation(-1.0, tolerance=0.05), got {saturation!r}"
+        )
     names = resolve_layers(model, layers, output=True)
     device = model_device(model)
     moments: dict[str, _Moments] = {}
@@ -270,8 +296,10 @@ def activation_statistics(model: nn.Module, data: Data, layers: LayerSpecs, *,
             for name in names:
                 a = record[name]
                 if a.dim() < 2:
-                    raise ValueError(f"layer {name!r} output has shape {tuple(a.shape)}; "
-                                     f"statistics need (N, C, ...) with a channel axis")
+                    raise ValueError(
+                        f"layer {name!r} output has shape {tuple(a.shape)}; "
+                        f"statistics need (N, C, ...) with a channel axis"
+                    )
                 moments.setdefault(name, _Moments(a.shape[1], a.device)).update(a, saturation)
             record.clear()
     if examples == 0:
@@ -281,13 +309,21 @@ def activation_statistics(model: nn.Module, data: Data, layers: LayerSpecs, *,
         m = moments[name]
         as_np = lambda t: t.cpu().numpy()  # noqa: E731
         result[name] = LayerStatistics(
-            name, examples, m.count // examples, as_np(m.mean), as_np((m.m2 / m.count).sqrt()),
-            as_np(m.active / m.count), as_np(m.saturated / m.count), as_np(m.maximum))
+            name,
+            examples,
+            m.count // examples,
+            as_np(m.mean),
+            as_np((m.m2 / m.count).sqrt()),
+            as_np(m.active / m.count),
+            as_np(m.saturated / m.count),
+            as_np(m.maximum),
+        )
     return result
 
 
-def top_activating(model: nn.Module, data: Data, layer: str | int, channel: int, *,
-                   k: int = 9, batch_size: int = 256) -> TopActivations:
+def top_activating(
+    model: nn.Module, data: Data, layer: str | int, channel: int, *, k: int = 9, batch_size: int = 256
+) -> TopActivations:
     """Return the k examples of `data` with the highest mean activation of `channel`.
 
     Ties go to the earlier example. Holds at most k + one batch of maps at a time.
@@ -308,11 +344,13 @@ def top_activating(model: nn.Module, data: Data, layer: str | int, channel: int,
             _forward(model, x.to(device), record, [name])
             a = record.pop(name)
             if a.dim() < 2 or not 0 <= channel < a.shape[1]:
-                raise ValueError(f"channel {channel} is out of range for layer {name!r} with output "
-                                 f"shape {tuple(a.shape[1:])}; channels run from 0 to {a.shape[1] - 1}"
-                                 if a.dim() >= 2 else
-                                 f"layer {name!r} output has shape {tuple(a.shape)}; no channel axis")
-            maps = a[:, channel]                                     # (n, H, W)
+                raise ValueError(
+                    f"channel {channel} is out of range for layer {name!r} with output "
+                    f"shape {tuple(a.shape[1:])}; channels run from 0 to {a.shape[1] - 1}"
+                    if a.dim() >= 2
+                    else f"layer {name!r} output has shape {tuple(a.shape)}; no channel axis"
+                )
+            maps = a[:, channel]  # (n, H, W)
             scores = maps.reshape(len(maps), -1).double().mean(dim=1)  # (n,)
             keep = torch.sort(scores, descending=True, stable=True).indices[:k]  # only these can enter
             idx = np.concatenate([best_idx, seen + keep.cpu().numpy()])

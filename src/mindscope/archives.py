@@ -6,6 +6,7 @@ else is refused before anything runs. Archives are read in memory, never extract
 Krizhevsky 2009 ("Learning Multiple Layers of Features from Tiny Images") describes
 the batches; Xiao et al. 2017 describe Fashion-MNIST and its idx files.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -30,16 +31,35 @@ CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_FILES = (*CIFAR10_TRAIN, "test_batch", "batches.meta")
 CIFAR10_CLASSES = 10
 
-FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-FASHION_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
-                 "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+FASHION_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
 
 # Everything a pickled numpy array (numpy 1.x or 2.x, written by Python 2 or 3) names.
-_ALLOWED_GLOBALS = frozenset({
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-})
+_ALLOWED_GLOBALS = frozenset(
+    {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+)
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -68,12 +88,24 @@ def safe_unpickle(data: bytes, source: str) -> object:
     try:
         return _AllowListUnpickler(io.BytesIO(data), encoding="bytes").load()
     except _Refused as exc:
-        raise ValueError(f"refused to unpickle {source}: {exc}, which a CIFAR-10 batch never does; "
-                         "nothing in it was run. Use the official archive") from exc
-    except (pickle.UnpicklingError, EOFError, ValueError, IndexError, TypeError, KeyError,
-            AttributeError, OverflowError, MemoryError) as exc:
-        raise ValueError(f"{source} is truncated or corrupt ({type(exc).__name__}: {exc}); "
-                         "download the archive again") from exc
+        raise ValueError(
+            f"refused to unpickle {source}: {exc}, which a CIFAR-10 batch never does; "
+            "nothing in it was run. Use the official archive"
+        ) from exc
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        IndexError,
+        TypeError,
+        KeyError,
+        AttributeError,
+        OverflowError,
+        MemoryError,
+    ) as exc:
+        raise ValueError(
+            f"{source} is truncated or corrupt ({type(exc).__name__}: {exc}); download the archive again"
+        ) from exc
 
 
 def _key(d: dict, name: str, source: str):
@@ -95,8 +127,9 @@ def _cifar_source(path: Path) -> Path:
     """Resolve `path` to the extracted batch folder or the archive file; check it cheaply."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no such file or folder {str(path)!r}; give {CIFAR10_ARCHIVE} "
-                                f"or its extracted {CIFAR10_FOLDER}/")
+        raise FileNotFoundError(
+            f"no such file or folder {str(path)!r}; give {CIFAR10_ARCHIVE} or its extracted {CIFAR10_FOLDER}/"
+        )
     if path.is_dir():
         folder = _cifar_folder(path)
         if folder is None and (path / CIFAR10_ARCHIVE).is_file():
@@ -104,12 +137,13 @@ def _cifar_source(path: Path) -> Path:
         folder = folder or path
         missing = [f for f in CIFAR10_FILES if not (folder / f).is_file()]
         if missing:
-            raise ValueError(f"{folder} is not an extracted CIFAR-10 folder: it lacks {', '.join(missing)}; "
-                             f"point at {CIFAR10_ARCHIVE} or {CIFAR10_FOLDER}/")
+            raise ValueError(
+                f"{folder} is not an extracted CIFAR-10 folder: it lacks {', '.join(missing)}; "
+                f"point at {CIFAR10_ARCHIVE} or {CIFAR10_FOLDER}/"
+            )
         return folder
     if not tarfile.is_tarfile(path):
-        raise ValueError(f"{path} is not a tar archive; give {CIFAR10_ARCHIVE} or its extracted "
-                         f"{CIFAR10_FOLDER}/")
+        raise ValueError(f"{path} is not a tar archive; give {CIFAR10_ARCHIVE} or its extracted {CIFAR10_FOLDER}/")
     return path
 
 
@@ -129,12 +163,15 @@ def _cifar_members(path: Path) -> dict[str, bytes]:
             while tar.fileobj.read(1 << 20):
                 pass
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-        raise ValueError(f"{source} is not a readable CIFAR-10 archive ({exc}); it may be truncated "
-                         "or corrupt: download it again") from exc
+        raise ValueError(
+            f"{source} is not a readable CIFAR-10 archive ({exc}); it may be truncated or corrupt: download it again"
+        ) from exc
     missing = [f for f in CIFAR10_FILES if f not in found]
     if missing:
-        raise ValueError(f"{source} is not the CIFAR-10 python archive: it lacks {', '.join(missing)} "
-                         "(or it is truncated or corrupt: download it again)")
+        raise ValueError(
+            f"{source} is not the CIFAR-10 python archive: it lacks {', '.join(missing)} "
+            "(or it is truncated or corrupt: download it again)"
+        )
     return found
 
 
@@ -146,11 +183,15 @@ def check_cifar10(path: Path) -> None:
 def _labels(raw: object, n: int, source: str, classes: int) -> np.ndarray:
     labels = np.asarray(raw)
     if labels.dtype.kind not in "iu" or labels.shape != (n,):
-        raise ValueError(f"{source}: expected {n} integer labels, got {labels.dtype} of shape "
-                         f"{labels.shape}; is this the official archive?")
+        raise ValueError(
+            f"{source}: expected {n} integer labels, got {labels.dtype} of shape "
+            f"{labels.shape}; is this the official archive?"
+        )
     if n and (labels.min() < 0 or labels.max() >= classes):
-        raise ValueError(f"{source}: labels must lie in 0..{classes - 1}, got "
-                         f"{labels.min()}..{labels.max()}; is this the official archive?")
+        raise ValueError(
+            f"{source}: labels must lie in 0..{classes - 1}, got "
+            f"{labels.min()}..{labels.max()}; is this the official archive?"
+        )
     return labels.astype(np.int64)
 
 
@@ -158,18 +199,16 @@ def _cifar_batch(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     """One batch pickle -> uint8 images (n, 3, 32, 32) and int64 labels (n,)."""
     batch = safe_unpickle(data, name)
     if not isinstance(batch, dict):
-        raise ValueError(f"{name} holds a {type(batch).__name__}, not a dict; "
-                         "is this the official CIFAR-10 archive?")
+        raise ValueError(f"{name} holds a {type(batch).__name__}, not a dict; is this the official CIFAR-10 archive?")
     images = _key(batch, "data", name)
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 2 \
-            or images.shape[1] != 3072:
-        described = (f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray)
-                     else type(images).__name__)
-        raise ValueError(f"{name}: expected uint8 images of shape (N, 3072), got {described}; "
-                         "is this the official archive?")
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != 3072:
+        described = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
+        raise ValueError(
+            f"{name}: expected uint8 images of shape (N, 3072), got {described}; is this the official archive?"
+        )
     labels = _labels(_key(batch, "labels", name), len(images), name, CIFAR10_CLASSES)
     # Each row is 1024 red, then 1024 green, then 1024 blue values, row-major.
-    return images.reshape(-1, 3, 32, 32), labels        # (n, 3, 32, 32)
+    return images.reshape(-1, 3, 32, 32), labels  # (n, 3, 32, 32)
 
 
 def read_cifar10(path: Path):
@@ -180,8 +219,9 @@ def read_cifar10(path: Path):
     test = _cifar_batch(members["test_batch"], "test_batch")
     meta = safe_unpickle(members["batches.meta"], "batches.meta")
     if not isinstance(meta, dict):
-        raise ValueError(f"batches.meta holds a {type(meta).__name__}, not a dict; "
-                         "is this the official CIFAR-10 archive?")
+        raise ValueError(
+            f"batches.meta holds a {type(meta).__name__}, not a dict; is this the official CIFAR-10 archive?"
+        )
     raw_names = _key(meta, "label_names", "batches.meta")
     if not isinstance(raw_names, (list, tuple)) or not all(isinstance(n, (bytes, str)) for n in raw_names):
         raise ValueError("batches.meta: label_names must be a list of strings")
@@ -191,8 +231,9 @@ def read_cifar10(path: Path):
     return train, test, names
 
 
-def download_cifar10(dest: Path | None = None, *, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5,
-                     timeout: float = 60.0) -> Path:
+def download_cifar10(
+    dest: Path | None = None, *, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5, timeout: float = 60.0
+) -> Path:
     """Fetch the archive unless a copy with the right MD5 is there; return its path.
 
     `dest` is a folder (the archive goes inside it) or the archive's own path ending in
@@ -212,12 +253,15 @@ def download_cifar10(dest: Path | None = None, *, url: str = CIFAR10_URL, md5: s
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
         except (OSError, http.client.HTTPException) as exc:
-            raise ValueError(f"could not download {url} ({exc}); fetch {CIFAR10_ARCHIVE} by hand "
-                             "and pass --data cifar10:PATH") from exc
+            raise ValueError(
+                f"could not download {url} ({exc}); fetch {CIFAR10_ARCHIVE} by hand and pass --data cifar10:PATH"
+            ) from exc
         got = _md5(Path(partial))
         if got != md5:
-            raise ValueError(f"refused the download of {url}: its MD5 is {got}, expected {md5}; "
-                             "the file was removed. Try again, or fetch it by hand")
+            raise ValueError(
+                f"refused the download of {url}: its MD5 is {got}, expected {md5}; "
+                "the file was removed. Try again, or fetch it by hand"
+            )
         os.replace(partial, target)
     finally:
         if os.path.exists(partial):
@@ -250,14 +294,16 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
         raise ValueError(f"{path} is truncated or corrupt ({exc}); copy it again") from exc
     header = 4 + 4 * ndim
     if len(raw) < header or raw[:2] != b"\x00\x00" or raw[2] != 0x08 or raw[3] != ndim:
-        raise ValueError(f"{path} is not an idx file of unsigned bytes with {ndim} dimensions "
-                         "(or its header is cut short)")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+        raise ValueError(
+            f"{path} is not an idx file of unsigned bytes with {ndim} dimensions (or its header is cut short)"
+        )
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     body = np.frombuffer(raw, np.uint8, offset=header)
     if body.size != int(np.prod(shape)):
-        raise ValueError(f"{path} holds {body.size} values, its header says {shape}: "
-                         "truncated or corrupt; copy it again")
-    return body.reshape(shape).copy()   # writable, so torch.from_numpy does not warn
+        raise ValueError(
+            f"{path} holds {body.size} values, its header says {shape}: truncated or corrupt; copy it again"
+        )
+    return body.reshape(shape).copy()  # writable, so torch.from_numpy does not warn
 
 
 def check_fashion_mnist(folder: Path) -> None:
@@ -271,12 +317,10 @@ def check_fashion_mnist(folder: Path) -> None:
 def read_fashion_mnist(folder: Path):
     """Return ((train_x, train_y), (test_x, test_y), class_names); images uint8 (N, 1, 28, 28)."""
     folder = Path(folder)
-    arrays = {k: _read_idx(_find(folder, stem), 3 if k.endswith("images") else 1)
-              for k, stem in FASHION_FILES.items()}
+    arrays = {k: _read_idx(_find(folder, stem), 3 if k.endswith("images") else 1) for k, stem in FASHION_FILES.items()}
     sets = []
     for split in ("train", "test"):
-        x = arrays[f"{split}_images"][:, None]                           # (N, 1, H, W)
-        y = _labels(arrays[f"{split}_labels"], len(x), f"Fashion-MNIST {split} labels",
-                    len(FASHION_CLASSES))
+        x = arrays[f"{split}_images"][:, None]  # (N, 1, H, W)
+        y = _labels(arrays[f"{split}_labels"], len(x), f"Fashion-MNIST {split} labels", len(FASHION_CLASSES))
         sets.append((x, y))
     return sets[0], sets[1], FASHION_CLASSES

@@ -4,6 +4,7 @@ The checks themselves live in `mindscope.evaluation`; `standard_methods` gives t
 methods the walk-through compares (gradient, interior gradients at one alpha, integrated
 gradients, SmoothGrad), each a function `(model, x, targets) -> Attribution | Tensor`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -13,12 +14,23 @@ from typing import TYPE_CHECKING
 import numpy as np
 from torch import Tensor, nn
 
-from mindscope.attribution import (Baseline, black, gradients, integrated_gradients, interior_gradients,
-                                   smoothgrad)
-from mindscope.evaluation import (RANDOMISATION_THRESHOLD, CompletenessResult, DeletionResult,
-                                  LocalisationResult, Method, Progress, RandomisationResult, _check_images,
-                                  _targets, attribution_tensor, completeness, deletion_insertion, localisation,
-                                  randomisation_check)
+from mindscope.attribution import Baseline, black, gradients, integrated_gradients, interior_gradients, smoothgrad
+from mindscope.evaluation import (
+    RANDOMISATION_THRESHOLD,
+    CompletenessResult,
+    DeletionResult,
+    LocalisationResult,
+    Method,
+    Progress,
+    RandomisationResult,
+    _check_images,
+    _targets,
+    attribution_tensor,
+    completeness,
+    deletion_insertion,
+    localisation,
+    randomisation_check,
+)
 from mindscope.quadrature import gauss_legendre
 
 if TYPE_CHECKING:
@@ -27,9 +39,11 @@ if TYPE_CHECKING:
 METHOD_NAMES = ("gradient", "interior", "integrated", "smoothgrad")
 
 
-def standard_methods(normalization: Normalization, *, alpha: float, ig_points: int, samples: int,
-                  seed: int) -> dict[str, Method]:
+def standard_methods(
+    normalization: Normalization, *, alpha: float, ig_points: int, samples: int, seed: int
+) -> dict[str, Method]:
     """The CLI's methods, all with black images as the baseline where they need one."""
+
     def baseline(x: Tensor) -> Tensor:
         return black(x, normalization)
 
@@ -55,7 +69,7 @@ class MethodEvaluation:
     """Every check for one method on one batch of images."""
 
     name: str
-    attributions: Tensor                     # (N, C, H, W) the method's maps on the untouched model
+    attributions: Tensor  # (N, C, H, W) the method's maps on the untouched model
     randomisation: RandomisationResult
     deletion: DeletionResult
     localisation: LocalisationResult | None  # None without masks
@@ -86,7 +100,7 @@ class EvaluationTable:
     """Methods x checks."""
 
     rows: tuple[MethodEvaluation, ...]
-    threshold: float                # the randomisation pass threshold used
+    threshold: float  # the randomisation pass threshold used
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -101,11 +115,21 @@ class EvaluationTable:
         return np.array([list(r.summary().values()) for r in self.rows], dtype=np.float64)
 
 
-def evaluate_methods(model: nn.Module, x: Tensor, target: int | Tensor | None, masks: Tensor | None,
-                     methods: Mapping[str, Method], *, baseline: Baseline = None,
-                     layers: Sequence[str | int] | str | None = None, steps: int = 16, seed: int = 0,
-                     threshold: float = RANDOMISATION_THRESHOLD, max_batch: int = 128,
-                     progress: Progress | None = None) -> EvaluationTable:
+def evaluate_methods(
+    model: nn.Module,
+    x: Tensor,
+    target: int | Tensor | None,
+    masks: Tensor | None,
+    methods: Mapping[str, Method],
+    *,
+    baseline: Baseline = None,
+    layers: Sequence[str | int] | str | None = None,
+    steps: int = 16,
+    seed: int = 0,
+    threshold: float = RANDOMISATION_THRESHOLD,
+    max_batch: int = 128,
+    progress: Progress | None = None,
+) -> EvaluationTable:
     """Run every check for each method side by side; `masks` None skips localisation.
 
     Targets are fixed once from the model (its predictions when `target` is None).
@@ -117,8 +141,10 @@ def evaluate_methods(model: nn.Module, x: Tensor, target: int | Tensor | None, m
     if not isinstance(methods, Mapping) or not methods:
         raise ValueError("methods must be a non-empty dict {name: function (model, x, targets) -> Attribution}")
     if masks is not None and (not isinstance(masks, Tensor) or tuple(masks.shape) != (x.shape[0], *x.shape[2:])):
-        raise ValueError(f"masks of shape {tuple(getattr(masks, 'shape', ()))} do not fit images of shape "
-                         f"{tuple(x.shape)}; give one (H, W) mask per image, (N={x.shape[0]}, H, W), or None")
+        raise ValueError(
+            f"masks of shape {tuple(getattr(masks, 'shape', ()))} do not fit images of shape "
+            f"{tuple(x.shape)}; give one (H, W) mask per image, (N={x.shape[0]}, H, W), or None"
+        )
     targets = _targets(model, x, target, max_batch)
     rows = []
     for name, method in methods.items():
@@ -129,14 +155,29 @@ def evaluate_methods(model: nn.Module, x: Tensor, target: int | Tensor | None, m
         if progress is not None:
             progress(f"{name}: original model")
         report = None if progress is None else (lambda label, _name=name: progress(f"{_name}: {label}"))
-        rows.append(MethodEvaluation(
-            name, maps,
-            randomisation_check(model, x, targets, method, layers=layers, seed=seed, threshold=threshold,
-                                reference=maps, max_batch=max_batch, progress=report),
-            deletion_insertion(model, x, targets, maps, baseline=baseline, steps=steps, seed=seed,
-                               max_batch=max_batch),
-            None if masks is None else localisation(maps, masks, seed=seed),
-            completeness(result)))
+        rows.append(
+            MethodEvaluation(
+                name,
+                maps,
+                randomisation_check(
+                    model,
+                    x,
+                    targets,
+                    method,
+                    layers=layers,
+                    seed=seed,
+                    threshold=threshold,
+                    reference=maps,
+                    max_batch=max_batch,
+                    progress=report,
+                ),
+                deletion_insertion(
+                    model, x, targets, maps, baseline=baseline, steps=steps, seed=seed, max_batch=max_batch
+                ),
+                None if masks is None else localisation(maps, masks, seed=seed),
+                completeness(result),
+            )
+        )
     return EvaluationTable(tuple(rows), float(threshold))
 
 
@@ -158,6 +199,7 @@ HEADERS = {  # summary key -> (column header, format)
 
 def format_table(table: EvaluationTable) -> str:
     """Render methods x checks as aligned text, '-' where a check does not apply."""
+
     def cell(key: str, value: float) -> str:
         if not np.isfinite(value):
             return "-"
@@ -167,9 +209,13 @@ def format_table(table: EvaluationTable) -> str:
     header = ["method"] + [HEADERS[k][0] for k in table.checks]
     body = [[r.name] + [cell(k, v) for k, v in r.summary().items()] for r in table.rows]
     widths = [max(len(line[i]) for line in [header] + body) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(wd) if i == 0 else c.rjust(wd) for i, (c, wd) in enumerate(zip(line, widths)))
-             for line in [header] + body]
-    note = (f"rand rho: Spearman with the original map once all layers are randomised (sanity: |.| below "
-            f"{table.threshold:g}); del/ins +chance: AUC margin over a random pixel order; "
-            f"mask mass, pointing: vs a random map")
+    lines = [
+        "  ".join(c.ljust(wd) if i == 0 else c.rjust(wd) for i, (c, wd) in enumerate(zip(line, widths)))
+        for line in [header] + body
+    ]
+    note = (
+        f"rand rho: Spearman with the original map once all layers are randomised (sanity: |.| below "
+        f"{table.threshold:g}); del/ins +chance: AUC margin over a random pixel order; "
+        f"mask mass, pointing: vs a random map"
+    )
     return "\n".join(lines + [note])

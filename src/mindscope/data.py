@@ -7,13 +7,14 @@ One spec string names a data source everywhere:
   folder:PATH             PATH/class_name/*.png|jpg (with train/ and test/ inside, or split 80/20)
 Images stay uint8 (N, C, H, W) in memory; `DataSplits.inputs` makes normalised floats.
 """
+
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -48,7 +49,7 @@ class Normalization:
         return x * std + mean
 
     @classmethod
-    def fit(cls, images: Tensor) -> "Normalization":
+    def fit(cls, images: Tensor) -> Normalization:
         """Per-channel mean and std of uint8 images (N, C, H, W)."""
         pixels = images.double() / 255
         std = pixels.std(dim=(0, 2, 3)).clamp_min(1e-3)
@@ -57,25 +58,25 @@ class Normalization:
 
 @dataclass(frozen=True)
 class ImageSet:
-    images: Tensor                 # (N, C, H, W) uint8
-    labels: Tensor                 # (N,) int64
+    images: Tensor  # (N, C, H, W) uint8
+    labels: Tensor  # (N,) int64
     classes: tuple[str, ...]
-    masks: Tensor | None = None    # (N, H, W) bool, True on the object
+    masks: Tensor | None = None  # (N, H, W) bool, True on the object
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
-            raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} "
-                             f"{tuple(self.images.shape)}")
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
         if self.labels.shape != (len(self.images),):
             raise ValueError(f"expected {len(self.images)} labels, got shape {tuple(self.labels.shape)}")
         if len(self.labels) and not 0 <= int(self.labels.min()) <= int(self.labels.max()) < len(self.classes):
-            raise ValueError(f"labels must lie in 0..{len(self.classes) - 1}, "
-                             f"got {int(self.labels.min())}..{int(self.labels.max())}")
+            raise ValueError(
+                f"labels must lie in 0..{len(self.classes) - 1}, got {int(self.labels.min())}..{int(self.labels.max())}"
+            )
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def head(self, n: int | None) -> "ImageSet":
+    def head(self, n: int | None) -> ImageSet:
         if n is None or n >= len(self):
             return self
         if n < 1:
@@ -96,8 +97,15 @@ class DataSplits:
     that only looks at test images never pays for the training set.
     """
 
-    def __init__(self, name: str, spec: str, load: Callable[[str], ImageSet], *,
-                 normalization: Normalization | None = None, description: str = "") -> None:
+    def __init__(
+        self,
+        name: str,
+        spec: str,
+        load: Callable[[str], ImageSet],
+        *,
+        normalization: Normalization | None = None,
+        description: str = "",
+    ) -> None:
         self.name, self.spec, self.description = name, spec, description
         self._load = load
         self._normalization = normalization
@@ -135,8 +143,10 @@ def parse_spec(spec: str) -> tuple[str, Path | None]:
     kind, _, path = spec.partition(":")
     kind = kind.strip().lower()
     if kind not in DATA_KINDS:
-        raise ValueError(f"unknown data kind {kind!r} in {spec!r}; use one of: builtin, "
-                         "cifar10:PATH, fashion-mnist:PATH, folder:PATH")
+        raise ValueError(
+            f"unknown data kind {kind!r} in {spec!r}; use one of: builtin, "
+            "cifar10:PATH, fashion-mnist:PATH, folder:PATH"
+        )
     if kind == "builtin":
         if path:
             raise ValueError(f"'builtin' takes no path, got {spec!r}")
@@ -148,9 +158,15 @@ def parse_spec(spec: str) -> tuple[str, Path | None]:
     return kind, Path(path).expanduser()
 
 
-def load_data(spec: str = "builtin", *, seed: int = 0, train_limit: int | None = None,
-              test_limit: int | None = None, builtin_sizes: tuple[int, int] = (10000, 2000),
-              normalization: Normalization | None = None) -> DataSplits:
+def load_data(
+    spec: str = "builtin",
+    *,
+    seed: int = 0,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+    builtin_sizes: tuple[int, int] = (10000, 2000),
+    normalization: Normalization | None = None,
+) -> DataSplits:
     """Open a data source by its spec. Files are checked now; images load on first use."""
     kind, path = parse_spec(spec)
     for name, limit in (("train_limit", train_limit), ("test_limit", test_limit)):
@@ -160,7 +176,7 @@ def load_data(spec: str = "builtin", *, seed: int = 0, train_limit: int | None =
     limits = {"train": train_limit, "test": test_limit}
 
     def from_both(load_both: Callable[[], tuple[ImageSet, ImageSet]]) -> Callable[[str], ImageSet]:
-        both = functools.cache(load_both)       # one archive read serves both splits
+        both = functools.cache(load_both)  # one archive read serves both splits
         return lambda split: both()[split == "test"].head(limits[split])
 
     if kind == "builtin":
@@ -169,33 +185,47 @@ def load_data(spec: str = "builtin", *, seed: int = 0, train_limit: int | None =
         def load_builtin(split: str) -> ImageSet:
             n = min(sizes[split], limits[split] or sizes[split])
             images, labels, masks = shapes.generate(n, seed=seed, split=int(split == "test"))
-            return ImageSet(torch.from_numpy(images), torch.from_numpy(labels), shapes.CLASSES,
-                            torch.from_numpy(masks))
+            return ImageSet(torch.from_numpy(images), torch.from_numpy(labels), shapes.CLASSES, torch.from_numpy(masks))
 
         # Fixed statistics (measured on 2000 images: mean 0.49-0.50, std 0.22-0.24 per channel);
         # the generator's pixel distribution does not depend on the seed.
         norm = normalization or Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-        return DataSplits("shapes10", spec, load_builtin, normalization=norm,
-                          description="ten shapes on cluttered textured backgrounds, 32x32 RGB")
+        return DataSplits(
+            "shapes10",
+            spec,
+            load_builtin,
+            normalization=norm,
+            description="ten shapes on cluttered textured backgrounds, 32x32 RGB",
+        )
     if not path.exists():
-        raise FileNotFoundError(f"no such file or folder {str(path)!r} for {spec!r}; "
-                                "check the path" + (" or pass --download" if kind == "cifar10" else ""))
+        raise FileNotFoundError(
+            f"no such file or folder {str(path)!r} for {spec!r}; "
+            "check the path" + (" or pass --download" if kind == "cifar10" else "")
+        )
     if kind == "cifar10":
         archives.check_cifar10(path)
-        return DataSplits("cifar10", spec, from_both(lambda: _wrap(archives.read_cifar10(path))),
-                          normalization=normalization)
+        return DataSplits(
+            "cifar10", spec, from_both(lambda: _wrap(archives.read_cifar10(path))), normalization=normalization
+        )
     if kind == "fashion-mnist":
         archives.check_fashion_mnist(path)
-        return DataSplits("fashion-mnist", spec, from_both(lambda: _wrap(archives.read_fashion_mnist(path))),
-                          normalization=normalization)
-    return DataSplits(f"folder:{path.name}", spec, from_both(lambda: _read_folder(path, seed)),
-                      normalization=normalization)
+        return DataSplits(
+            "fashion-mnist",
+            spec,
+            from_both(lambda: _wrap(archives.read_fashion_mnist(path))),
+            normalization=normalization,
+        )
+    return DataSplits(
+        f"folder:{path.name}", spec, from_both(lambda: _read_folder(path, seed)), normalization=normalization
+    )
 
 
 def _wrap(arrays) -> tuple[ImageSet, ImageSet]:
     (xtr, ytr), (xte, yte), classes = arrays
-    return (ImageSet(torch.from_numpy(xtr), torch.from_numpy(ytr), classes),
-            ImageSet(torch.from_numpy(xte), torch.from_numpy(yte), classes))
+    return (
+        ImageSet(torch.from_numpy(xtr), torch.from_numpy(ytr), classes),
+        ImageSet(torch.from_numpy(xte), torch.from_numpy(yte), classes),
+    )
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -242,10 +272,13 @@ def _read_folder(root: Path, seed: int) -> tuple[ImageSet, ImageSet]:
         xt, yt = np.stack(test_images), np.asarray(test_labels, np.int64)
     else:
         if len(y) < 2:
-            raise ValueError(f"{root} holds {len(y)} image; need at least 2 to split 80/20, "
-                             "or give train/ and test/ folders")
+            raise ValueError(
+                f"{root} holds {len(y)} image; need at least 2 to split 80/20, or give train/ and test/ folders"
+            )
         order = np.random.default_rng(seed).permutation(len(y))
         cut = max(1, int(round(0.8 * len(y))))
         x, y, xt, yt = x[order[:cut]], y[order[:cut]], x[order[cut:]], y[order[cut:]]
-    return (ImageSet(torch.from_numpy(x), torch.from_numpy(y), tuple(classes)),
-            ImageSet(torch.from_numpy(xt), torch.from_numpy(yt), tuple(classes)))
+    return (
+        ImageSet(torch.from_numpy(x), torch.from_numpy(y), tuple(classes)),
+        ImageSet(torch.from_numpy(xt), torch.from_numpy(yt), tuple(classes)),
+    )

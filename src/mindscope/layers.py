@@ -5,6 +5,7 @@ registration order, from 1, so the nine convolutions of `AllConvNet` are layers 
 Asked for its *output*, a numbered layer means the activation that directly follows
 it in the same `nn.Sequential` (the walk-through's "after layer 3" is post-ELU).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,15 +14,28 @@ import torch
 from torch import nn
 
 NUMBERED_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-ACTIVATION_TYPES = (nn.ELU, nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid,
-                    nn.Softplus, nn.ReLU6, nn.SELU, nn.CELU, nn.Mish, nn.Hardswish)
+ACTIVATION_TYPES = (
+    nn.ELU,
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Softplus,
+    nn.ReLU6,
+    nn.SELU,
+    nn.CELU,
+    nn.Mish,
+    nn.Hardswish,
+)
 
 
 @dataclass(frozen=True)
 class LayerInfo:
-    name: str                   # dotted name, as in named_modules() and state_dict()
-    number: int | None          # walk-through layer number, for parameterised layers
-    kind: str                   # class name
+    name: str  # dotted name, as in named_modules() and state_dict()
+    number: int | None  # walk-through layer number, for parameterised layers
+    kind: str  # class name
     output_shape: tuple[int, ...] | None
     parameters: int
 
@@ -56,10 +70,7 @@ def resolve_layer(model: nn.Module, spec: str | int, *, output: bool = False) ->
         spec = int(spec)
     if isinstance(spec, int) and not isinstance(spec, bool):
         if spec not in numbers:
-            raise ValueError(
-                f"no layer {spec}; layer numbers run from 1 to {len(numbers)} "
-                f"(see 'mindscope layers')"
-            )
+            raise ValueError(f"no layer {spec}; layer numbers run from 1 to {len(numbers)} (see 'mindscope layers')")
         name = numbers[spec]
         return (_following_activation(model, name) or name) if output else name
     if isinstance(spec, str) and spec in modules and spec != "":
@@ -88,13 +99,14 @@ def describe_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[Laye
         def hook(_module, _inputs, out):
             if isinstance(out, torch.Tensor):
                 shapes[name] = tuple(out.shape)
+
         return hook
 
     for name, module in model.named_modules():
         if name:
             handles.append(module.register_forward_hook(hook_for(name)))
     modes = [(m, m.training) for m in model.modules()]
-    model.eval()                      # no BatchNorm statistics change for a description
+    model.eval()  # no BatchNorm statistics change for a description
     try:
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
@@ -106,7 +118,13 @@ def describe_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[Laye
         for module, training in modes:
             module.train(training)
     return [
-        LayerInfo(name, numbers.get(name), type(m).__name__, shapes.get(name),
-                  sum(p.numel() for p in m.parameters(recurse=False)))
-        for name, m in model.named_modules() if name
+        LayerInfo(
+            name,
+            numbers.get(name),
+            type(m).__name__,
+            shapes.get(name),
+            sum(p.numel() for p in m.parameters(recurse=False)),
+        )
+        for name, m in model.named_modules()
+        if name
     ]

@@ -5,6 +5,7 @@ after layers 3 and 6, global average pooling to class logits. A flat `nn.Sequent
 so that every layer has a short dotted name (`features.4`) that hooks can reach.
 Springenberg et al. 2015 ("Striving for Simplicity: The All Convolutional Net").
 """
+
 from __future__ import annotations
 
 import math
@@ -19,7 +20,7 @@ INIT_STDS: tuple[float, ...] = (0.05, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05, 0.06, 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    width: int = 128        # channels of every hidden convolution
+    width: int = 128  # channels of every hidden convolution
     num_classes: int = 10
     in_channels: int = 3
 
@@ -35,19 +36,27 @@ class AllConvNet(nn.Module):
         self.config = ModelConfig(width, num_classes, in_channels)
         w = width
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, w, 3, padding=1), nn.ELU(),   # layer 1   (N, w, 32, 32)
-            nn.Conv2d(w, w, 3, padding=1), nn.ELU(),             # layer 2
-            nn.Conv2d(w, w, 3, padding=1), nn.ELU(),             # layer 3
-            nn.AvgPool2d(2),                                     #           (N, w, 16, 16)
-            nn.Conv2d(w, w, 3, padding=1), nn.ELU(),             # layer 4
-            nn.Conv2d(w, w, 3, padding=1), nn.ELU(),             # layer 5
-            nn.Conv2d(w, w, 3, padding=1), nn.ELU(),             # layer 6
-            nn.AvgPool2d(2),                                     #           (N, w, 8, 8)
-            nn.Conv2d(w, w, 3, padding=1), nn.ELU(),             # layer 7
-            nn.Conv2d(w, w, 1), nn.ELU(),                        # layer 8
-            nn.Conv2d(w, num_classes, 1),                        # layer 9   (N, classes, 8, 8)
-            nn.AdaptiveAvgPool2d(1),                             #           (N, classes, 1, 1)
-            nn.Flatten(),                                        #           (N, classes) logits
+            nn.Conv2d(in_channels, w, 3, padding=1),
+            nn.ELU(),  # layer 1   (N, w, 32, 32)
+            nn.Conv2d(w, w, 3, padding=1),
+            nn.ELU(),  # layer 2
+            nn.Conv2d(w, w, 3, padding=1),
+            nn.ELU(),  # layer 3
+            nn.AvgPool2d(2),  #           (N, w, 16, 16)
+            nn.Conv2d(w, w, 3, padding=1),
+            nn.ELU(),  # layer 4
+            nn.Conv2d(w, w, 3, padding=1),
+            nn.ELU(),  # layer 5
+            nn.Conv2d(w, w, 3, padding=1),
+            nn.ELU(),  # layer 6
+            nn.AvgPool2d(2),  #           (N, w, 8, 8)
+            nn.Conv2d(w, w, 3, padding=1),
+            nn.ELU(),  # layer 7
+            nn.Conv2d(w, w, 1),
+            nn.ELU(),  # layer 8
+            nn.Conv2d(w, num_classes, 1),  # layer 9   (N, classes, 8, 8)
+            nn.AdaptiveAvgPool2d(1),  #           (N, classes, 1, 1)
+            nn.Flatten(),  #           (N, classes) logits
         )
         self.reset_parameters()
 
@@ -62,14 +71,13 @@ class AllConvNet(nn.Module):
         width_scale = math.sqrt(128 / self.config.width)
         with torch.no_grad():
             for i, (conv, std) in enumerate(zip(convs, INIT_STDS, strict=True)):
-                scale = width_scale if i > 0 else 1.0   # layer 1's fan-in is in_channels * 9 at any width
+                scale = width_scale if i > 0 else 1.0  # layer 1's fan-in is in_channels * 9 at any width
                 conv.weight.normal_(0.0, std * scale, generator=generator)
                 conv.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.config.in_channels:
             raise ValueError(
-                f"AllConvNet expects input of shape (N, {self.config.in_channels}, H, W), "
-                f"got {tuple(x.shape)}"
+                f"AllConvNet expects input of shape (N, {self.config.in_channels}, H, W), got {tuple(x.shape)}"
             )
         return self.features(x)  # (N, num_classes) logits; softmax belongs to the loss

@@ -6,6 +6,7 @@ constant integrand is integrated exactly. Composite rules over panels (sub-inter
 are what adaptive integrated gradients refine. Gauss-Legendre nodes come from
 `numpy.polynomial.legendre.leggauss`. Adaptive Simpson: Kuncir 1962; Lyness 1969.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -22,7 +23,7 @@ class Quadrature:
     """Nodes in [0, 1] and their weights; integral of f ~= sum(weights * f(nodes))."""
 
     name: str
-    nodes: np.ndarray    # (n,) float64, in [0, 1]
+    nodes: np.ndarray  # (n,) float64, in [0, 1]
     weights: np.ndarray  # (n,) float64, sum 1
 
     def __post_init__(self) -> None:
@@ -135,8 +136,10 @@ def is_simpson(rule: Quadrature) -> bool:
     if n < 1 or len(rule) != 2 * n + 1:
         return False
     reference = simpson(n)
-    return bool(np.allclose(rule.nodes, reference.nodes, rtol=0, atol=1e-12)
-                and np.allclose(rule.weights, reference.weights, rtol=0, atol=1e-12))
+    return bool(
+        np.allclose(rule.nodes, reference.nodes, rtol=0, atol=1e-12)
+        and np.allclose(rule.weights, reference.weights, rtol=0, atol=1e-12)
+    )
 
 
 @dataclass
@@ -169,18 +172,19 @@ class Panel:
         return [left, right]
 
 
-def _assess(panels: list[Panel], weight: torch.Tensor, total: float, tolerance: float
-            ) -> tuple[torch.Tensor, float, list[Panel]]:
+def _assess(
+    panels: list[Panel], weight: torch.Tensor, total: float, tolerance: float
+) -> tuple[torch.Tensor, float, list[Panel]]:
     """Return (integral, relative error estimate of weight * integral, panels to bisect, worst first)."""
-    integrals = torch.stack([p.integral for p in panels]).flatten(1)       # (P, D)
-    w = weight.flatten()                                                   # (D,)
+    integrals = torch.stack([p.integral for p in panels]).flatten(1)  # (P, D)
+    w = weight.flatten()  # (D,)
     integral = integrals.sum(0)
     norm = float((w * integral).norm()) or float("inf")
     scale = abs(total) or float("inf")
     if any(p.change is None for p in panels):
         return integral, float("inf"), list(panels)
-    known = abs(float((w * integral).sum()) - total) / scale              # measured, not estimated
-    weighted = torch.stack([p.change for p in panels]).flatten(1) * w      # (P, D) estimated error per panel
+    known = abs(float((w * integral).sum()) - total) / scale  # measured, not estimated
+    weighted = torch.stack([p.change for p in panels]).flatten(1) * w  # (P, D) estimated error per panel
     estimate = float(weighted.sum(0).norm()) / norm
     if known < tolerance and estimate < tolerance:
         return integral, estimate, []
@@ -189,9 +193,15 @@ def _assess(panels: list[Panel], weight: torch.Tensor, total: float, tolerance: 
     return integral, estimate, [panels[q] for q in order if indicator[q] >= SPLIT_FRACTION * indicator[order[0]]]
 
 
-def adaptive_simpson(evaluate: Callable[[np.ndarray, np.ndarray], torch.Tensor], weights: torch.Tensor,
-                     totals: Sequence[float], *, tolerance: float, max_steps: int,
-                     start: Quadrature | None = None) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+def adaptive_simpson(
+    evaluate: Callable[[np.ndarray, np.ndarray], torch.Tensor],
+    weights: torch.Tensor,
+    totals: Sequence[float],
+    *,
+    tolerance: float,
+    max_steps: int,
+    start: Quadrature | None = None,
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """Integrate N vector functions f_i over [0, 1] by bisecting Simpson panels per function.
 
     `evaluate(i, a)` returns f_{i[j]}(a[j]) for arrays of function indices and nodes, (J, ...).
@@ -205,8 +215,10 @@ def adaptive_simpson(evaluate: Callable[[np.ndarray, np.ndarray], torch.Tensor],
     n, m = weights.shape[0], (len(start) - 1) // 2
     first = evaluate(np.repeat(np.arange(n), 2 * m + 1), np.tile(start.nodes, n))
     first = first.view(n, 2 * m + 1, *first.shape[1:])
-    panels = [[Panel(k / m, (k + 1) / m, (first[i, 2 * k], first[i, 2 * k + 1], first[i, 2 * k + 2]))
-               for k in range(m)] for i in range(n)]
+    panels = [
+        [Panel(k / m, (k + 1) / m, (first[i, 2 * k], first[i, 2 * k + 1], first[i, 2 * k + 2])) for k in range(m)]
+        for i in range(n)
+    ]
     steps = np.full(n, 2 * m + 1, dtype=np.int64)
     estimate = np.full(n, np.inf)
     integrals = torch.zeros_like(first[:, 0])
@@ -216,7 +228,7 @@ def adaptive_simpson(evaluate: Callable[[np.ndarray, np.ndarray], torch.Tensor],
         for i in touched:
             integral, estimate[i], worth = _assess(panels[i], weights[i], totals[i], tolerance)
             integrals[i] = integral.view(integrals.shape[1:])
-            todo += [(i, p) for p in worth[:max(0, int(max_steps - steps[i]) // 2)]]
+            todo += [(i, p) for p in worth[: max(0, int(max_steps - steps[i]) // 2)]]
         if not todo:
             return integrals, steps, estimate
         nodes = np.array([a for _, p in todo for a in p.bisection_nodes()])

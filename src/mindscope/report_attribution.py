@@ -1,6 +1,6 @@
 """The report's attribution sections: interior gradients, integrated gradients, trust checks."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 import torch
 
@@ -27,7 +27,7 @@ def pick_images(run: LoadedRun, count: int, *, pool: int = 400) -> list[int]:
     right = torch.nonzero(correct).flatten().tolist()
     wrong = torch.nonzero(~correct).flatten().tolist()
     n_wrong = min(len(wrong), max(count // 3, count - len(right)))
-    return sorted(right[:count - n_wrong] + wrong[:n_wrong])
+    return sorted(right[: count - n_wrong] + wrong[:n_wrong])
 
 
 def interior_section(run: LoadedRun, options: ReportOptions) -> Section:
@@ -37,24 +37,43 @@ def interior_section(run: LoadedRun, options: ReportOptions) -> Section:
     x = data.inputs(data.test, [index]).to(device)
     result = interior_gradients(model, x, baseline=black(x, data.normalization))
     label = classes[int(data.test.labels[index])]
-    sec = Section("interior", "4. Interior gradients",
-                  f"The gradient of the predicted class's probability at scaled inputs α·x (black image at α = 0) "
-                  f"for test image {index} (a {label}). Positive attributions are blue, negative red.")
+    sec = Section(
+        "interior",
+        "4. Interior gradients",
+        f"The gradient of the predicted class's probability at scaled inputs α·x (black image at α = 0) "
+        f"for test image {index} (a {label}). Positive attributions are blue, negative red.",
+    )
     rows = []
     for k, alpha in enumerate(result.alphas.tolist()):
-        rows.append([f"{alpha:.2f}", classes[int(result.predictions[k, 0])], f"{float(result.probabilities[k, 0]):.3f}",
-                     f"{float(result.target_probabilities[k, 0]):.3f}", f"{float(result.gradient_norms[k, 0]):.3g}"])
+        rows.append(
+            [
+                f"{alpha:.2f}",
+                classes[int(result.predictions[k, 0])],
+                f"{float(result.probabilities[k, 0]):.3f}",
+                f"{float(result.target_probabilities[k, 0]):.3f}",
+                f"{float(result.gradient_norms[k, 0]):.3g}",
+            ]
+        )
     first, last = rows[0], rows[-1]
-    sec.tables.append(Table(f"Prediction at each α: '{first[1]}' at α = {first[0]}, '{last[1]}' at α = 1.",
-                            ["α", "predicted", "probability", f"p({classes[int(result.targets[0])]})", "|gradient|"],
-                            rows))
+    sec.tables.append(
+        Table(
+            f"Prediction at each α: '{first[1]}' at α = {first[0]}, '{last[1]}' at α = 1.",
+            ["α", "predicted", "probability", f"p({classes[int(result.targets[0])]})", "|gradient|"],
+            rows,
+        )
+    )
     frames = interior_frames(result, x, classes, to_pixels=data.normalization.invert)
-    sec.add(gif_bytes(frames, duration_ms=800),
-            f"Interior gradients over α = {', '.join(r[0] for r in rows)}, with the prediction on each frame.", gif=True)
+    sec.add(
+        gif_bytes(frames, duration_ms=800),
+        f"Interior gradients over α = {', '.join(r[0] for r in rows)}, with the prediction on each frame.",
+        gif=True,
+    )
     norms = result.gradient_norms[:, 0]
-    sec.add(saturation_curve(result, classes),
-            f"Saturation: the gradient norm goes from {float(norms[0]):.3g} at α = {first[0]} to "
-            f"{float(norms[-1]):.3g} at α = 1 while p({classes[int(result.targets[0])]}) rises to {last[3]}.")
+    sec.add(
+        saturation_curve(result, classes),
+        f"Saturation: the gradient norm goes from {float(norms[0]):.3g} at α = {first[0]} to "
+        f"{float(norms[-1]):.3g} at α = 1 while p({classes[int(result.targets[0])]}) rises to {last[3]}.",
+    )
     return sec
 
 
@@ -65,25 +84,41 @@ def integrated_section(run: LoadedRun, options: ReportOptions) -> Section:
     x = data.inputs(data.test, indices).to(device)
     result = integrated_gradients(model, x, baseline=black(x, data.normalization), tolerance=options.tolerance)
     labels = data.test.labels[indices]
-    sec = Section("integrated", "5. Integrated gradients",
-                  f"Integrated gradients from a black image to {len(indices)} test images, refined per image until "
-                  f"the relative completeness error and the estimated map error are below {pct(options.tolerance)} "
-                  f"(or the step budget is spent). Blue: evidence for the predicted class; red: against.")
+    sec = Section(
+        "integrated",
+        "5. Integrated gradients",
+        f"Integrated gradients from a black image to {len(indices)} test images, refined per image until "
+        f"the relative completeness error and the estimated map error are below {pct(options.tolerance)} "
+        f"(or the step budget is spent). Blue: evidence for the predicted class; red: against.",
+    )
     rows = []
     for i, idx in enumerate(indices):
-        rows.append([idx, classes[int(labels[i])], classes[int(result.predictions[i])],
-                     f"{float(result.probabilities[i]):.3f}", f"{100 * float(result.relative_completeness_error[i]):.3f}%",
-                     f"{100 * float(result.map_error[i]):.2f}%" if result.map_error is not None else "-",
-                     int(result.steps[i])])
+        rows.append(
+            [
+                idx,
+                classes[int(labels[i])],
+                classes[int(result.predictions[i])],
+                f"{float(result.probabilities[i]):.3f}",
+                f"{100 * float(result.relative_completeness_error[i]):.3f}%",
+                f"{100 * float(result.map_error[i]):.2f}%" if result.map_error is not None else "-",
+                int(result.steps[i]),
+            ]
+        )
     worst = float(result.relative_completeness_error.max())
-    sec.tables.append(Table(f"Per image: worst relative completeness error {100 * worst:.3f}%, "
-                            f"{int(result.steps.sum())} gradient steps in all.",
-                            ["image", "label", "predicted", "probability", "completeness error", "map error", "steps"],
-                            rows))
+    sec.tables.append(
+        Table(
+            f"Per image: worst relative completeness error {100 * worst:.3f}%, "
+            f"{int(result.steps.sum())} gradient steps in all.",
+            ["image", "label", "predicted", "probability", "completeness error", "map error", "steps"],
+            rows,
+        )
+    )
     pixels = data.normalization.invert(x.cpu())
-    sec.add(attribution_panels(pixels, result, classes),
-            f"Image, signed overlay (blue +, red -) and |attribution| for test images {indices}; "
-            f"completeness errors ≤ {100 * worst:.3f}%, steps {int(result.steps.min())}–{int(result.steps.max())}.")
+    sec.add(
+        attribution_panels(pixels, result, classes),
+        f"Image, signed overlay (blue +, red -) and |attribution| for test images {indices}; "
+        f"completeness errors ≤ {100 * worst:.3f}%, steps {int(result.steps.min())}–{int(result.steps.max())}.",
+    )
     return sec
 
 
@@ -94,7 +129,7 @@ def attribution_sections(run: LoadedRun, options: ReportOptions) -> list[Section
 def _cell(key: str, value: float) -> str:
     from mindscope.comparison import HEADERS
 
-    if value != value:    # nan: the check does not apply
+    if value != value:  # nan: the check does not apply
         return "-"
     fmt = HEADERS[key][1]
     return ("pass" if value else "FAIL") if fmt == "pass/FAIL" else fmt.format(value)
@@ -114,23 +149,36 @@ def trust_section(run: LoadedRun, options: ReportOptions) -> Section:
     table = evaluate_methods(model, x, None, masks, methods, baseline=baseline)
     from mindscope.comparison import HEADERS
 
-    sec = Section("trust", "6. How far to trust these maps",
-                  "Sanity and faithfulness checks for each method on the same images: cascading randomisation of "
-                  "the weights from the top layer down (a map that survives it does not explain the model), "
-                  "deletion and insertion of pixels in attribution order against a random order, and, where the "
-                  "data has object masks, how much positive attribution lands on the object.")
+    sec = Section(
+        "trust",
+        "6. How far to trust these maps",
+        "Sanity and faithfulness checks for each method on the same images: cascading randomisation of "
+        "the weights from the top layer down (a map that survives it does not explain the model), "
+        "deletion and insertion of pixels in attribution order against a random order, and, where the "
+        "data has object masks, how much positive attribution lands on the object.",
+    )
     checks = table.checks
     rows = [[r.name] + [_cell(key, value) for key, value in r.summary().items()] for r in table.rows]
-    sec.tables.append(Table(
-        f"Methods × checks on {len(indices)} test images. Sanity passes when the rank correlation of |map| with "
-        f"the original falls below {table.threshold} once every layer is randomised; '+chance' is the margin of "
-        "the deletion/insertion area over a random pixel order (deletion: lower is better, so negative is good).",
-        ["method"] + [HEADERS[k][0] for k in checks], rows))
-    sec.add(randomisation_figure({r.name: r.randomisation for r in table.rows}),
-            "Similarity of each method's map to its original as layers are randomised, top down.")
-    sec.add(deletion_figure({r.name: r.deletion for r in table.rows}),
-            "Target probability as pixels are deleted or inserted in attribution order, against a random order.")
+    sec.tables.append(
+        Table(
+            f"Methods × checks on {len(indices)} test images. Sanity passes when the rank correlation of |map| with "
+            f"the original falls below {table.threshold} once every layer is randomised; '+chance' is the margin of "
+            "the deletion/insertion area over a random pixel order (deletion: lower is better, so negative is good).",
+            ["method"] + [HEADERS[k][0] for k in checks],
+            rows,
+        )
+    )
+    sec.add(
+        randomisation_figure({r.name: r.randomisation for r in table.rows}),
+        "Similarity of each method's map to its original as layers are randomised, top down.",
+    )
+    sec.add(
+        deletion_figure({r.name: r.deletion for r in table.rows}),
+        "Target probability as pixels are deleted or inserted in attribution order, against a random order.",
+    )
     if masks is not None:
-        sec.add(localisation_figure({r.name: r.localisation for r in table.rows}),
-                "Share of positive attribution inside the object mask, and the pointing game, against a random map.")
+        sec.add(
+            localisation_figure({r.name: r.localisation for r in table.rows}),
+            "Share of positive attribution inside the object mask, and the pointing game, against a random map.",
+        )
     return sec

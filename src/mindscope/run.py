@@ -9,6 +9,7 @@ Files are written to a temporary name and renamed; database rows are written in
 transactions. A checkpoint counts only once its row is in `checkpoints`, written after
 both of its files, so a process killed at any moment leaves a readable run.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,10 +17,11 @@ import os
 import shutil
 import sqlite3
 import tempfile
+from collections.abc import Mapping
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -97,14 +99,14 @@ class Run:
         self.db = sqlite3.connect(self.path / DATABASE)
 
     @classmethod
-    def create(cls, path: Path, config: Mapping[str, Any], model: nn.Module,
-               state: dict[str, Any]) -> "Run":
+    def create(cls, path: Path, config: Mapping[str, Any], model: nn.Module, state: dict[str, Any]) -> Run:
         """Make the directory whole, with epoch 0's checkpoint, or not at all."""
         path = Path(path)
         if path.exists():
             kind = "a run" if is_run(path) else "not a run"
-            raise FileExistsError(f"{path} already exists and is {kind}; choose another --out, "
-                                  "or continue a run with --resume")
+            raise FileExistsError(
+                f"{path} already exists and is {kind}; choose another --out, or continue a run with --resume"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
         try:
@@ -124,29 +126,37 @@ class Run:
         return cls(path)
 
     @classmethod
-    def open(cls, path: Path) -> "Run":
+    def open(cls, path: Path) -> Run:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"no run at {path}; train one with 'mindscope train --out {path}'")
         if not is_run(path):
-            raise ValueError(f"{path} is not a mindscope run (no {CONFIG} and {DATABASE}); "
-                             "give a directory written by 'mindscope train'")
+            raise ValueError(
+                f"{path} is not a mindscope run (no {CONFIG} and {DATABASE}); "
+                "give a directory written by 'mindscope train'"
+            )
         try:
             run = cls(path)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path} is not a readable mindscope run: its {CONFIG} is damaged ({exc}); "
-                             "give a directory written by 'mindscope train'") from exc
+            raise ValueError(
+                f"{path} is not a readable mindscope run: its {CONFIG} is damaged ({exc}); "
+                "give a directory written by 'mindscope train'"
+            ) from exc
         missing = [key for key in ("model",) if not isinstance(run.config.get(key), dict)]
         if missing:
             run.close()
-            raise ValueError(f"{path} is not a readable mindscope run: its {CONFIG} lacks '{missing[0]}'; "
-                             "give a directory written by 'mindscope train'")
+            raise ValueError(
+                f"{path} is not a readable mindscope run: its {CONFIG} lacks '{missing[0]}'; "
+                "give a directory written by 'mindscope train'"
+            )
         try:
             run.db.execute("SELECT epoch, step FROM checkpoints LIMIT 1").fetchall()
         except sqlite3.DatabaseError as exc:
             run.close()
-            raise ValueError(f"{path} is not a readable mindscope run: its {DATABASE} is damaged ({exc}); "
-                             "give a directory written by 'mindscope train'") from exc
+            raise ValueError(
+                f"{path} is not a readable mindscope run: its {DATABASE} is damaged ({exc}); "
+                "give a directory written by 'mindscope train'"
+            ) from exc
         return run
 
     def close(self) -> None:
@@ -178,12 +188,14 @@ class Run:
             self.db.execute("DELETE FROM histograms WHERE step > ?", (step,))
 
     # --- logging -------------------------------------------------------------------------
-    def log_metrics(self, step: int, epoch: float, split: str, values: Mapping[str, float], *,
-                    scope: str = "step") -> None:
+    def log_metrics(
+        self, step: int, epoch: float, split: str, values: Mapping[str, float], *, scope: str = "step"
+    ) -> None:
         with self.db:
             self.db.executemany(
                 "INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?, ?)",
-                [(step, epoch, split, name, scope, float(v)) for name, v in values.items()])
+                [(step, epoch, split, name, scope, float(v)) for name, v in values.items()],
+            )
 
     def log_histograms(self, step: int, epoch: float, histograms: Mapping[str, Any]) -> None:
         """Store `weights.weight_histograms` output: counts, edges and statistics per tensor."""
@@ -211,8 +223,13 @@ def build_model(config: Mapping[str, Any]) -> nn.Module:
 def data_from_config(config: Mapping[str, Any]) -> DataSplits:
     d = config["data"]
     norm = Normalization(tuple(d["normalization"]["mean"]), tuple(d["normalization"]["std"]))
-    return load_data(d["spec"], seed=config["train"]["seed"], train_limit=d.get("train_limit"),
-                     test_limit=d.get("test_limit"), normalization=norm)
+    return load_data(
+        d["spec"],
+        seed=config["train"]["seed"],
+        train_limit=d.get("train_limit"),
+        test_limit=d.get("test_limit"),
+        normalization=norm,
+    )
 
 
 @dataclass
@@ -238,13 +255,16 @@ class LoadedRun:
 
     def state_dict_at(self, epoch: int) -> dict[str, torch.Tensor]:
         if epoch not in self.epochs:
-            raise ValueError(f"run {self.path} has no snapshot for epoch {epoch}; "
-                             f"snapshots: {', '.join(map(str, self.epochs))}")
+            raise ValueError(
+                f"run {self.path} has no snapshot for epoch {epoch}; snapshots: {', '.join(map(str, self.epochs))}"
+            )
         try:
             tensors = load_file(self.path / "snapshots" / f"epoch_{epoch:04d}.safetensors")
         except (SafetensorError, OSError) as exc:
-            raise ValueError(f"snapshot of epoch {epoch} in {self.path} is missing or damaged "
-                             f"({str(exc).splitlines()[0]}); load another --epoch or train again") from exc
+            raise ValueError(
+                f"snapshot of epoch {epoch} in {self.path} is missing or damaged "
+                f"({str(exc).splitlines()[0]}); load another --epoch or train again"
+            ) from exc
         # safetensors sorts names; give them back in the model's own (layer) order
         order = list(build_model(self.config).state_dict())
         return {name: tensors[name] for name in order if name in tensors}
@@ -256,21 +276,34 @@ class LoadedRun:
         try:
             model.load_state_dict(weights)
         except RuntimeError as exc:
-            raise ValueError(f"snapshot of epoch {epoch} in {self.path} does not fit the run's model "
-                             f"({str(exc).splitlines()[0]}); load another --epoch or train again") from exc
+            raise ValueError(
+                f"snapshot of epoch {epoch} in {self.path} does not fit the run's model "
+                f"({str(exc).splitlines()[0]}); load another --epoch or train again"
+            ) from exc
         bad = [name for name, t in weights.items() if t.is_floating_point() and not torch.isfinite(t).all()]
         if bad:
-            raise ValueError(f"snapshot of epoch {epoch} in {self.path} holds NaN or Inf in {bad[0]}; "
-                             f"load an earlier --epoch (snapshots: {', '.join(map(str, self.epochs))})")
+            raise ValueError(
+                f"snapshot of epoch {epoch} in {self.path} holds NaN or Inf in {bad[0]}; "
+                f"load an earlier --epoch (snapshots: {', '.join(map(str, self.epochs))})"
+            )
         return model.eval()
 
     def histograms(self) -> list[dict[str, Any]]:
         with closing(sqlite3.connect(self.path / DATABASE)) as db:
-            rows = db.execute("SELECT step, epoch, tensor, edges, counts, stats FROM histograms "
-                              "ORDER BY step, tensor").fetchall()
-        return [{"step": s, "epoch": e, "tensor": t, "edges": np.frombuffer(ed, np.float64),
-                 "counts": np.frombuffer(c, np.int64), "stats": json.loads(st)}
-                for s, e, t, ed, c, st in rows]
+            rows = db.execute(
+                "SELECT step, epoch, tensor, edges, counts, stats FROM histograms ORDER BY step, tensor"
+            ).fetchall()
+        return [
+            {
+                "step": s,
+                "epoch": e,
+                "tensor": t,
+                "edges": np.frombuffer(ed, np.float64),
+                "counts": np.frombuffer(c, np.int64),
+                "stats": json.loads(st),
+            }
+            for s, e, t, ed, c, st in rows
+        ]
 
 
 def load_run(path: Path | str, *, epoch: int | None = None) -> LoadedRun:
@@ -283,8 +316,10 @@ def load_run(path: Path | str, *, epoch: int | None = None) -> LoadedRun:
     finally:
         run.close()
     if last is None:
-        raise ValueError(f"run {path} has no checkpoint yet (it was stopped before epoch 0 was saved); "
-                         "start it again with 'mindscope train'")
+        raise ValueError(
+            f"run {path} has no checkpoint yet (it was stopped before epoch 0 was saved); "
+            "start it again with 'mindscope train'"
+        )
     chosen = epochs[-1] if epoch is None else epoch
     loaded = LoadedRun(Path(path), run.config, metrics, epochs, nn.Identity(), chosen)
     loaded.model = loaded.model_at(chosen)
@@ -296,7 +331,7 @@ class RunRecorder:
 
     def __init__(self, run: Run, *, bins: int = 64, extra: list[Any] | None = None) -> None:
         self.run, self.bins = run, bins
-        self.extra = list(extra or [])   # e.g. a TensorBoard writer with the same methods
+        self.extra = list(extra or [])  # e.g. a TensorBoard writer with the same methods
 
     def log(self, step: int, epoch: float, split: str, values: dict[str, float], *, scope: str) -> None:
         self.run.log_metrics(step, epoch, split, values, scope=scope)

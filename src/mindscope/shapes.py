@@ -5,15 +5,26 @@ and a small rotation are random and the background is a coloured texture with cl
 so neither one colour nor one pixel gives the class away: a classifier has to see shape.
 Each image keeps its object mask (True on the object) for localisation checks.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
-CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "plus",
-                            "cross", "ring", "crescent", "star", "frame")
+CLASSES: tuple[str, ...] = (
+    "circle",
+    "square",
+    "triangle",
+    "diamond",
+    "plus",
+    "cross",
+    "ring",
+    "crescent",
+    "star",
+    "frame",
+)
 SIZE = 32
-_SUPER = 2            # render at 2x and average 2x2 blocks: anti-aliased edges
-_CHUNK = 256          # images per RNG stream, so the first N images do not depend on the total
+_SUPER = 2  # render at 2x and average 2x2 blocks: anti-aliased edges
+_CHUNK = 256  # images per RNG stream, so the first N images do not depend on the total
 _MAX_ROTATION = 0.21  # radians (12 degrees): plus and cross stay 45 degrees apart
 
 
@@ -52,12 +63,12 @@ def _background(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.
     s = yy.shape[0]
     c0, c1 = rng.uniform(0.15, 0.85, 3), rng.uniform(0.15, 0.85, 3)
     angle = rng.uniform(0, 2 * np.pi)
-    t = ((np.cos(angle) * xx + np.sin(angle) * yy) / s + 1) / 2        # (S, S) in [0, 1]
+    t = ((np.cos(angle) * xx + np.sin(angle) * yy) / s + 1) / 2  # (S, S) in [0, 1]
     img = c0 + (c1 - c0) * t[..., None]
     freq, phase, ori = rng.uniform(0.15, 0.6), rng.uniform(0, 2 * np.pi), rng.uniform(0, np.pi)
     stripes = np.sin(freq * (np.cos(ori) * xx + np.sin(ori) * yy) + phase)
     img = img + rng.uniform(0.02, 0.08) * stripes[..., None] * rng.choice([-1, 1], 3)
-    for _ in range(rng.integers(1, 4)):                                   # clutter: dots and strokes
+    for _ in range(rng.integers(1, 4)):  # clutter: dots and strokes
         cy, cx = rng.uniform(0, s, 2)
         colour = rng.uniform(0, 1, 3)
         if rng.random() < 0.5:
@@ -88,9 +99,9 @@ def _render(rng: np.random.Generator, label: int, yy: np.ndarray, xx: np.ndarray
     shift = 0.45 - abs(lum(colour) - lum(backdrop))
     if shift > 0:
         colour = np.clip(colour + np.sign(lum(colour) - lum(backdrop) or 1) * shift, 0, 1)
-    shade = 1 + 0.25 * (u * rng.uniform(-1, 1) + v * rng.uniform(-1, 1))    # a little 3-D lighting
+    shade = 1 + 0.25 * (u * rng.uniform(-1, 1) + v * rng.uniform(-1, 1))  # a little 3-D lighting
     img[inside] = np.clip(colour * shade[inside][:, None], 0, 1)
-    img = img + rng.normal(0, 0.03, img.shape)                            # sensor noise
+    img = img + rng.normal(0, 0.03, img.shape)  # sensor noise
     return np.clip(img, 0, 1), inside
 
 
@@ -112,7 +123,7 @@ def generate(n: int, *, seed: int = 0, split: int = 0) -> tuple[np.ndarray, np.n
         chunk_labels = rng.permutation(np.arange(_CHUNK) % len(CLASSES))[:count]
         for j, label in enumerate(chunk_labels):
             img, inside = _render(rng, int(label), yy, xx)
-            small = img.reshape(SIZE, _SUPER, SIZE, _SUPER, 3).mean(axis=(1, 3))      # (32, 32, 3)
+            small = img.reshape(SIZE, _SUPER, SIZE, _SUPER, 3).mean(axis=(1, 3))  # (32, 32, 3)
             images[start + j] = np.round(small * 255).astype(np.uint8).transpose(2, 0, 1)
             masks[start + j] = inside.reshape(SIZE, _SUPER, SIZE, _SUPER).mean(axis=(1, 3)) >= 0.5
             labels[start + j] = label

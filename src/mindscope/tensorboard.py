@@ -7,6 +7,7 @@ to the number of (finite) weights. Scalars are tagged "split/name", histograms
 tensorboard is an optional dependency: `pip install 'mindscope[tensorboard]'`.
 Histograms as in Springenberg et al. 2015's walk-through, one per layer per recorded point.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
@@ -71,20 +72,22 @@ class TensorBoardRecorder:
             if value is not None:
                 self._writer.add_scalar(tag, float(value), global_step=int(step))
 
-    def log(self, step: int, epoch: float, split: str, values: Mapping[str, float | None], *,
-            scope: str = "step") -> None:
+    def log(
+        self, step: int, epoch: float, split: str, values: Mapping[str, float | None], *, scope: str = "step"
+    ) -> None:
         """Write metrics as the run stores them, tagged like `scalar_tag`."""
-        self.log_scalars(step, {scalar_tag({"split": split, "name": name, "scope": scope}): value
-                                for name, value in values.items()})
+        self.log_scalars(
+            step, {scalar_tag({"split": split, "name": name, "scope": scope}): value for name, value in values.items()}
+        )
 
-    def log_histograms(self, step: int, epoch: float | None,
-                       histograms: Mapping[str, WeightHistogram] | Iterable[Mapping[str, Any]]) -> None:
+    def log_histograms(
+        self, step: int, epoch: float | None, histograms: Mapping[str, WeightHistogram] | Iterable[Mapping[str, Any]]
+    ) -> None:
         """Write one histogram per tensor at `step`, from `weight_histograms` output or run rows."""
-        rows = (histogram_rows(histograms, step=step, epoch=epoch)
-                if isinstance(histograms, Mapping) else histograms)
+        rows = histogram_rows(histograms, step=step, epoch=epoch) if isinstance(histograms, Mapping) else histograms
         for row in rows:
-            edges = np.asarray(row["edges"], dtype=np.float64)                   # (bins + 1,)
-            counts = np.asarray(row["counts"], dtype=np.int64)                   # (bins,)
+            edges = np.asarray(row["edges"], dtype=np.float64)  # (bins + 1,)
+            counts = np.asarray(row["counts"], dtype=np.int64)  # (bins,)
             stats = row["stats"]
             num = int(counts.sum())
             finite = num > 0 and np.isfinite(stats["min"]) and np.isfinite(stats["max"])
@@ -111,8 +114,9 @@ class TensorBoardRecorder:
     def __enter__(self) -> TensorBoardRecorder:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         self.close()
 
 
@@ -127,13 +131,15 @@ def export_tensorboard(run: RunLike, out_dir: Path | str, *, bins: int = 64) -> 
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out} is a file; give a directory for the TensorBoard logs")
     if out.is_dir() and any(out.glob("events.out.tfevents.*")):
-        raise FileExistsError(f"{out} already holds TensorBoard event files; give an empty or new "
-                              "directory, or delete them first")
+        raise FileExistsError(
+            f"{out} already holds TensorBoard event files; give an empty or new directory, or delete them first"
+        )
     rows = list(run.histograms())
     if not rows:
         for epoch in run.epochs:
-            rows += histogram_rows(weight_histograms(dict(run.state_dict_at(epoch)), bins=bins),
-                                   step=epoch, epoch=epoch)
+            rows += histogram_rows(
+                weight_histograms(dict(run.state_dict_at(epoch)), bins=bins), step=epoch, epoch=epoch
+            )
     with TensorBoardRecorder(out) as recorder:
         for metric in run.metrics:
             recorder.log_scalars(metric["step"], {scalar_tag(metric): metric["value"]})

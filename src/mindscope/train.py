@@ -3,6 +3,7 @@
 The recorder gets every logged point and every epoch's checkpoint; `RunRecorder`
 writes them to a run directory, so a run can be resumed with no gap and no duplicate.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,16 +22,16 @@ from mindscope.data import DataSplits, ImageSet
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 7
-    batch_size: int = 64          # images per step
-    lr: float = 2e-3              # Adam peak learning rate
-    warmup_steps: int = 100       # linear warm-up, then cosine decay to lr * final_lr_fraction
+    batch_size: int = 64  # images per step
+    lr: float = 2e-3  # Adam peak learning rate
+    warmup_steps: int = 100  # linear warm-up, then cosine decay to lr * final_lr_fraction
     final_lr_fraction: float = 0.05
     weight_decay: float = 0.0
-    seed: int = 0                 # model init and per-epoch shuffling
-    log_every: int = 50           # steps between logged train/test points
-    histogram_every: int = 50     # steps between weight histograms (0: only at epoch ends)
+    seed: int = 0  # model init and per-epoch shuffling
+    log_every: int = 50  # steps between logged train/test points
+    histogram_every: int = 50  # steps between weight histograms (0: only at epoch ends)
     histogram_bins: int = 64
-    step_test_images: int = 500   # test images evaluated at each logged step (all at epoch end)
+    step_test_images: int = 500  # test images evaluated at each logged step (all at epoch end)
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -55,14 +56,14 @@ def resolve_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
         raise ValueError(f"unknown device {name!r}; use cpu or cuda")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but CUDA is not available on this machine; "
-                         "use --device cpu")
+        raise ValueError("--device cuda was asked for, but CUDA is not available on this machine; use --device cpu")
     return torch.device(name)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: DataSplits, images: ImageSet, *, batch_size: int = 256,
-             limit: int | None = None) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, data: DataSplits, images: ImageSet, *, batch_size: int = 256, limit: int | None = None
+) -> dict[str, float]:
     """Mean cross-entropy and accuracy over (the first `limit` of) an image set."""
     device = next(model.parameters()).device
     was_training = model.training
@@ -94,13 +95,24 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
 
 def initial_state(model: nn.Module, config: TrainConfig) -> dict[str, Any]:
     """The resume state before the first step: what epoch 0's checkpoint holds."""
-    return {"optimizer": make_optimizer(model, config).state_dict(), "epoch": 0, "step": 0,
-            "torch_rng": torch.get_rng_state()}
+    return {
+        "optimizer": make_optimizer(model, config).state_dict(),
+        "epoch": 0,
+        "step": 0,
+        "torch_rng": torch.get_rng_state(),
+    }
 
 
-def train(model: nn.Module, data: DataSplits, config: TrainConfig, recorder: Recorder | None = None,
-          *, resume: dict[str, Any] | None = None, progress: bool | None = None,
-          on_epoch=None) -> list[dict[str, float]]:
+def train(
+    model: nn.Module,
+    data: DataSplits,
+    config: TrainConfig,
+    recorder: Recorder | None = None,
+    *,
+    resume: dict[str, Any] | None = None,
+    progress: bool | None = None,
+    on_epoch=None,
+) -> list[dict[str, float]]:
     """Train `model` on `data.train`; return one dict of metrics per epoch trained.
 
     `resume` is a state saved by an earlier checkpoint: training continues after its epoch.
@@ -119,17 +131,21 @@ def train(model: nn.Module, data: DataSplits, config: TrainConfig, recorder: Rec
     total_steps = steps_per_epoch * config.epochs
     history = []
     if recorder is not None and resume is None and config.histogram_every:
-        recorder.log_weights(0, 0.0, model)      # the weights before training
+        recorder.log_weights(0, 0.0, model)  # the weights before training
     for epoch in range(start_epoch, config.epochs):
         began = time.perf_counter()
         order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
         model.train()
         window_loss, window_correct, window_n = 0.0, 0, 0
         epoch_loss, epoch_correct = 0.0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}",
-                   disable=None if progress is None else not progress, leave=False)
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            disable=None if progress is None else not progress,
+            leave=False,
+        )
         for i in bar:
-            idx = order[i * config.batch_size:(i + 1) * config.batch_size]
+            idx = order[i * config.batch_size : (i + 1) * config.batch_size]
             x = data.inputs(train_set, idx).to(device, memory_format=torch.channels_last)  # (B, C, H, W)
             y = train_set.labels[idx].to(device)
             for group in optimizer.param_groups:
@@ -142,14 +158,28 @@ def train(model: nn.Module, data: DataSplits, config: TrainConfig, recorder: Rec
             step += 1
             batch_loss = loss.item() * len(idx)
             batch_correct = (logits.argmax(1) == y).sum().item()
-            window_loss, window_correct, window_n = window_loss + batch_loss, window_correct + batch_correct, window_n + len(idx)
+            window_loss, window_correct, window_n = (
+                window_loss + batch_loss,
+                window_correct + batch_correct,
+                window_n + len(idx),
+            )
             epoch_loss, epoch_correct = epoch_loss + batch_loss, epoch_correct + batch_correct
             position = epoch + (i + 1) / steps_per_epoch
             if recorder is not None and step % config.log_every == 0:
-                recorder.log(step, position, "train", {"loss": window_loss / window_n,
-                                                       "accuracy": window_correct / window_n}, scope="step")
-                recorder.log(step, position, "test",
-                             evaluate(model, data, data.test, limit=config.step_test_images), scope="step")
+                recorder.log(
+                    step,
+                    position,
+                    "train",
+                    {"loss": window_loss / window_n, "accuracy": window_correct / window_n},
+                    scope="step",
+                )
+                recorder.log(
+                    step,
+                    position,
+                    "test",
+                    evaluate(model, data, data.test, limit=config.step_test_images),
+                    scope="step",
+                )
                 model.train()
                 window_loss, window_correct, window_n = 0.0, 0, 0
                 bar.set_postfix(loss=f"{loss.item():.3f}")
@@ -157,18 +187,33 @@ def train(model: nn.Module, data: DataSplits, config: TrainConfig, recorder: Rec
                 recorder.log_weights(step, position, model)
         bar.close()
         test = evaluate(model, data, data.test)
-        result = {"epoch": epoch + 1, "step": step, "train_loss": epoch_loss / len(train_set),
-                  "train_accuracy": epoch_correct / len(train_set), "test_loss": test["loss"],
-                  "test_accuracy": test["accuracy"], "seconds": time.perf_counter() - began}
+        result = {
+            "epoch": epoch + 1,
+            "step": step,
+            "train_loss": epoch_loss / len(train_set),
+            "train_accuracy": epoch_correct / len(train_set),
+            "test_loss": test["loss"],
+            "test_accuracy": test["accuracy"],
+            "seconds": time.perf_counter() - began,
+        }
         history.append(result)
         if recorder is not None:
-            recorder.log(step, epoch + 1, "train", {"loss": result["train_loss"],
-                                                    "accuracy": result["train_accuracy"]}, scope="epoch")
+            recorder.log(
+                step,
+                epoch + 1,
+                "train",
+                {"loss": result["train_loss"], "accuracy": result["train_accuracy"]},
+                scope="epoch",
+            )
             recorder.log(step, epoch + 1, "test", test, scope="epoch")
             if not config.histogram_every or step % config.histogram_every:
                 recorder.log_weights(step, epoch + 1, model)
-            state = {"optimizer": optimizer.state_dict(), "epoch": epoch + 1, "step": step,
-                     "torch_rng": torch.get_rng_state()}
+            state = {
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch + 1,
+                "step": step,
+                "torch_rng": torch.get_rng_state(),
+            }
             recorder.checkpoint(epoch + 1, step, model, state)
         if on_epoch is not None:
             on_epoch(result)

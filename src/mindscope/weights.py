@@ -9,6 +9,7 @@ The walk-through's first look inside a network, after Springenberg et al. 2015
 ("Striving for Simplicity: The All Convolutional Net"): each layer's weights before and
 after training.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,15 +32,15 @@ Source = nn.Module | Mapping[str, Tensor]
 class WeightStats:
     """Statistics of one tensor. Moments, min, max and l2 are over its finite values only."""
 
-    count: int                  # all elements, finite or not
+    count: int  # all elements, finite or not
     mean: float
-    std: float                  # population std (ddof=0), as numpy's default
+    std: float  # population std (ddof=0), as numpy's default
     min: float
     max: float
-    l2: float                   # sqrt(sum w^2) over finite values
-    near_zero_fraction: float   # fraction of the finite values with |w| <= 1e-3
+    l2: float  # sqrt(sum w^2) over finite values
+    near_zero_fraction: float  # fraction of the finite values with |w| <= 1e-3
     nan_count: int
-    inf_count: int              # +Inf and -Inf together
+    inf_count: int  # +Inf and -Inf together
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,8 @@ class WeightHistogram:
     the outermost bins, so `counts.sum() == stats.count - stats.nan_count - stats.inf_count`.
     """
 
-    counts: Tensor              # (bins,) int64, on the tensor's device
-    edges: Tensor               # (bins + 1,) float64, on the tensor's device
+    counts: Tensor  # (bins,) int64, on the tensor's device
+    edges: Tensor  # (bins + 1,) float64, on the tensor's device
     stats: WeightStats
 
 
@@ -66,15 +67,14 @@ class WeightChange:
     min: tuple[float, float]
     max: tuple[float, float]
     l2: tuple[float, float]
-    l2_change: float            # (|after| - |before|) / |before|; inf when before is 0 and after is not
+    l2_change: float  # (|after| - |before|) / |before|; inf when before is 0 and after is not
 
 
 def _compute_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
 
 
-def select_tensors(source: Source, layers: str | int | Sequence[str | int] | None = None
-                   ) -> dict[str, Tensor]:
+def select_tensors(source: Source, layers: str | int | Sequence[str | int] | None = None) -> dict[str, Tensor]:
     """Pick the floating-point tensors to histogram, keyed by their `state_dict` names.
 
     A model gives its parameters; a state_dict gives every floating-point entry. `layers`
@@ -86,8 +86,10 @@ def select_tensors(source: Source, layers: str | int | Sequence[str | int] | Non
     elif isinstance(source, Mapping):
         tensors = {k: v for k, v in source.items() if isinstance(v, Tensor) and v.is_floating_point()}
     else:
-        raise TypeError(f"weight_histograms takes an nn.Module or a state_dict (a mapping of name to "
-                        f"Tensor), got {type(source).__name__}")
+        raise TypeError(
+            f"weight_histograms takes an nn.Module or a state_dict (a mapping of name to "
+            f"Tensor), got {type(source).__name__}"
+        )
     if layers is None:
         return tensors
     if isinstance(layers, (str, int)):
@@ -99,8 +101,10 @@ def select_tensors(source: Source, layers: str | int | Sequence[str | int] | Non
             chosen[spec] = tensors[spec]
             continue
         if is_number and not isinstance(source, nn.Module):
-            raise ValueError(f"layer number {spec} needs the model to be resolved; pass the model, "
-                             f"or a name or prefix such as {next(iter(tensors), 'features.0')!r}")
+            raise ValueError(
+                f"layer number {spec} needs the model to be resolved; pass the model, "
+                f"or a name or prefix such as {next(iter(tensors), 'features.0')!r}"
+            )
         prefix = resolve_layer(source, spec) if isinstance(source, nn.Module) else str(spec)
         found = {k: v for k, v in tensors.items() if k.startswith(prefix + ".")}
         if not found:
@@ -122,8 +126,9 @@ def _check_range(range: tuple[float, float] | None) -> None:
         raise ValueError(f"range must be (low, high) with finite low < high, got {range!r}")
 
 
-def shared_edges(*sources: Source | Tensor, bins: int = 64,
-                 layers: str | int | Sequence[str | int] | None = None) -> Tensor:
+def shared_edges(
+    *sources: Source | Tensor, bins: int = 64, layers: str | int | Sequence[str | int] | None = None
+) -> Tensor:
     """Return one set of `bins + 1` edges spanning the finite values of every given tensor.
 
     Pass the result as `edges=` to `weight_histograms` on each source so that the
@@ -132,16 +137,21 @@ def shared_edges(*sources: Source | Tensor, bins: int = 64,
     _check_bins(bins)
     if not sources:
         raise ValueError("shared_edges needs at least one model, state_dict or tensor")
-    stats = [h.stats for source in sources
-             for h in weight_histograms({"": source} if isinstance(source, Tensor) else source,
-                                        bins=1, layers=None if isinstance(source, Tensor) else layers).values()]
+    stats = [
+        h.stats
+        for source in sources
+        for h in weight_histograms(
+            {"": source} if isinstance(source, Tensor) else source,
+            bins=1,
+            layers=None if isinstance(source, Tensor) else layers,
+        ).values()
+    ]
     lows = [s.min for s in stats if s.count > s.nan_count + s.inf_count]
     highs = [s.max for s in stats if s.count > s.nan_count + s.inf_count]
-    low, high = (min(lows), max(highs)) if lows else (0.0, 0.0)   # 0, 0: no finite value anywhere
-    if low == high:                     # numpy's convention for a constant input
+    low, high = (min(lows), max(highs)) if lows else (0.0, 0.0)  # 0, 0: no finite value anywhere
+    if low == high:  # numpy's convention for a constant input
         low, high = low - 0.5, high + 0.5
-    return _uniform_edges(torch.tensor(low, dtype=torch.float64), torch.tensor(high, dtype=torch.float64),
-                          bins)
+    return _uniform_edges(torch.tensor(low, dtype=torch.float64), torch.tensor(high, dtype=torch.float64), bins)
 
 
 def _uniform_edges(lo: Tensor, hi: Tensor, bins: int) -> Tensor:
@@ -152,8 +162,9 @@ def _uniform_edges(lo: Tensor, hi: Tensor, bins: int) -> Tensor:
     return e
 
 
-def _histograms(group: list[Tensor], bins: int, edges: Tensor | None,
-                range: tuple[float, float] | None) -> tuple[Tensor, Tensor, Tensor]:
+def _histograms(
+    group: list[Tensor], bins: int, edges: Tensor | None, range: tuple[float, float] | None
+) -> tuple[Tensor, Tensor, Tensor]:
     """Counts (T, bins), edges (T, bins + 1) and stats (T, 8) for T tensors on one device.
 
     All T tensors go through one flat vector with a segment id per element, so the cost
@@ -162,11 +173,11 @@ def _histograms(group: list[Tensor], bins: int, edges: Tensor | None,
     device, dtype = group[0].device, _compute_dtype(group[0].device)
     sizes = [t.numel() for t in group]
     count = len(group)
-    x = torch.cat([t.detach().reshape(-1) for t in group]).to(dtype)         # (n,)
-    numel = torch.tensor(sizes).to(device, non_blocking=True)                 # (T,), no wait on the device
+    x = torch.cat([t.detach().reshape(-1) for t in group]).to(dtype)  # (n,)
+    numel = torch.tensor(sizes).to(device, non_blocking=True)  # (T,), no wait on the device
     seg = torch.repeat_interleave(torch.arange(count, device=device), numel, output_size=x.numel())  # (n,)
 
-    def per_tensor(values: Tensor) -> Tensor:                                # (n,) -> (T,) sums
+    def per_tensor(values: Tensor) -> Tensor:  # (n,) -> (T,) sums
         return torch.segment_reduce(values.to(dtype), "sum", lengths=numel, unsafe=True, initial=0)
 
     finite = torch.isfinite(x)
@@ -174,20 +185,20 @@ def _histograms(group: list[Tensor], bins: int, edges: Tensor | None,
     mean = per_tensor(torch.where(finite, x, 0.0)) / n_finite.clamp_min(1)  # (T,)
     # Non-finite values are replaced by their tensor's mean: a finite value inside [min, max]
     # that adds nothing to the centred sums, so one filled vector serves every statistic.
-    mean_at = mean.index_select(0, seg)                 # (n,); index_select, far faster than mean[seg]
-    filled = torch.where(finite, x, mean_at)                                # (n,)
+    mean_at = mean.index_select(0, seg)  # (n,); index_select, far faster than mean[seg]
+    filled = torch.where(finite, x, mean_at)  # (n,)
     centred = filled - mean_at
     var = per_tensor(centred * centred) / n_finite.clamp_min(1)
     low = torch.full((count,), math.inf, dtype=dtype, device=device).scatter_reduce_(0, seg, filled, "amin")
     high = torch.full((count,), -math.inf, dtype=dtype, device=device).scatter_reduce_(0, seg, filled, "amax")
     near = per_tensor(filled.abs() <= NEAR_ZERO) - (numel - n_finite) * (mean.abs() <= NEAR_ZERO)
-    l2 = (n_finite * (var + mean * mean)).sqrt()                            # sum of squares, no cancellation
+    l2 = (n_finite * (var + mean * mean)).sqrt()  # sum of squares, no cancellation
     stats = torch.stack([n_finite, mean, var.sqrt(), low, high, l2, near, per_tensor(torch.isnan(x))], 1)
 
-    stride = bins + 1                                  # slot of (tensor t, bin i): t * stride + i
-    base = seg * stride                                                     # (n,)
+    stride = bins + 1  # slot of (tensor t, bin i): t * stride + i
+    base = seg * stride  # (n,)
     if edges is not None:
-        e = edges.to(device, dtype).expand(count, stride)                   # (T, bins + 1)
+        e = edges.to(device, dtype).expand(count, stride)  # (T, bins + 1)
         slot = base + torch.bucketize(filled, e[0, 1:-1].contiguous(), right=True)  # arbitrary edges
     else:
         if range is not None:
@@ -196,22 +207,22 @@ def _histograms(group: list[Tensor], bins: int, edges: Tensor | None,
         else:
             empty = n_finite == 0
             lo, hi = torch.where(empty, 0.0, low), torch.where(empty, 0.0, high)
-            flat = lo == hi                                                 # numpy: widen by 0.5
+            flat = lo == hi  # numpy: widen by 0.5
             lo, hi = torch.where(flat, lo - 0.5, lo), torch.where(flat, hi + 0.5, hi)
-        e = _uniform_edges(lo, hi, bins)                                    # (T, bins + 1)
+        e = _uniform_edges(lo, hi, bins)  # (T, bins + 1)
         # Uniform bins: scale, floor, then nudge by one where rounding crossed an edge
         # (numpy's own method, and far cheaper than a binary search).
         scale = bins / (hi - lo)
         index = ((filled - lo.index_select(0, seg)) * scale.index_select(0, seg)).floor_()
-        index = index.clamp_(0, bins - 1).long()                            # (n,)
+        index = index.clamp_(0, bins - 1).long()  # (n,)
         slot = base + index
-        left = e.reshape(-1)                                                # left[slot]: bin's left edge
-        right = torch.cat([left[1:], left[-1:]])                            # right[slot]: its right edge
+        left = e.reshape(-1)  # left[slot]: bin's left edge
+        right = torch.cat([left[1:], left[-1:]])  # right[slot]: its right edge
         down = ((filled < left.index_select(0, slot)) & (index > 0)).long()
         slot -= down
         index -= down
         slot += ((filled >= right.index_select(0, slot)) & (index < bins - 1)).long()
-    slot = torch.where(finite, slot, count * stride)                        # non-finite -> one spill slot
+    slot = torch.where(finite, slot, count * stride)  # non-finite -> one spill slot
     counts = torch.zeros(count * stride + 1, dtype=torch.int64, device=device)
     counts.index_add_(0, slot, torch.ones(1, dtype=torch.int64, device=device).expand_as(slot))
     counts = counts[:-1].view(count, stride)[:, :bins]
@@ -243,14 +254,27 @@ def _stats_from(count: int, row: Sequence[float]) -> WeightStats:
         l2, fraction = 0.0, math.nan
     else:
         fraction = near / n_finite
-    return WeightStats(count=count, mean=mean, std=std, min=low, max=high, l2=l2,
-                       near_zero_fraction=fraction, nan_count=n_nan, inf_count=count - n_finite - n_nan)
+    return WeightStats(
+        count=count,
+        mean=mean,
+        std=std,
+        min=low,
+        max=high,
+        l2=l2,
+        near_zero_fraction=fraction,
+        nan_count=n_nan,
+        inf_count=count - n_finite - n_nan,
+    )
 
 
-def weight_histograms(model_or_state_dict: Source, *, bins: int = 64,
-                      range: tuple[float, float] | None = None,
-                      layers: str | int | Sequence[str | int] | None = None,
-                      edges: Tensor | None = None) -> dict[str, WeightHistogram]:
+def weight_histograms(
+    model_or_state_dict: Source,
+    *,
+    bins: int = 64,
+    range: tuple[float, float] | None = None,
+    layers: str | int | Sequence[str | int] | None = None,
+    edges: Tensor | None = None,
+) -> dict[str, WeightHistogram]:
     """Histogram and summarise every parameter tensor of a model or state_dict.
 
     Args:
@@ -267,10 +291,17 @@ def weight_histograms(model_or_state_dict: Source, *, bins: int = 64,
     if edges is not None:
         if range is not None:
             raise ValueError("give either range= or edges=, not both")
-        if not isinstance(edges, Tensor) or edges.dim() != 1 or edges.numel() < 2 \
-                or not bool(torch.all(edges[1:] > edges[:-1])) or not bool(torch.isfinite(edges).all()):
-            raise ValueError("edges must be a 1-D tensor of at least 2 finite, strictly increasing "
-                             "values; build one with shared_edges(...)")
+        if (
+            not isinstance(edges, Tensor)
+            or edges.dim() != 1
+            or edges.numel() < 2
+            or not bool(torch.all(edges[1:] > edges[:-1]))
+            or not bool(torch.isfinite(edges).all())
+        ):
+            raise ValueError(
+                "edges must be a 1-D tensor of at least 2 finite, strictly increasing "
+                "values; build one with shared_edges(...)"
+            )
         bins = edges.numel() - 1
     tensors = select_tensors(model_or_state_dict, layers)
     names, values = list(tensors), list(tensors.values())
@@ -283,16 +314,15 @@ def weight_histograms(model_or_state_dict: Source, *, bins: int = 64,
             results.update({n: (counts[j], e[j]) for j, n in enumerate(group_names)})
             stats.setdefault(table.device, []).append((group_names, table))
         rows: dict[str, list[float]] = {}
-        for device_tables in stats.values():                # one host copy per device
+        for device_tables in stats.values():  # one host copy per device
             host = torch.cat([t for _, t in device_tables]).cpu().double().tolist()
             rows.update(zip([n for group_names, _ in device_tables for n in group_names], host))
-    return {n: WeightHistogram(results[n][0], results[n][1], _stats_from(tensors[n].numel(), rows[n]))
-            for n in names}
+    return {n: WeightHistogram(results[n][0], results[n][1], _stats_from(tensors[n].numel(), rows[n])) for n in names}
 
 
-def paired_histograms(before: Source, after: Source, *, bins: int = 64,
-                      layers: str | int | Sequence[str | int] | None = None
-                      ) -> tuple[dict[str, WeightHistogram], dict[str, WeightHistogram]]:
+def paired_histograms(
+    before: Source, after: Source, *, bins: int = 64, layers: str | int | Sequence[str | int] | None = None
+) -> tuple[dict[str, WeightHistogram], dict[str, WeightHistogram]]:
     """Histogram two states of the same network, each tensor's pair on one shared set of edges."""
     first, second = select_tensors(before, layers), select_tensors(after, layers)
     _check_same_names(first, second)
@@ -309,8 +339,10 @@ def _check_same_names(first: Mapping[str, object], second: Mapping[str, object])
     if set(first) != set(second):
         only_first = sorted(set(first) - set(second))[:5]
         only_second = sorted(set(second) - set(first))[:5]
-        raise ValueError(f"before and after hold different tensors (only before: {only_first}, "
-                         f"only after: {only_second}); compare two states of the same network")
+        raise ValueError(
+            f"before and after hold different tensors (only before: {only_first}, "
+            f"only after: {only_second}); compare two states of the same network"
+        )
 
 
 def _as_stats(side: Source | Mapping[str, WeightHistogram | WeightStats]) -> dict[str, WeightStats]:
@@ -330,8 +362,10 @@ def _as_stats(side: Source | Mapping[str, WeightHistogram | WeightStats]) -> dic
     return out
 
 
-def weight_changes(before: Source | Mapping[str, WeightHistogram | WeightStats],
-                   after: Source | Mapping[str, WeightHistogram | WeightStats]) -> list[WeightChange]:
+def weight_changes(
+    before: Source | Mapping[str, WeightHistogram | WeightStats],
+    after: Source | Mapping[str, WeightHistogram | WeightStats],
+) -> list[WeightChange]:
     """Per tensor: mean, std, min, max and L2 norm before -> after, and the L2 norm's relative change.
 
     Each side is a model, a state_dict, or the output of `weight_histograms` (or its stats).
@@ -345,28 +379,38 @@ def weight_changes(before: Source | Mapping[str, WeightHistogram | WeightStats],
             change = (a.l2 - b.l2) / b.l2
         else:
             change = 0.0 if a.l2 == 0 else math.inf
-        changes.append(WeightChange(name, (b.mean, a.mean), (b.std, a.std), (b.min, a.min),
-                                    (b.max, a.max), (b.l2, a.l2), change))
+        changes.append(
+            WeightChange(name, (b.mean, a.mean), (b.std, a.std), (b.min, a.min), (b.max, a.max), (b.l2, a.l2), change)
+        )
     return changes
 
 
-def format_change_table(changes: Iterable[WeightChange], *, before: str = "before",
-                        after: str = "after") -> str:
+def format_change_table(changes: Iterable[WeightChange], *, before: str = "before", after: str = "after") -> str:
     """Lay out `weight_changes` as a plain-text table, one tensor a line."""
+
     def pair(v: tuple[float, float], sign: str = "+") -> str:
         return f"{v[0]:{sign}.3g} -> {v[1]:{sign}.3g}"
 
     header = ("tensor", f"mean {before} -> {after}", "std", "min", "max", "L2 norm", "L2 change")
-    lines = [(c.tensor, pair(c.mean), pair(c.std, "-"), pair(c.min), pair(c.max), pair(c.l2, "-"),
-              f"{c.l2_change:+.1%}" if math.isfinite(c.l2_change) else f"{c.l2_change:+}")
-             for c in changes]
+    lines = [
+        (
+            c.tensor,
+            pair(c.mean),
+            pair(c.std, "-"),
+            pair(c.min),
+            pair(c.max),
+            pair(c.l2, "-"),
+            f"{c.l2_change:+.1%}" if math.isfinite(c.l2_change) else f"{c.l2_change:+}",
+        )
+        for c in changes
+    ]
     widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
-                     for row in [header, *lines])
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *lines])
 
 
-def histogram_quantiles(counts: np.ndarray | Tensor, edges: np.ndarray | Tensor,
-                        q: Sequence[float] | np.ndarray) -> np.ndarray:
+def histogram_quantiles(
+    counts: np.ndarray | Tensor, edges: np.ndarray | Tensor, q: Sequence[float] | np.ndarray
+) -> np.ndarray:
     """Estimate quantiles (fractions in [0, 1]) from a histogram, linear within each bin.
 
     q = 0 gives the left edge of the first non-empty bin, q = 1 the right edge of the last.
@@ -391,13 +435,19 @@ def histogram_quantiles(counts: np.ndarray | Tensor, edges: np.ndarray | Tensor,
     return edges[k] + fraction * (edges[k + 1] - edges[k])
 
 
-def histogram_rows(histograms: Mapping[str, WeightHistogram], *, step: int, epoch: float
-                   ) -> list[dict]:
+def histogram_rows(histograms: Mapping[str, WeightHistogram], *, step: int, epoch: float) -> list[dict]:
     """Turn `weight_histograms` output into rows shaped like `LoadedRun.histograms()`.
 
     Each row: step, epoch, tensor, edges (float64 array), counts (int64 array), stats (dict).
     """
-    return [{"step": step, "epoch": epoch, "tensor": name,
-             "edges": h.edges.detach().to("cpu", torch.float64).numpy(),
-             "counts": h.counts.detach().to("cpu", torch.int64).numpy(),
-             "stats": asdict(h.stats)} for name, h in histograms.items()]
+    return [
+        {
+            "step": step,
+            "epoch": epoch,
+            "tensor": name,
+            "edges": h.edges.detach().to("cpu", torch.float64).numpy(),
+            "counts": h.counts.detach().to("cpu", torch.int64).numpy(),
+            "stats": asdict(h.stats),
+        }
+        for name, h in histograms.items()
+    ]

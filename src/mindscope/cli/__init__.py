@@ -4,6 +4,7 @@ Each module under `mindscope.cli` exposes `commands`, a list of click commands.
 Bad input raises ValueError/TypeError/FileNotFoundError inside; `main` turns those
 into one line on stderr and exit status 2. A traceback means a bug.
 """
+
 from __future__ import annotations
 
 import sys
@@ -29,14 +30,21 @@ def _register() -> None:
 
 _register()
 
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError,
-               IsADirectoryError, PermissionError, FileExistsError)
+USER_ERRORS = (
+    ValueError,
+    TypeError,
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+    FileExistsError,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit status (0 ok, 2 bad input)."""
     args = sys.argv[1:] if argv is None else list(argv)
-    if not args:                                    # bare `mindscope`: show the help, not an error
+    if not args:  # bare `mindscope`: show the help, not an error
         args = ["--help"]
     try:
         cli.main(args=args, prog_name="mindscope", standalone_mode=False)

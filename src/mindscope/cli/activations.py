@@ -3,6 +3,7 @@
 Optionally the per-channel statistics over the test split (`--stats`) and the test
 images that drive one channel hardest (`--top CHANNEL`).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -41,7 +42,7 @@ def parse_layers(model: torch.nn.Module, spec: str) -> dict[str, str]:
 
 
 def parse_channels(spec: str) -> int | list[int]:
-    """"27" -> the first 27 channels; "0,5,7" -> exactly those."""
+    """ "27" -> the first 27 channels; "0,5,7" -> exactly those."""
     try:
         values = [int(t) for t in spec.split(",") if t.strip()]
     except ValueError:
@@ -57,21 +58,23 @@ def load_image(spec: str, data: DataSplits) -> tuple[torch.Tensor, str]:
     if spec.strip().lstrip("-").isdigit():
         index = int(spec)
         if not 0 <= index < len(test):
-            raise ValueError(f"image index {index} is out of range; the test split has {len(test)} "
-                             f"images (0..{len(test) - 1}), or give a PNG/JPEG path")
+            raise ValueError(
+                f"image index {index} is out of range; the test split has {len(test)} "
+                f"images (0..{len(test) - 1}), or give a PNG/JPEG path"
+            )
         label = test.classes[int(test.labels[index])]
         return test.pixels([index]), f"test image {index} ({label})"
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"no image file {spec!r}; give a test-image index "
-                                f"(0..{len(test) - 1}) or a PNG/JPEG path")
+        raise FileNotFoundError(
+            f"no image file {spec!r}; give a test-image index (0..{len(test) - 1}) or a PNG/JPEG path"
+        )
     channels, height, width = data.image_shape
     array = read_image(path, size=(height, width), channels=channels)
     with Image.open(path) as img:
         original = img.size
     if original != (width, height):
-        click.echo(f"resized {path.name} from {original[0]}x{original[1]} to {width}x{height}, "
-                   f"the model's input size")
+        click.echo(f"resized {path.name} from {original[0]}x{original[1]} to {width}x{height}, the model's input size")
     return torch.tensor(array)[None].float() / 255, path.name
 
 
@@ -88,26 +91,61 @@ def save(fig, path: Path) -> None:
 
 @click.command("activations")
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--image", "image_spec", default="0", show_default=True,
-              help="Test-split index, or a PNG/JPEG file (resized to the model's input size).")
-@click.option("--layers", "layer_spec", default="3,6,9", show_default=True,
-              help="Layer numbers (the activation after the layer) or dotted names, comma-separated.")
-@click.option("--channels", "channel_spec", default="27", show_default=True,
-              help="How many channels to draw (the first N), or a list like 0,5,7.")
-@click.option("--shared-scale", is_flag=True,
-              help="One colour scale for the whole layer (default: each channel its own).")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Output folder (default RUN_DIR/activations).")
+@click.option(
+    "--image",
+    "image_spec",
+    default="0",
+    show_default=True,
+    help="Test-split index, or a PNG/JPEG file (resized to the model's input size).",
+)
+@click.option(
+    "--layers",
+    "layer_spec",
+    default="3,6,9",
+    show_default=True,
+    help="Layer numbers (the activation after the layer) or dotted names, comma-separated.",
+)
+@click.option(
+    "--channels",
+    "channel_spec",
+    default="27",
+    show_default=True,
+    help="How many channels to draw (the first N), or a list like 0,5,7.",
+)
+@click.option(
+    "--shared-scale", is_flag=True, help="One colour scale for the whole layer (default: each channel its own)."
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="Output folder (default RUN_DIR/activations)."
+)
 @click.option("--stats", is_flag=True, help="Also compute per-channel statistics over the test split.")
-@click.option("--top", "top_channel", type=int, default=None,
-              help="Also draw the test images that most activate this channel, for each layer.")
+@click.option(
+    "--top",
+    "top_channel",
+    type=int,
+    default=None,
+    help="Also draw the test images that most activate this channel, for each layer.",
+)
 @click.option("-k", "top_k", type=int, default=9, show_default=True, help="Images in the --top grid.")
 @click.option("--limit", type=int, default=None, help="Use only the first N test images for --stats/--top.")
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--epoch", type=int, default=None, help="Snapshot to load (default: the last).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda")
-def activations(run_dir, image_spec, layer_spec, channel_spec, shared_scale, out, stats, top_channel,
-                top_k, limit, batch_size, epoch, device) -> None:
+def activations(
+    run_dir,
+    image_spec,
+    layer_spec,
+    channel_spec,
+    shared_scale,
+    out,
+    stats,
+    top_channel,
+    top_k,
+    limit,
+    batch_size,
+    epoch,
+    device,
+) -> None:
     """Draw channel grids and a GIF of one image through the layers of a trained run."""
     device = resolve_device(device)
     if limit is not None and limit < 1:
@@ -124,26 +162,34 @@ def activations(run_dir, image_spec, layer_spec, channel_spec, shared_scale, out
     acts = capture_activations(model, data.normalization.apply(pixels), list(labels))
     flat = [n for n, a in acts.items() if a.dim() != 4]
     if flat:
-        raise ValueError(f"layer {flat[0]!r} outputs shape {tuple(acts[flat[0]].shape)}, no channel maps to "
-                         "draw; choose a convolution (layers 1-9) or the activation after one")
+        raise ValueError(
+            f"layer {flat[0]!r} outputs shape {tuple(acts[flat[0]].shape)}, no channel maps to "
+            "draw; choose a convolution (layers 1-9) or the activation after one"
+        )
     for name, label in labels.items():
-        fig = channel_grid(acts[name][0], image=pixels[0], channels=channels,
-                           per_channel=not shared_scale, title=f"{caption}, {label}")
+        fig = channel_grid(
+            acts[name][0], image=pixels[0], channels=channels, per_channel=not shared_scale, title=f"{caption}, {label}"
+        )
         save(fig, out / f"grid_{name}.png")
-    frames = layer_gif_frames(pixels[0], {n: a[0] for n, a in acts.items()},
-                              labels={"input": caption, **labels}, channels=channels,
-                              per_channel=not shared_scale)
+    frames = layer_gif_frames(
+        pixels[0],
+        {n: a[0] for n, a in acts.items()},
+        labels={"input": caption, **labels},
+        channels=channels,
+        per_channel=not shared_scale,
+    )
     click.echo(f"wrote {save_gif(frames, out / 'layers.gif')}")
 
     if stats:
-        result = activation_statistics(model, test_inputs(data, limit, batch_size), list(labels),
-                                       batch_size=batch_size)
+        result = activation_statistics(model, test_inputs(data, limit, batch_size), list(labels), batch_size=batch_size)
         save(layer_statistics_figure(result, labels=labels), out / "stats_layers.png")
         for name, s in result.items():
             save(channel_statistics_figure(s, label=labels[name]), out / f"stats_{name}.png")
             summary = s.summary
-            click.echo(f"{labels[name]}: {summary.active:.1%} active, {summary.saturated:.1%} saturated, "
-                       f"{len(s.dead_channels)}/{summary.channels} channels dead")
+            click.echo(
+                f"{labels[name]}: {summary.active:.1%} active, {summary.saturated:.1%} saturated, "
+                f"{len(s.dead_channels)}/{summary.channels} channels dead"
+            )
 
     if top_channel is not None:
         drawn = 0
@@ -152,15 +198,17 @@ def activations(run_dir, image_spec, layer_spec, channel_spec, shared_scale, out
             if not 0 <= top_channel < width:
                 click.echo(f"{label} has {width} channels; no top-{top_k} grid for channel {top_channel}")
                 continue
-            top = top_activating(model, test_inputs(data, limit, batch_size), name, top_channel,
-                                 k=top_k, batch_size=batch_size)
+            top = top_activating(
+                model, test_inputs(data, limit, batch_size), name, top_channel, k=top_k, batch_size=batch_size
+            )
             fig = top_activating_figure(data.test.pixels(top.indices.tolist()), top, label=label)
             save(fig, out / f"top_{name}_channel{top_channel}.png")
             drawn += 1
         if not drawn:
             widths = ", ".join(f"{labels[n]}: {acts[n].shape[1]}" for n in labels)
-            raise ValueError(f"--top {top_channel} is out of range for every layer ({widths} channels); "
-                             f"channels count from 0")
+            raise ValueError(
+                f"--top {top_channel} is out of range for every layer ({widths} channels); channels count from 0"
+            )
 
 
 commands = [activations]

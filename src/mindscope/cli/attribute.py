@@ -4,6 +4,7 @@ Prints, per image, the prediction, the completeness error and the steps used, an
 the walk-through's figures: signed overlays and heat maps (panels), and for interior
 gradients one GIF per image over alpha and the saturation curve.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,24 +12,45 @@ from pathlib import Path
 import click
 import torch
 
-from mindscope.attribution import (Attribution, black, blurred, class_logit, class_probability, dataset_mean,
-                                   gradients, integrated_gradients, interior_gradients, smoothgrad, uniform_noise)
+from mindscope.attribution import (
+    Attribution,
+    black,
+    blurred,
+    class_logit,
+    class_probability,
+    dataset_mean,
+    gradients,
+    integrated_gradients,
+    interior_gradients,
+    smoothgrad,
+    uniform_noise,
+)
 from mindscope.cli.activations import load_image
 from mindscope.quadrature import gauss_legendre, left, midpoint, right, simpson, trapezoid
-from mindscope.render.attribution import attribution_panels, interior_frames, save_gif, saturation_curve
+from mindscope.render.attribution import attribution_panels, interior_frames, saturation_curve, save_gif
 from mindscope.run import load_run
 from mindscope.train import resolve_device
 
 MAX_STEPS = 4096  # a fixed rule beyond this is slow and no more exact than --tolerance
 
-RULES = {"left": left, "right": right, "midpoint": midpoint, "trapezoid": trapezoid,
-         "gauss-legendre": gauss_legendre, "simpson": simpson}
+RULES = {
+    "left": left,
+    "right": right,
+    "midpoint": midpoint,
+    "trapezoid": trapezoid,
+    "gauss-legendre": gauss_legendre,
+    "simpson": simpson,
+}
 
 
 def _baseline(name: str, normalization):
     """Return the baseline function for --baseline, in the model's normalised input space."""
-    return {"black": lambda x: black(x, normalization), "mean": lambda x: dataset_mean(x, normalization),
-            "noise": lambda x: uniform_noise(x, normalization), "blur": blurred}[name]
+    return {
+        "black": lambda x: black(x, normalization),
+        "mean": lambda x: dataset_mean(x, normalization),
+        "noise": lambda x: uniform_noise(x, normalization),
+        "blur": blurred,
+    }[name]
 
 
 def _describe(i: int, caption: str, result: Attribution, classes: tuple[str, ...]) -> str:
@@ -37,8 +59,10 @@ def _describe(i: int, caption: str, result: Attribution, classes: tuple[str, ...
     if target != predicted:
         line += f", target {classes[target]}"
     if result.relative_completeness_error is not None:
-        line += (f"; completeness error {float(result.relative_completeness_error[i]):.3%} "
-                 f"(abs {float(result.completeness_error[i]):.3g})")
+        line += (
+            f"; completeness error {float(result.relative_completeness_error[i]):.3%} "
+            f"(abs {float(result.completeness_error[i]):.3g})"
+        )
     line += f"; steps {int(result.steps[i])}"
     if result.map_error is not None:
         line += f"; map error estimate {float(result.map_error[i]):.3%}"
@@ -47,34 +71,65 @@ def _describe(i: int, caption: str, result: Attribution, classes: tuple[str, ...
 
 @click.command("attribute")
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--image", "images", multiple=True, required=True,
-              help="test-image index or PNG/JPEG path; repeat for several")
-@click.option("--method", type=click.Choice(["gradient", "interior", "integrated", "smoothgrad"]),
-              default="integrated", show_default=True)
+@click.option(
+    "--image", "images", multiple=True, required=True, help="test-image index or PNG/JPEG path; repeat for several"
+)
+@click.option(
+    "--method",
+    type=click.Choice(["gradient", "interior", "integrated", "smoothgrad"]),
+    default="integrated",
+    show_default=True,
+)
 @click.option("--steps", type=int, default=None, help="fixed number of quadrature steps (default 32)")
-@click.option("--tolerance", type=float, default=None,
-              help="refine until relative completeness and map error estimate are below this, e.g. 0.01")
-@click.option("--rule", type=click.Choice(sorted(RULES)), default=None,
-              help="quadrature rule (default gauss-legendre; simpson panels with --tolerance)")
-@click.option("--baseline", type=click.Choice(["black", "mean", "noise", "blur"]), default="black",
-              show_default=True)
-@click.option("--score", type=click.Choice(["probability", "logit"]), default="probability", show_default=True,
-              help="F: the target's softmax probability or its logit")
+@click.option(
+    "--tolerance",
+    type=float,
+    default=None,
+    help="refine until relative completeness and map error estimate are below this, e.g. 0.01",
+)
+@click.option(
+    "--rule",
+    type=click.Choice(sorted(RULES)),
+    default=None,
+    help="quadrature rule (default gauss-legendre; simpson panels with --tolerance)",
+)
+@click.option("--baseline", type=click.Choice(["black", "mean", "noise", "blur"]), default="black", show_default=True)
+@click.option(
+    "--score",
+    type=click.Choice(["probability", "logit"]),
+    default="probability",
+    show_default=True,
+    help="F: the target's softmax probability or its logit",
+)
 @click.option("--samples", type=int, default=16, show_default=True, help="noisy copies for smoothgrad")
 @click.option("--max-steps", type=int, default=2048, show_default=True, help="per-image cap with --tolerance")
 @click.option("--epoch", type=int, default=None, help="snapshot to load (default: the last)")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="output folder (default RUN_DIR/attributions)")
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="output folder (default RUN_DIR/attributions)"
+)
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda")
-def attribute(run_dir: Path, images: tuple[str, ...], method: str, steps: int | None, tolerance: float | None,
-              rule: str | None, baseline: str, score: str, samples: int, max_steps: int, epoch: int | None,
-              out: Path | None, device: str) -> None:
+def attribute(
+    run_dir: Path,
+    images: tuple[str, ...],
+    method: str,
+    steps: int | None,
+    tolerance: float | None,
+    rule: str | None,
+    baseline: str,
+    score: str,
+    samples: int,
+    max_steps: int,
+    epoch: int | None,
+    out: Path | None,
+    device: str,
+) -> None:
     """Attribute the predictions of RUN_DIR's model to the pixels of test images."""
     if steps is not None and tolerance is not None:
         raise ValueError("give --steps N or --tolerance E, not both: a tolerance chooses the steps itself")
     if steps is not None and steps > MAX_STEPS:
-        raise ValueError(f"--steps must be at most {MAX_STEPS}, got {steps}; use --tolerance to refine "
-                         "only where the path needs it")
+        raise ValueError(
+            f"--steps must be at most {MAX_STEPS}, got {steps}; use --tolerance to refine only where the path needs it"
+        )
     if steps is not None and steps < 1:
         raise ValueError(f"--steps must be >= 1, got {steps}")
     if tolerance is not None and rule not in (None, "simpson"):
@@ -84,7 +139,7 @@ def attribute(run_dir: Path, images: tuple[str, ...], method: str, steps: int | 
     model = run.model.to(target_device)
     normalization = run.data.normalization
     loaded = [load_image(spec, run.data) for spec in images]
-    pixels = torch.cat([p for p, _ in loaded]).to(target_device)          # (N, C, H, W) in [0, 1]
+    pixels = torch.cat([p for p, _ in loaded]).to(target_device)  # (N, C, H, W) in [0, 1]
     x = normalization.apply(pixels)
     captions = [c for _, c in loaded]
     classes = tuple(run.classes)
@@ -98,10 +153,12 @@ def attribute(run_dir: Path, images: tuple[str, ...], method: str, steps: int | 
         for i, caption in enumerate(captions):
             first, last = int(result.predictions[0, i]), int(result.predictions[-1, i])
             norms = result.gradient_norms[:, i].tolist()
-            click.echo(f"{caption}: predicted {classes[last]} ({float(result.probabilities[-1, i]):.3f}) "
-                       f"at a={result.alphas[-1]:g}, {classes[first]} ({float(result.probabilities[0, i]):.3f}) "
-                       f"at a={result.alphas[0]:g}; gradient norm {norms[0]:.3g} -> {norms[-1]:.3g}; "
-                       f"steps {result.alphas.numel()}")
+            click.echo(
+                f"{caption}: predicted {classes[last]} ({float(result.probabilities[-1, i]):.3f}) "
+                f"at a={result.alphas[-1]:g}, {classes[first]} ({float(result.probabilities[0, i]):.3f}) "
+                f"at a={result.alphas[0]:g}; gradient norm {norms[0]:.3g} -> {norms[-1]:.3g}; "
+                f"steps {result.alphas.numel()}"
+            )
             frames = interior_frames(result, x, classes, index=i, to_pixels=normalization.invert)
             save_gif(frames, out / f"interior_{i}.gif", duration_ms=600)
         saturation_curve(result, classes).savefig(out / "saturation.png", dpi=120)
@@ -117,8 +174,9 @@ def attribute(run_dir: Path, images: tuple[str, ...], method: str, steps: int | 
         if tolerance is None:
             n = steps or 32
             quadrature = simpson(max(1, (n - 1) // 2)) if rule == "simpson" else RULES[rule or "gauss-legendre"](n)
-        result = integrated_gradients(model, x, baseline=base, rule=quadrature, tolerance=tolerance,
-                                      max_steps=max_steps, output=output)
+        result = integrated_gradients(
+            model, x, baseline=base, rule=quadrature, tolerance=tolerance, max_steps=max_steps, output=output
+        )
     for i, caption in enumerate(captions):
         click.echo(_describe(i, caption, result, classes))
     figure = attribution_panels(normalization.invert(x).cpu(), result, classes, title=f"{method} ({score})")

@@ -4,6 +4,7 @@ Runs the checks of `mindscope.evaluation` for gradient, interior gradients at on
 integrated gradients and SmoothGrad side by side on the first N test images that have an
 object, prints one table (methods x checks) and writes the figures and `evaluation.json`.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,14 +23,18 @@ from mindscope.render.evaluation import deletion_figure, localisation_figure, ma
 from mindscope.run import load_run
 from mindscope.train import resolve_device
 
+
 def parse_methods(spec: str) -> list[str]:
     """Check "gradient,integrated" against the CLI's methods; return the names, once each."""
     names = [t.strip() for t in spec.split(",") if t.strip()]
     unknown = [n for n in names if n not in METHOD_NAMES]
     if unknown or not names:
         choices = ", ".join(METHOD_NAMES)
-        raise ValueError(f"unknown method {unknown[0]!r} in --methods; choose from {choices}"
-                         if unknown else f"--methods names no method; choose from {choices}")
+        raise ValueError(
+            f"unknown method {unknown[0]!r} in --methods; choose from {choices}"
+            if unknown
+            else f"--methods names no method; choose from {choices}"
+        )
     return list(dict.fromkeys(names))
 
 
@@ -52,16 +57,29 @@ def table_json(table: EvaluationTable, settings: dict[str, object]) -> dict[str,
         rand, dele, loc, comp = row.randomisation, row.deletion, row.localisation, row.completeness
         methods[row.name] = {
             "summary": {k: _clean(v) for k, v in row.summary().items()},
-            "randomisation": {"layers": list(rand.layers), "spearman_abs": _clean(rand.spearman_abs),
-                              "spearman_signed": _clean(rand.spearman_signed), "passed": rand.passed},
-            "deletion": {"fractions": _clean(dele.fractions), "targets": dele.targets.tolist(),
-                         **{k: _clean(getattr(dele, k)) for k in
-                            ("deletion", "insertion", "random_deletion", "random_insertion")}},
-            "localisation": None if loc is None else {
-                k: _clean(getattr(loc, k)) for k in
-                ("mass_inside", "pointing", "random_mass_inside", "random_pointing", "mask_fraction")},
-            "completeness": None if comp is None else {"error": _clean(comp.error),
-                                                        "relative_error": _clean(comp.relative_error)},
+            "randomisation": {
+                "layers": list(rand.layers),
+                "spearman_abs": _clean(rand.spearman_abs),
+                "spearman_signed": _clean(rand.spearman_signed),
+                "passed": rand.passed,
+            },
+            "deletion": {
+                "fractions": _clean(dele.fractions),
+                "targets": dele.targets.tolist(),
+                **{
+                    k: _clean(getattr(dele, k))
+                    for k in ("deletion", "insertion", "random_deletion", "random_insertion")
+                },
+            },
+            "localisation": None
+            if loc is None
+            else {
+                k: _clean(getattr(loc, k))
+                for k in ("mass_inside", "pointing", "random_mass_inside", "random_pointing", "mask_fraction")
+            },
+            "completeness": None
+            if comp is None
+            else {"error": _clean(comp.error), "relative_error": _clean(comp.relative_error)},
         }
     return {"settings": settings, "randomisation_threshold": table.threshold, "methods": methods}
 
@@ -73,31 +91,61 @@ def _save(fig, path: Path) -> None:
 
 @click.command("evaluate")
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--methods", "method_spec", default=",".join(METHOD_NAMES), show_default=True,
-              help="Comma-separated: gradient, interior, integrated, smoothgrad.")
-@click.option("--images", type=int, default=8, show_default=True,
-              help="Evaluate on the first N test images (that have an object mask, where masks exist).")
-@click.option("--alpha", type=float, default=0.5, show_default=True,
-              help="Interior gradients at black + alpha (x - black).")
-@click.option("--ig-points", type=int, default=16, show_default=True,
-              help="Gauss-Legendre points for integrated gradients (each randomisation step re-runs it).")
+@click.option(
+    "--methods",
+    "method_spec",
+    default=",".join(METHOD_NAMES),
+    show_default=True,
+    help="Comma-separated: gradient, interior, integrated, smoothgrad.",
+)
+@click.option(
+    "--images",
+    type=int,
+    default=8,
+    show_default=True,
+    help="Evaluate on the first N test images (that have an object mask, where masks exist).",
+)
+@click.option(
+    "--alpha", type=float, default=0.5, show_default=True, help="Interior gradients at black + alpha (x - black)."
+)
+@click.option(
+    "--ig-points",
+    type=int,
+    default=16,
+    show_default=True,
+    help="Gauss-Legendre points for integrated gradients (each randomisation step re-runs it).",
+)
 @click.option("--samples", type=int, default=16, show_default=True, help="SmoothGrad noisy copies.")
-@click.option("--steps", type=int, default=16, show_default=True,
-              help="Deletion/insertion steps (each switches 1/steps of the pixels).")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed of the randomised weights, the random pixel order, the random map, SmoothGrad.")
+@click.option(
+    "--steps",
+    type=int,
+    default=16,
+    show_default=True,
+    help="Deletion/insertion steps (each switches 1/steps of the pixels).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the randomised weights, the random pixel order, the random map, SmoothGrad.",
+)
 @click.option("--epoch", type=int, default=None, help="Snapshot to load (default: the last).")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Output folder (default RUN_DIR/evaluation).")
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="Output folder (default RUN_DIR/evaluation)."
+)
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda")
 def evaluate(run_dir, method_spec, images, alpha, ig_points, samples, steps, seed, epoch, out, device) -> None:
     """Check how far to trust each attribution method's maps; print a table, write figures."""
-    for name, value, low in (("--images", images, 1), ("--ig-points", ig_points, 1), ("--samples", samples, 1),
-                             ("--steps", steps, 1)):
+    for name, value, low in (
+        ("--images", images, 1),
+        ("--ig-points", ig_points, 1),
+        ("--samples", samples, 1),
+        ("--steps", steps, 1),
+    ):
         if value < low:
             raise ValueError(f"{name} must be at least {low}, got {value}")
-    for name, value, high in (("--ig-points", ig_points, 1024), ("--samples", samples, 1024),
-                              ("--steps", steps, 1024)):
+    for name, value, high in (("--ig-points", ig_points, 1024), ("--samples", samples, 1024), ("--steps", steps, 1024)):
         if value > high:
             raise ValueError(f"{name} must be at most {high}, got {value}; the checks need far fewer")
     if not 0.0 <= alpha <= 1.0:
@@ -115,30 +163,54 @@ def evaluate(run_dir, method_spec, images, alpha, ig_points, samples, steps, see
     if chosen.numel() == 0:
         raise ValueError(f"the test split of {run_dir} has no image with an object mask to evaluate on")
     model = run.model.to(device)
-    x = data.inputs(test, chosen).to(device)                            # (N, C, H, W)
-    mask_batch = None if masks is None else masks[chosen].to(device)    # (N, H, W)
+    x = data.inputs(test, chosen).to(device)  # (N, C, H, W)
+    mask_batch = None if masks is None else masks[chosen].to(device)  # (N, H, W)
     out = Path(run_dir) / "evaluation" if out is None else Path(out)
     out.mkdir(parents=True, exist_ok=True)
     total = len(methods) * (1 + len(parameterised_layers(model)))
     with tqdm(total=total, desc="evaluate", unit="map", leave=False, disable=None) as bar:
+
         def progress(label: str) -> None:
             bar.set_postfix_str(label, refresh=False)
             bar.update(1)
 
-        table = evaluate_methods(model, x, None, mask_batch, methods, baseline=lambda z: black(z, data.normalization),
-                                 steps=steps, seed=seed, progress=progress)
+        table = evaluate_methods(
+            model,
+            x,
+            None,
+            mask_batch,
+            methods,
+            baseline=lambda z: black(z, data.normalization),
+            steps=steps,
+            seed=seed,
+            progress=progress,
+        )
     click.echo(f"{len(chosen)} test images of {run_dir} (epoch {run.epoch}), targets: the predicted classes")
     click.echo(format_table(table))
     if mask_batch is None:
         click.echo("this dataset has no object masks: localisation skipped")
-    settings = {"run": str(run_dir), "epoch": run.epoch, "images": chosen.tolist(), "alpha": alpha,
-                "ig_points": ig_points, "samples": samples, "steps": steps, "seed": seed,
-                "baseline": "black", "targets": "predicted class"}
+    settings = {
+        "run": str(run_dir),
+        "epoch": run.epoch,
+        "images": chosen.tolist(),
+        "alpha": alpha,
+        "ig_points": ig_points,
+        "samples": samples,
+        "steps": steps,
+        "seed": seed,
+        "baseline": "black",
+        "targets": "predicted class",
+    }
     _save(randomisation_figure({r.name: r.randomisation for r in table.rows}), out / "randomisation.png")
     _save(deletion_figure({r.name: r.deletion for r in table.rows}), out / "deletion.png")
-    _save(maps_figure(data.normalization.invert(x).cpu().numpy(),
-                      {r.name: r.attributions.cpu().numpy() for r in table.rows},
-                      None if mask_batch is None else mask_batch.cpu().numpy()), out / "maps.png")
+    _save(
+        maps_figure(
+            data.normalization.invert(x).cpu().numpy(),
+            {r.name: r.attributions.cpu().numpy() for r in table.rows},
+            None if mask_batch is None else mask_batch.cpu().numpy(),
+        ),
+        out / "maps.png",
+    )
     if mask_batch is not None:
         _save(localisation_figure({r.name: r.localisation for r in table.rows}), out / "localisation.png")
     path = out / "evaluation.json"

@@ -1,4 +1,5 @@
 """`mindscope demo` (train, then report) and `mindscope report RUN_DIR`."""
+
 from __future__ import annotations
 
 import os
@@ -34,25 +35,37 @@ def _options(image: int, images: int, evaluation_images: int, tolerance: float, 
     if not 0 < tolerance < 1:
         raise ValueError(f"--tolerance must lie in (0, 1), got {tolerance}")
     resolve_device(device)
-    return ReportOptions(image=image, attribution_images=images, evaluation_images=evaluation_images,
-                         tolerance=tolerance, device=device)
+    return ReportOptions(
+        image=image, attribution_images=images, evaluation_images=evaluation_images, tolerance=tolerance, device=device
+    )
 
 
 @click.command("demo")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("mindscope-demo"), show_default=True,
-              help="Folder for the run (OUT/run) and the report (OUT/report.html).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("mindscope-demo"),
+    show_default=True,
+    help="Folder for the run (OUT/run) and the report (OUT/report.html).",
+)
 @click.option("--data", "data_spec", default="builtin", show_default=True, help=DATA_HELP)
 @click.option("--epochs", type=int, default=DEMO_EPOCHS, show_default=True)
 @click.option("--width", type=int, default=DEMO_WIDTH, show_default=True)
 @click.option("--train-limit", type=int, default=DEMO_TRAIN_IMAGES, show_default=True)
 @click.option("--test-limit", type=int, default=DEMO_TEST_IMAGES, show_default=True)
 @click.option("--images", type=int, default=6, show_default=True, help="Test images for integrated gradients.")
-@click.option("--evaluation-images", type=int, default=6, show_default=True,
-              help="Test images for the trust checks (0 skips them).")
+@click.option(
+    "--evaluation-images",
+    type=int,
+    default=6,
+    show_default=True,
+    help="Test images for the trust checks (0 skips them).",
+)
 @click.option("--retrain", is_flag=True, help="Train again even if OUT/run holds a finished run.")
 @click.option("--device", default="cpu", show_default=True)
-def demo_command(out, data_spec, epochs, width, train_limit, test_limit, images, evaluation_images, retrain,
-                 device) -> None:
+def demo_command(
+    out, data_spec, epochs, width, train_limit, test_limit, images, evaluation_images, retrain, device
+) -> None:
     """Train the reference network and write the whole walk-through as one HTML page."""
     began = time.perf_counter()
     options = _options(0, images, evaluation_images, 0.01, device)
@@ -83,20 +96,32 @@ def demo_command(out, data_spec, epochs, width, train_limit, test_limit, images,
         new_run(run_dir, config, data_spec=data_spec, width=width, train_limit=train_limit, test_limit=test_limit)
     click.echo("analysing:")
     report = write_report(run_dir, out / "report.html", options=options, progress=_say)
-    click.echo(f"report: {report.resolve()} (self-contained; open it in a browser) "
-               f"[{time.perf_counter() - began:.0f} s]")
+    click.echo(
+        f"report: {report.resolve()} (self-contained; open it in a browser) [{time.perf_counter() - began:.0f} s]"
+    )
 
 
 @click.command("report")
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="HTML file to write (default RUN_DIR/report.html).")
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="HTML file to write (default RUN_DIR/report.html)."
+)
 @click.option("--image", type=int, default=0, show_default=True, help="Test image for the activations.")
 @click.option("--images", type=int, default=6, show_default=True, help="Test images for integrated gradients.")
-@click.option("--evaluation-images", type=int, default=6, show_default=True,
-              help="Test images for the trust checks (0 skips them).")
-@click.option("--tolerance", type=float, default=0.01, show_default=True,
-              help="Relative completeness error for integrated gradients.")
+@click.option(
+    "--evaluation-images",
+    type=int,
+    default=6,
+    show_default=True,
+    help="Test images for the trust checks (0 skips them).",
+)
+@click.option(
+    "--tolerance",
+    type=float,
+    default=0.01,
+    show_default=True,
+    help="Relative completeness error for integrated gradients.",
+)
 @click.option("--device", default="cpu", show_default=True)
 def report_command(run_dir, out, image, images, evaluation_images, tolerance, device) -> None:
     """Write one self-contained HTML page that walks through a run."""

@@ -1,4 +1,5 @@
 """`mindscope train` and `mindscope layers`."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,17 @@ import mindscope
 from mindscope.data import DataSplits, load_data
 from mindscope.layers import describe_layers
 from mindscope.model import AllConvNet
-from mindscope.run import (CONFIG, Run, RunRecorder, atomic_write_bytes, data_from_config,
-                           is_run, load_run, load_state, read_metrics)
+from mindscope.run import (
+    CONFIG,
+    Run,
+    RunRecorder,
+    atomic_write_bytes,
+    data_from_config,
+    is_run,
+    load_run,
+    load_state,
+    read_metrics,
+)
 from mindscope.train import TrainConfig, initial_state, resolve_device, train
 
 DATA_HELP = "builtin | cifar10:PATH | fashion-mnist:PATH | folder:PATH"
@@ -25,39 +35,60 @@ DATA_HELP = "builtin | cifar10:PATH | fashion-mnist:PATH | folder:PATH"
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(mindscope.__file__).parent,
-                             capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(mindscope.__file__).parent, capture_output=True, text=True, timeout=5
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def run_config(config: TrainConfig, data, model: AllConvNet, *, data_spec: str,
-               train_limit: int | None, test_limit: int | None) -> dict:
+def run_config(
+    config: TrainConfig, data, model: AllConvNet, *, data_spec: str, train_limit: int | None, test_limit: int | None
+) -> dict:
     norm = data.normalization
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "versions": {"mindscope": mindscope.__version__, "torch": torch.__version__,
-                     "python": platform.python_version()},
+        "versions": {
+            "mindscope": mindscope.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
         "git_commit": git_commit(),
         "train": asdict(config),
         "model": {"class": "AllConvNet", **asdict(model.config)},
-        "data": {"spec": data_spec, "name": data.name, "train_limit": train_limit, "test_limit": test_limit,
-                 "classes": list(data.classes), "image_shape": list(data.image_shape),
-                 "train_size": len(data.train), "test_size": len(data.test),
-                 "normalization": {"mean": list(norm.mean), "std": list(norm.std)}},
+        "data": {
+            "spec": data_spec,
+            "name": data.name,
+            "train_limit": train_limit,
+            "test_limit": test_limit,
+            "classes": list(data.classes),
+            "image_shape": list(data.image_shape),
+            "train_size": len(data.train),
+            "test_size": len(data.test),
+            "normalization": {"mean": list(norm.mean), "std": list(norm.std)},
+        },
     }
 
 
 def echo_epoch(result: dict) -> None:
-    click.echo(f"epoch {result['epoch']}: train loss {result['train_loss']:.4f} "
-               f"acc {100 * result['train_accuracy']:.1f}% | test loss {result['test_loss']:.4f} "
-               f"acc {100 * result['test_accuracy']:.1f}% | {result['seconds']:.1f} s")
+    click.echo(
+        f"epoch {result['epoch']}: train loss {result['train_loss']:.4f} "
+        f"acc {100 * result['train_accuracy']:.1f}% | test loss {result['test_loss']:.4f} "
+        f"acc {100 * result['test_accuracy']:.1f}% | {result['seconds']:.1f} s"
+    )
 
 
-def start_run(out: Path, config: TrainConfig, *, data_spec: str, width: int,
-              train_limit: int | None, test_limit: int | None, download: bool = False
-              ) -> tuple[Run, AllConvNet, DataSplits]:
+def start_run(
+    out: Path,
+    config: TrainConfig,
+    *,
+    data_spec: str,
+    width: int,
+    train_limit: int | None,
+    test_limit: int | None,
+    download: bool = False,
+) -> tuple[Run, AllConvNet, DataSplits]:
     """Check everything, then create the run directory with its epoch-0 checkpoint."""
     resolve_device(config.device)
     if out.exists():
@@ -65,6 +96,7 @@ def start_run(out: Path, config: TrainConfig, *, data_spec: str, width: int,
         raise FileExistsError(f"{out} already exists; choose a new --out ({hint})")
     if download:
         from mindscope import archives
+
         kind, _, path = data_spec.partition(":")
         if kind != "cifar10":
             raise ValueError("--download fetches CIFAR-10 only; use --data cifar10[:FOLDER]")
@@ -82,6 +114,7 @@ def tensorboard_extra(enabled: bool, run: Run) -> list:
     if not enabled:
         return []
     from mindscope.tensorboard import TensorBoardRecorder
+
     try:
         return [TensorBoardRecorder(run.path / "tensorboard")]
     except ImportError as exc:
@@ -98,34 +131,81 @@ def tensorboard_extra(enabled: bool, run: Run) -> list:
 @click.option("--train-limit", type=int, default=None, help="Use only the first N training images.")
 @click.option("--test-limit", type=int, default=None, help="Use only the first N test images.")
 @click.option("--log-every", type=int, default=50, show_default=True, help="Steps between logged points.")
-@click.option("--histogram-every", type=int, default=50, show_default=True,
-              help="Steps between weight histograms (0: at epoch ends only).")
+@click.option(
+    "--histogram-every",
+    type=int,
+    default=50,
+    show_default=True,
+    help="Steps between weight histograms (0: at epoch ends only).",
+)
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="New run directory.")
 @click.option("--resume", type=click.Path(path_type=Path), default=None, help="Continue this run.")
 @click.option("--download", is_flag=True, help="Fetch CIFAR-10 (network needed) and check its MD5.")
 @click.option("--tensorboard", is_flag=True, help="Also write TensorBoard event files into RUN/tensorboard.")
-def train_command(data_spec, epochs, width, batch_size, lr, seed, train_limit, test_limit, log_every,
-                  histogram_every, device, out, resume, download, tensorboard) -> None:
+def train_command(
+    data_spec,
+    epochs,
+    width,
+    batch_size,
+    lr,
+    seed,
+    train_limit,
+    test_limit,
+    log_every,
+    histogram_every,
+    device,
+    out,
+    resume,
+    download,
+    tensorboard,
+) -> None:
     """Train the all-convolutional network and record the run in a directory."""
     if (out is None) == (resume is None):
         raise click.UsageError("give exactly one of --out RUN_DIR (a new run) or --resume RUN_DIR")
     if resume is not None:
         return resume_run(resume, epochs=epochs, device=device, tensorboard=tensorboard)
-    config = TrainConfig(epochs=7 if epochs is None else epochs, batch_size=batch_size, lr=lr, seed=seed,
-                         log_every=log_every, histogram_every=histogram_every, device=device)
-    new_run(out, config, data_spec=data_spec, width=width, train_limit=train_limit, test_limit=test_limit,
-            download=download, tensorboard=tensorboard)
+    config = TrainConfig(
+        epochs=7 if epochs is None else epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        log_every=log_every,
+        histogram_every=histogram_every,
+        device=device,
+    )
+    new_run(
+        out,
+        config,
+        data_spec=data_spec,
+        width=width,
+        train_limit=train_limit,
+        test_limit=test_limit,
+        download=download,
+        tensorboard=tensorboard,
+    )
     click.echo(f"done: {out}")
 
 
-def new_run(out: Path, config: TrainConfig, *, data_spec: str, width: int, train_limit: int | None,
-            test_limit: int | None, download: bool = False, tensorboard: bool = False) -> None:
+def new_run(
+    out: Path,
+    config: TrainConfig,
+    *,
+    data_spec: str,
+    width: int,
+    train_limit: int | None,
+    test_limit: int | None,
+    download: bool = False,
+    tensorboard: bool = False,
+) -> None:
     """Create a run directory and train it, echoing each epoch."""
-    run, model, data = start_run(out, config, data_spec=data_spec, width=width, train_limit=train_limit,
-                                 test_limit=test_limit, download=download)
-    click.echo(f"training AllConvNet(width={width}) on {data.name}: {len(data.train)} train / "
-               f"{len(data.test)} test images, {config.epochs} epochs, run in {out}")
+    run, model, data = start_run(
+        out, config, data_spec=data_spec, width=width, train_limit=train_limit, test_limit=test_limit, download=download
+    )
+    click.echo(
+        f"training AllConvNet(width={width}) on {data.name}: {len(data.train)} train / "
+        f"{len(data.test)} test images, {config.epochs} epochs, run in {out}"
+    )
     recorder = RunRecorder(run, bins=config.histogram_bins, extra=tensorboard_extra(tensorboard, run))
     try:
         train(model, data, config, recorder, on_epoch=echo_epoch)
@@ -162,28 +242,35 @@ def resume_run(path: Path, *, epochs: int | None, device: str, tensorboard: bool
         try:
             saved = TrainConfig(**run.config["train"])
         except TypeError as exc:
-            raise ValueError(f"{path / CONFIG} holds unknown training settings ({exc}); "
-                             "it was not written by this version of mindscope") from exc
-        config = TrainConfig(**{**asdict(saved), "device": device,
-                                "epochs": saved.epochs if epochs is None else epochs})
+            raise ValueError(
+                f"{path / CONFIG} holds unknown training settings ({exc}); "
+                "it was not written by this version of mindscope"
+            ) from exc
+        config = TrainConfig(
+            **{**asdict(saved), "device": device, "epochs": saved.epochs if epochs is None else epochs}
+        )
         resolve_device(config.device)
         epoch, step = last
         if epoch >= config.epochs:
-            raise ValueError(f"run {path} has already trained {epoch} of {config.epochs} epochs; "
-                             f"pass --epochs N with N > {epoch} to train more")
-        model = load_run(path, epoch=epoch).model          # refuses a damaged or non-finite snapshot
+            raise ValueError(
+                f"run {path} has already trained {epoch} of {config.epochs} epochs; "
+                f"pass --epochs N with N > {epoch} to train more"
+            )
+        model = load_run(path, epoch=epoch).model  # refuses a damaged or non-finite snapshot
         try:
             state = load_state(run, epoch)
         except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-            raise ValueError(f"resume state {run.state_path(epoch)} is missing or damaged ({exc}); "
-                             "the weights are intact: start a new run from them, or train again") from exc
+            raise ValueError(
+                f"resume state {run.state_path(epoch)} is missing or damaged ({exc}); "
+                "the weights are intact: start a new run from them, or train again"
+            ) from exc
         data = data_from_config(run.config)
         extra = tensorboard_extra(tensorboard, run)
     except BaseException:
         run.close()
         raise
     # Every check passed: only now change the run.
-    if config.epochs != saved.epochs:             # the config records how far the run goes
+    if config.epochs != saved.epochs:  # the config records how far the run goes
         run.config["train"]["epochs"] = config.epochs
         atomic_write_bytes(path / CONFIG, json.dumps(run.config, indent=2, sort_keys=True).encode())
     run.rewind(step)

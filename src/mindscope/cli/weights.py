@@ -1,4 +1,5 @@
 """`mindscope weights` (figures and the change table) and `mindscope export-tensorboard`."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,16 +19,21 @@ def _tensor_names(run, layers: str | None) -> list[str]:
 @click.command("weights")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--layers", default=None, help=LAYERS_HELP)
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Folder for the PNGs (default: RUN_DIR/weights).")
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="Folder for the PNGs (default: RUN_DIR/weights)."
+)
 @click.option("--bins", type=int, default=64, show_default=True, help="Bins per before/after histogram.")
 def weights(run_dir: Path, layers: str | None, out: Path | None, bins: int) -> None:
     """Draw weight histograms before vs after training, their evolution, and print what changed."""
-    from mindscope.render.weights import (weight_histogram_figures, weight_percentile_figure,
-                                          weight_ridge_figure)
+    from mindscope.render.weights import weight_histogram_figures, weight_percentile_figure, weight_ridge_figure
     from mindscope.run import load_run
-    from mindscope.weights import (format_change_table, histogram_rows, paired_histograms,
-                                   weight_changes, weight_histograms)
+    from mindscope.weights import (
+        format_change_table,
+        histogram_rows,
+        paired_histograms,
+        weight_changes,
+        weight_histograms,
+    )
 
     if bins < 1:
         raise ValueError(f"--bins must be a positive integer, got {bins}")
@@ -36,8 +42,7 @@ def weights(run_dir: Path, layers: str | None, out: Path | None, bins: int) -> N
     drawn = [n for n in names if n.endswith("weight")] or names
     first, last = run.epochs[0], run.epochs[-1]
     before_sd, after_sd = run.state_dict_at(first), run.state_dict_at(last)
-    before, after = paired_histograms({n: before_sd[n] for n in names}, {n: after_sd[n] for n in names},
-                                      bins=bins)
+    before, after = paired_histograms({n: before_sd[n] for n in names}, {n: after_sd[n] for n in names}, bins=bins)
     out = run_dir / "weights" if out is None else out
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -52,11 +57,9 @@ def weights(run_dir: Path, layers: str | None, out: Path | None, bins: int) -> N
         time = "epoch"
         for epoch in run.epochs:
             state = run.state_dict_at(epoch)
-            rows += histogram_rows(weight_histograms({n: state[n] for n in drawn}, bins=bins),
-                                   step=epoch, epoch=epoch)
+            rows += histogram_rows(weight_histograms({n: state[n] for n in drawn}, bins=bins), step=epoch, epoch=epoch)
     elif min(r["step"] for r in rows) > 0 and first == 0:  # start the story before training
-        rows = histogram_rows(weight_histograms({n: before_sd[n] for n in drawn}, bins=bins),
-                              step=0, epoch=0) + rows
+        rows = histogram_rows(weight_histograms({n: before_sd[n] for n in drawn}, bins=bins), step=0, epoch=0) + rows
     for name, plot in (("ridge", weight_ridge_figure), ("percentiles", weight_percentile_figure)):
         written.append(out / f"weights_{name}.png")
         plot(rows, tensors=drawn, time=time).savefig(written[-1], dpi=110)
@@ -76,6 +79,7 @@ def export_tensorboard(run_dir: Path, out: Path) -> None:
     run = load_run(run_dir)
     try:
         from mindscope.tensorboard import export_tensorboard as export
+
         export(run, out)
     except ImportError as exc:
         if "tensorboard" not in str(exc):

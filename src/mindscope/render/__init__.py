@@ -3,17 +3,45 @@
 Functions return matplotlib `Figure`s (no pyplot state) or PIL images, ready for a
 notebook (`display(fig)`), `fig.savefig(...)`, or the HTML report.
 """
-from mindscope.render.activations import (channel_grid, channel_statistics_figure, layer_gif_frames,
-                                          layer_statistics_figure, save_gif, top_activating_figure)
-from mindscope.render.attribution import (attribution_panels, clip_outliers, heatmap, interior_frames,
-                                          overlay, saturation_curve)
+
+from mindscope.render.activations import (
+    channel_grid,
+    channel_statistics_figure,
+    layer_gif_frames,
+    layer_statistics_figure,
+    save_gif,
+    top_activating_figure,
+)
+from mindscope.render.attribution import (
+    attribution_panels,
+    clip_outliers,
+    heatmap,
+    interior_frames,
+    overlay,
+    saturation_curve,
+)
 from mindscope.render.evaluation import deletion_figure, localisation_figure, randomisation_figure
 from mindscope.render.training import training_curves
 from mindscope.render.weights import weight_histogram_figures, weight_percentile_figure, weight_ridge_figure
 
 __all__ = [
-    "attribution_panels", "channel_grid", "channel_statistics_figure", "clip_outliers", "deletion_figure",
-    "heatmap", "interior_frames", "layer_gif_frames", "layer_statistics_figure", "localisation_figure",
-    "overlay", "randomisation_figure", "saturation_curve", "save_gif", "top_activating_figure",
-    "training_curves", "weight_histogram_figures", "weight_percentile_figure", "weight_ridge_figure",
+    "attribution_panels",
+    "channel_grid",
+    "channel_statistics_figure",
+    "clip_outliers",
+    "deletion_figure",
+    "heatmap",
+    "interior_frames",
+    "layer_gif_frames",
+    "layer_statistics_figure",
+    "localisation_figure",
+    "overlay",
+    "randomisation_figure",
+    "saturation_curve",
+    "save_gif",
+    "top_activating_figure",
+    "training_curves",
+    "weight_histogram_figures",
+    "weight_percentile_figure",
+    "weight_ridge_figure",
 ]

@@ -5,6 +5,7 @@ the Agg backend) or PIL images; saving is the caller's business, except `save_gi
 Showing feature maps as image grids and the inputs that drive a unit hardest follows
 Zeiler & Fergus 2014 ("Visualizing and Understanding Convolutional Networks").
 """
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,10 @@ def _pixels_hwc(image: Array) -> np.ndarray:
     """(C, H, W) pixels, float in [0, 1] or uint8, -> (H, W, 3) float in [0, 1]."""
     a = _numpy(image)
     if a.ndim != 3 or a.shape[0] not in (1, 3):
-        raise ValueError(f"image must have shape (C, H, W) with C = 1 or 3, got {a.shape}; "
-                         f"pass one un-normalised image, e.g. normalization.invert(x)[0]")
+        raise ValueError(
+            f"image must have shape (C, H, W) with C = 1 or 3, got {a.shape}; "
+            f"pass one un-normalised image, e.g. normalization.invert(x)[0]"
+        )
     a = a / 255.0 if a.dtype == np.uint8 else a.astype(np.float64)
     a = np.clip(np.moveaxis(a, 0, -1), 0.0, 1.0)
     return np.repeat(a, 3, axis=-1) if a.shape[-1] == 1 else a
@@ -47,13 +50,15 @@ def _pick_channels(num_channels: int, channels: int | Sequence[int]) -> list[int
     picked = [int(c) for c in channels]
     bad = [c for c in picked if not 0 <= c < num_channels]
     if bad or not picked:
-        raise ValueError(f"channel {bad[0] if bad else '(none)'} is out of range; this layer has "
-                         f"channels 0 to {num_channels - 1}")
+        raise ValueError(
+            f"channel {bad[0] if bad else '(none)'} is out of range; this layer has channels 0 to {num_channels - 1}"
+        )
     return picked
 
 
-def scale_channels(activation: Array, channels: int | Sequence[int] = 27, *,
-                   per_channel: bool = True) -> tuple[np.ndarray, list[int], tuple[float, float]]:
+def scale_channels(
+    activation: Array, channels: int | Sequence[int] = 27, *, per_channel: bool = True
+) -> tuple[np.ndarray, list[int], tuple[float, float]]:
     """Pick channels of one example's (C, H, W) activation and map them to [0, 1].
 
     With `per_channel`, each map is stretched over its own min..max (a flat map becomes 0);
@@ -66,10 +71,12 @@ def scale_channels(activation: Array, channels: int | Sequence[int] = 27, *,
     if a.ndim == 1:
         a = a[:, None, None]
     if a.ndim != 3:
-        raise ValueError(f"activation must be one example's (C, H, W) map, got shape {a.shape}; "
-                         f"index the batch first, e.g. acts[name][0]")
+        raise ValueError(
+            f"activation must be one example's (C, H, W) map, got shape {a.shape}; "
+            f"index the batch first, e.g. acts[name][0]"
+        )
     picked = _pick_channels(a.shape[0], channels)
-    tiles = a[picked]                                                        # (n, H, W)
+    tiles = a[picked]  # (n, H, W)
     if per_channel:
         low = tiles.min(axis=(1, 2), keepdims=True)
         span = tiles.max(axis=(1, 2), keepdims=True) - low
@@ -84,7 +91,7 @@ def _mosaic(tiles: np.ndarray, columns: int, cell: int, gap: int) -> tuple[np.nd
     """Upscale tiles by a whole factor (nearest neighbour) into cells; NaN marks the background."""
     n, h, w = tiles.shape
     factor = max(1, cell // max(h, w))
-    big = tiles.repeat(factor, axis=1).repeat(factor, axis=2)               # (n, h*f, w*f)
+    big = tiles.repeat(factor, axis=1).repeat(factor, axis=2)  # (n, h*f, w*f)
     cell_h, cell_w = max(cell, big.shape[1]), max(cell, big.shape[2])
     rows = math.ceil(n / columns)
     out = np.full((rows * (cell_h + gap) - gap, columns * (cell_w + gap) - gap), np.nan)
@@ -92,14 +99,21 @@ def _mosaic(tiles: np.ndarray, columns: int, cell: int, gap: int) -> tuple[np.nd
     for i, tile in enumerate(big):
         top, left = (i // columns) * (cell_h + gap), (i % columns) * (cell_w + gap)
         oy, ox = (cell_h - tile.shape[0]) // 2, (cell_w - tile.shape[1]) // 2
-        out[top + oy:top + oy + tile.shape[0], left + ox:left + ox + tile.shape[1]] = tile
+        out[top + oy : top + oy + tile.shape[0], left + ox : left + ox + tile.shape[1]] = tile
         corners.append((top + oy, left + ox))
     return out, corners
 
 
-def channel_grid(activation: Array, *, image: Array | None = None,
-                 channels: int | Sequence[int] = 27, per_channel: bool = True,
-                 columns: int = 9, title: str | None = None, cmap: str = CMAP) -> Figure:
+def channel_grid(
+    activation: Array,
+    *,
+    image: Array | None = None,
+    channels: int | Sequence[int] = 27,
+    per_channel: bool = True,
+    columns: int = 9,
+    title: str | None = None,
+    cmap: str = CMAP,
+) -> Figure:
     """Draw the first `channels` maps (or the listed ones) of one example, with its input.
 
     Scaling is per channel by default: each tile spans its own min..max, so every
@@ -118,10 +132,10 @@ def channel_grid(activation: Array, *, image: Array | None = None,
     columns = max(1, min(columns, len(picked)))
     mosaic, corners = _mosaic(tiles, columns, cell=64, gap=6)
     rows = math.ceil(len(picked) / columns)
-    fig = Figure(figsize=(1.1 * columns + (2.6 if image is not None else 0.4), 1.1 * rows + 0.8),
-                 layout="constrained")
-    grid = fig.add_gridspec(1, 2 if image is not None else 1,
-                            width_ratios=[1, 0.9 * columns / max(rows, 1)] if image is not None else None)
+    fig = Figure(figsize=(1.1 * columns + (2.6 if image is not None else 0.4), 1.1 * rows + 0.8), layout="constrained")
+    grid = fig.add_gridspec(
+        1, 2 if image is not None else 1, width_ratios=[1, 0.9 * columns / max(rows, 1)] if image is not None else None
+    )
     if image is not None:
         ax_in = fig.add_subplot(grid[0, 0])
         ax_in.imshow(_pixels_hwc(image), interpolation="nearest")
@@ -129,13 +143,25 @@ def channel_grid(activation: Array, *, image: Array | None = None,
         ax_in.set_axis_off()
     ax = fig.add_subplot(grid[0, -1])
     colours = matplotlib.colormaps[cmap].with_extremes(bad="white")
-    shown = ax.imshow(mosaic if per_channel else low + mosaic * (high - low), cmap=colours,
-                      interpolation="nearest", vmin=None if per_channel else low,
-                      vmax=None if per_channel else high)
+    shown = ax.imshow(
+        mosaic if per_channel else low + mosaic * (high - low),
+        cmap=colours,
+        interpolation="nearest",
+        vmin=None if per_channel else low,
+        vmax=None if per_channel else high,
+    )
     flat = np.ptp(tiles.reshape(len(tiles), -1), axis=1) == 0 if per_channel else np.zeros(len(tiles), bool)
     for channel, (y, x), is_flat in zip(picked, corners, flat):
-        ax.text(x + 1, y + 1, f"{channel}{' flat' if is_flat else ''}", fontsize=6, va="top",
-                ha="left", color="white", bbox=dict(boxstyle="square,pad=0.1", fc="black", ec="none", alpha=0.6))
+        ax.text(
+            x + 1,
+            y + 1,
+            f"{channel}{' flat' if is_flat else ''}",
+            fontsize=6,
+            va="top",
+            ha="left",
+            color="white",
+            bbox=dict(boxstyle="square,pad=0.1", fc="black", ec="none", alpha=0.6),
+        )
     ax.set_axis_off()
     scale = "per-channel scale" if per_channel else f"shared scale {low:.3g} .. {high:.3g}"
     ax.set_title(f"{title + ': ' if title else ''}{len(picked)} channels, {scale}", fontsize=9)
@@ -151,10 +177,17 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def layer_gif_frames(image: Array, activations: Mapping[str, Array], *,
-                     labels: Mapping[str, str] | None = None, channels: int | Sequence[int] = 27,
-                     per_channel: bool = True, columns: int = 9, cell: int = 64,
-                     cmap: str = CMAP) -> list[Image.Image]:
+def layer_gif_frames(
+    image: Array,
+    activations: Mapping[str, Array],
+    *,
+    labels: Mapping[str, str] | None = None,
+    channels: int | Sequence[int] = 27,
+    per_channel: bool = True,
+    columns: int = 9,
+    cell: int = 64,
+    cmap: str = CMAP,
+) -> list[Image.Image]:
     """Return equal-sized frames: the input, then each layer's channel grid, each labelled.
 
     Args:
@@ -185,17 +218,19 @@ def layer_gif_frames(image: Array, activations: Mapping[str, Array], *,
             rgb, picked, corners = body
             tile = Image.fromarray((rgb * 255).round().astype(np.uint8))
         else:
-            factor = max(1, height // body.shape[0])   # whole-number nearest upscaling
+            factor = max(1, height // body.shape[0])  # whole-number nearest upscaling
             tile = Image.fromarray((body * 255).round().astype(np.uint8)).resize(
-                (body.shape[1] * factor, body.shape[0] * factor), Image.Resampling.NEAREST)
+                (body.shape[1] * factor, body.shape[0] * factor), Image.Resampling.NEAREST
+            )
             picked, corners = [], []
         left, top = 8 + (width - tile.width) // 2, header + (height - tile.height) // 2
         frame.paste(tile, (left, top))
         draw = ImageDraw.Draw(frame)
         draw.text((8, 5), caption, fill="black", font=font)
         for channel, (y, x) in zip(picked, corners):
-            draw.text((left + x + 2, top + y + 1), str(channel), fill="white", font=small,
-                      stroke_width=1, stroke_fill="black")
+            draw.text(
+                (left + x + 2, top + y + 1), str(channel), fill="white", font=small, stroke_width=1, stroke_fill="black"
+            )
         frames.append(frame)
     return frames
 
@@ -207,8 +242,7 @@ def save_gif(frames: Sequence[Image.Image], path: str | Path, *, duration_ms: in
     return path
 
 
-def layer_statistics_figure(stats: Mapping[str, LayerStatistics], *,
-                            labels: Mapping[str, str] | None = None) -> Figure:
+def layer_statistics_figure(stats: Mapping[str, LayerStatistics], *, labels: Mapping[str, str] | None = None) -> Figure:
     """Bar chart of the active, saturated and dead fractions of each layer."""
     labels = dict(labels or {})
     names = list(stats)
@@ -216,11 +250,15 @@ def layer_statistics_figure(stats: Mapping[str, LayerStatistics], *,
     fig = Figure(figsize=(max(4.0, 1.2 * len(names) + 2), 3.2), layout="constrained")
     ax = fig.add_subplot()
     x = np.arange(len(names))
-    for i, (field, colour) in enumerate((("active", "tab:green"), ("saturated", "tab:orange"),
-                                         ("dead", "tab:red"))):
+    for i, (field, colour) in enumerate((("active", "tab:green"), ("saturated", "tab:orange"), ("dead", "tab:red"))):
         values = [getattr(s, field) for s in summaries]
-        ax.bar(x + (i - 1) * 0.27, values, width=0.27, color=colour,
-               label=f"{field} ({'channels' if field == 'dead' else 'values'})")
+        ax.bar(
+            x + (i - 1) * 0.27,
+            values,
+            width=0.27,
+            color=colour,
+            label=f"{field} ({'channels' if field == 'dead' else 'values'})",
+        )
     ax.set_xticks(x, [labels.get(n, n) for n in names], fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_ylabel("fraction")
@@ -251,14 +289,23 @@ def channel_statistics_figure(stats: LayerStatistics, *, label: str | None = Non
             ax.axvspan(d - 0.5, d + 0.5, color="tab:red", alpha=0.25, lw=0)
     bottom.legend(fontsize=7, loc="upper right")
     s = stats.summary
-    top.set_title(f"{label or stats.layer}: {s.channels} channels, {len(stats.dead_channels)} dead, "
-                  f"{s.active:.0%} active, {s.saturated:.0%} saturated ({stats.examples} examples)",
-                  fontsize=9)
+    top.set_title(
+        f"{label or stats.layer}: {s.channels} channels, {len(stats.dead_channels)} dead, "
+        f"{s.active:.0%} active, {s.saturated:.0%} saturated ({stats.examples} examples)",
+        fontsize=9,
+    )
     return fig
 
 
-def top_activating_figure(images: Array, top: TopActivations, *, label: str | None = None,
-                          columns: int = 3, alpha: float = 0.55, cmap: str = "magma") -> Figure:
+def top_activating_figure(
+    images: Array,
+    top: TopActivations,
+    *,
+    label: str | None = None,
+    columns: int = 3,
+    alpha: float = 0.55,
+    cmap: str = "magma",
+) -> Figure:
     """Draw the top-k images with the channel's activation map laid over each one.
 
     All maps share one colour scale, so the tiles compare. Maps are stretched over the
@@ -269,8 +316,10 @@ def top_activating_figure(images: Array, top: TopActivations, *, label: str | No
     """
     pixels = [_pixels_hwc(im) for im in images]
     if len(pixels) != len(top.indices):
-        raise ValueError(f"got {len(pixels)} images for {len(top.indices)} top examples; pass the "
-                         f"images at top.indices, in that order")
+        raise ValueError(
+            f"got {len(pixels)} images for {len(top.indices)} top examples; pass the "
+            f"images at top.indices, in that order"
+        )
     maps = top.maps.reshape(len(top.maps), *(top.maps.shape[1:] or (1,)))
     maps = maps if maps.ndim == 3 else maps[:, :, None]
     low, high = float(maps.min()), float(maps.max())
@@ -282,8 +331,15 @@ def top_activating_figure(images: Array, top: TopActivations, *, label: str | No
     for ax, px, amap, index, score in zip(axes, pixels, maps, top.indices, top.scores):
         h, w = px.shape[:2]
         ax.imshow(px, interpolation="nearest")
-        shown = ax.imshow(amap, cmap=cmap, alpha=alpha, vmin=low, vmax=high, interpolation="nearest",
-                          extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+        shown = ax.imshow(
+            amap,
+            cmap=cmap,
+            alpha=alpha,
+            vmin=low,
+            vmax=high,
+            interpolation="nearest",
+            extent=(-0.5, w - 0.5, h - 0.5, -0.5),
+        )
         ax.set_title(f"#{index}  mean {score:.3g}", fontsize=8)
     for ax in axes:
         ax.set_axis_off()

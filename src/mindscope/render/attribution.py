@@ -6,6 +6,7 @@ per image, |map| is divided by its `percentile`-th percentile and clipped to [-1
 the top (100 - percentile)% of pixels saturate instead of washing out the rest.
 Integrated gradients: Sundararajan, Taly & Yan 2017.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -20,7 +21,7 @@ from mindscope.attribution import Attribution, InteriorGradients
 from mindscope.render.activations import save_gif  # noqa: F401 - one GIF writer for the package
 
 POSITIVE = np.array([0.0, 0.25, 1.0])  # blue: evidence for the target class
-NEGATIVE = np.array([1.0, 0.1, 0.0])   # red: evidence against it
+NEGATIVE = np.array([1.0, 0.1, 0.0])  # red: evidence against it
 LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601 grey-scale weights
 
 
@@ -34,8 +35,10 @@ def pixel_attribution(attribution: Tensor | np.ndarray) -> np.ndarray:
     if a.ndim == 3:
         return a.sum(axis=0)
     if a.ndim != 2:
-        raise ValueError(f"an attribution map must be (C, H, W) or (H, W), got shape {a.shape}; "
-                         "pick one example with result.attributions[i]")
+        raise ValueError(
+            f"an attribution map must be (C, H, W) or (H, W), got shape {a.shape}; "
+            "pick one example with result.attributions[i]"
+        )
     return a
 
 
@@ -52,13 +55,13 @@ def clip_outliers(values: np.ndarray, percentile: float = 99.0) -> np.ndarray:
 def grey(pixels: Tensor | np.ndarray) -> np.ndarray:
     """Return an (H, W) grey-scale copy of (C, H, W) pixels in [0, 1]."""
     p = np.clip(_array(pixels), 0.0, 1.0)
-    return p[0] if p.shape[0] == 1 else np.tensordot(LUMA[:p.shape[0]] / LUMA[:p.shape[0]].sum(), p, axes=1)
+    return p[0] if p.shape[0] == 1 else np.tensordot(LUMA[: p.shape[0]] / LUMA[: p.shape[0]].sum(), p, axes=1)
 
 
 def overlay(pixels: Tensor | np.ndarray, attribution: Tensor | np.ndarray, *, percentile: float = 99.0) -> np.ndarray:
     """Return (H, W, 3) RGB: positive attribution blue, negative red, over the grey image."""
-    m = clip_outliers(pixel_attribution(attribution), percentile)[..., None]   # (H, W, 1) in [-1, 1]
-    base = np.repeat(grey(pixels)[..., None], 3, axis=2)                       # (H, W, 3)
+    m = clip_outliers(pixel_attribution(attribution), percentile)[..., None]  # (H, W, 1) in [-1, 1]
+    base = np.repeat(grey(pixels)[..., None], 3, axis=2)  # (H, W, 3)
     colour = np.where(m >= 0, POSITIVE, NEGATIVE)
     strength = np.abs(m)
     return (1.0 - strength) * base + strength * colour
@@ -75,8 +78,9 @@ def _image(pixels: Tensor | np.ndarray) -> np.ndarray:
     return p[0] if p.shape[0] == 1 else p.transpose(1, 2, 0)
 
 
-def attribution_panels(pixels: Tensor, result: Attribution, classes: Sequence[str], *,
-                       percentile: float = 99.0, title: str = "") -> Figure:
+def attribution_panels(
+    pixels: Tensor, result: Attribution, classes: Sequence[str], *, percentile: float = 99.0, title: str = ""
+) -> Figure:
     """One row per example: image, signed overlay, |attribution| heat map, with the numbers.
 
     `pixels` are the images (N, C, H, W) in [0, 1] (e.g. `normalization.invert(x)`).
@@ -117,8 +121,15 @@ def figure_image(fig: Figure) -> Image.Image:
     return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())
 
 
-def interior_frames(result: InteriorGradients, x: Tensor, classes: Sequence[str], *, index: int = 0,
-                    to_pixels: Callable[[Tensor], Tensor] | None = None, percentile: float = 99.0) -> list[Image.Image]:
+def interior_frames(
+    result: InteriorGradients,
+    x: Tensor,
+    classes: Sequence[str],
+    *,
+    index: int = 0,
+    to_pixels: Callable[[Tensor], Tensor] | None = None,
+    percentile: float = 99.0,
+) -> list[Image.Image]:
     """One frame per alpha for example `index`: the scaled input and its gradient overlay.
 
     `x` is the batch that was explained, in the model's input space; `to_pixels` maps it
@@ -127,18 +138,22 @@ def interior_frames(result: InteriorGradients, x: Tensor, classes: Sequence[str]
     to_pixels = to_pixels or (lambda t: t)
     frames = []
     for k, alpha in enumerate(result.alphas.tolist()):
-        base = result.baseline[index:index + 1]
-        scaled = to_pixels(base + alpha * (x[index:index + 1].to(base) - base))[0]       # (C, H, W)
+        base = result.baseline[index : index + 1]
+        scaled = to_pixels(base + alpha * (x[index : index + 1].to(base) - base))[0]  # (C, H, W)
         predicted = int(result.predictions[k, index])
         fig = Figure(figsize=(4.4, 2.5), layout="constrained")
         left, right = fig.subplots(1, 2)
         left.imshow(_image(scaled), cmap="gray", vmin=0, vmax=1)
-        left.set_title(f"a = {alpha:g}\npred {classes[predicted]} ({float(result.probabilities[k, index]):.2f})",
-                       fontsize=8)
+        left.set_title(
+            f"a = {alpha:g}\npred {classes[predicted]} ({float(result.probabilities[k, index]):.2f})", fontsize=8
+        )
         right.imshow(overlay(scaled, result.gradients[k, index], percentile=percentile))
         target = classes[int(result.targets[index])]
-        right.set_title(f"gradient, |g| = {float(result.gradient_norms[k, index]):.3g}\n"
-                        f"p({target}) = {float(result.target_probabilities[k, index]):.2f}", fontsize=8)
+        right.set_title(
+            f"gradient, |g| = {float(result.gradient_norms[k, index]):.3g}\n"
+            f"p({target}) = {float(result.target_probabilities[k, index]):.2f}",
+            fontsize=8,
+        )
         left.set_axis_off(), right.set_axis_off()
         frames.append(figure_image(fig))
     return frames
@@ -159,4 +174,3 @@ def saturation_curve(result: InteriorGradients, classes: Sequence[str] | None = 
     norm_ax.set_title("input-gradient norm along the path", fontsize=9)
     prob_ax.legend(fontsize=7)
     return fig
-

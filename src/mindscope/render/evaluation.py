@@ -4,6 +4,7 @@ Inputs are the result dataclasses of `mindscope.evaluation`, one per method, key
 method's name. Every function returns a matplotlib `Figure` built without pyplot.
 The randomisation curve follows Adebayo et al. 2018 ("Sanity Checks for Saliency Maps").
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -27,8 +28,7 @@ def _check(results: Mapping[str, object], kind: type, what: str) -> None:
         raise ValueError(f"{what} needs a non-empty dict {{method name: {kind.__name__}}}")
     wrong = [name for name, r in results.items() if not isinstance(r, kind)]
     if wrong:
-        raise TypeError(f"{what} needs {kind.__name__} values; {wrong[0]!r} is "
-                        f"{type(results[wrong[0]]).__name__}")
+        raise TypeError(f"{what} needs {kind.__name__} values; {wrong[0]!r} is {type(results[wrong[0]]).__name__}")
 
 
 def randomisation_figure(results: Mapping[str, RandomisationResult]) -> Figure:
@@ -40,12 +40,18 @@ def randomisation_figure(results: Mapping[str, RandomisationResult]) -> Figure:
     axes = fig.subplots(1, 2, sharey=True)
     for ax, field, title in ((axes[0], "spearman_abs", "|map|"), (axes[1], "spearman_signed", "signed map")):
         for colour, (name, result) in zip(_colours(len(results)), results.items()):
-            values = getattr(result, field)                                   # (L + 1, N)
+            values = getattr(result, field)  # (L + 1, N)
             steps = np.arange(values.shape[0])
             ax.plot(steps, np.nanmean(values, axis=1), marker="o", markersize=3, color=colour, label=name)
             if values.shape[1] > 1:
-                ax.fill_between(steps, np.nanpercentile(values, 25, axis=1),
-                                np.nanpercentile(values, 75, axis=1), color=colour, alpha=0.15, linewidth=0)
+                ax.fill_between(
+                    steps,
+                    np.nanpercentile(values, 25, axis=1),
+                    np.nanpercentile(values, 75, axis=1),
+                    color=colour,
+                    alpha=0.15,
+                    linewidth=0,
+                )
         ax.axhline(0.0, color="0.7", linewidth=0.8)
         ax.set_xticks(np.arange(len(labels)), labels, rotation=60, ha="right", fontsize=7)
         ax.set_xlabel("layers randomised (cascading, from the output down)")
@@ -64,16 +70,21 @@ def deletion_figure(results: Mapping[str, DeletionResult]) -> Figure:
     axes = fig.subplots(1, 2, sharey=True)
     first = next(iter(results.values()))
     # with one seed and one batch every method shares the random order: draw it once
-    randoms_agree = all(r.random_deletion.shape == first.random_deletion.shape
-                        and np.allclose(r.random_deletion, first.random_deletion) for r in results.values())
-    for ax, field, title in ((axes[0], "deletion", "deletion (lower area is better)"),
-                             (axes[1], "insertion", "insertion (higher area is better)")):
+    randoms_agree = all(
+        r.random_deletion.shape == first.random_deletion.shape and np.allclose(r.random_deletion, first.random_deletion)
+        for r in results.values()
+    )
+    for ax, field, title in (
+        (axes[0], "deletion", "deletion (lower area is better)"),
+        (axes[1], "insertion", "insertion (higher area is better)"),
+    ):
         colours = _colours(len(results))
         for colour, (name, result) in zip(colours, results.items()):
-            curves = getattr(result, field)                                   # (N, S + 1)
-            ax.plot(result.fractions, curves.mean(0), color=colour,
-                    label=f"{name} (AUC {result.auc(curves).mean():.3f})")
-        for colour, (name, result) in list(zip(colours, results.items()))[:1 if randoms_agree else None]:
+            curves = getattr(result, field)  # (N, S + 1)
+            ax.plot(
+                result.fractions, curves.mean(0), color=colour, label=f"{name} (AUC {result.auc(curves).mean():.3f})"
+            )
+        for colour, (name, result) in list(zip(colours, results.items()))[: 1 if randoms_agree else None]:
             random = getattr(result, f"random_{field}")
             label = "random order" if randoms_agree else f"{name}: random order"
             style = RANDOM_STYLE if randoms_agree else {**RANDOM_STYLE, "color": colour}
@@ -91,16 +102,25 @@ def localisation_figure(results: Mapping[str, LocalisationResult]) -> Figure:
     _check(results, LocalisationResult, "localisation_figure")
     names = list(results)
     first = results[names[0]]
-    groups = (("mass inside the mask", [r.mass for r in results.values()], first.random_mass),
-              ("pointing game hits", [r.pointing_rate for r in results.values()], first.random_pointing_rate))
+    groups = (
+        ("mass inside the mask", [r.mass for r in results.values()], first.random_mass),
+        ("pointing game hits", [r.pointing_rate for r in results.values()], first.random_pointing_rate),
+    )
     fig = Figure(figsize=(max(6.0, 1.2 * len(names) + 3), 4.0), layout="constrained")
     ax = fig.subplots()
     width = 0.8 / (len(names) + 1)
-    for g, (label, values, random) in enumerate(groups):
+    for g, (_label, values, random) in enumerate(groups):
         for i, (colour, value) in enumerate(zip(_colours(len(names)), values)):
             ax.bar(g + i * width, value, width, color=colour, label=names[i] if g == 0 else None)
-        ax.bar(g + len(names) * width, random, width, color="0.75", hatch="//", edgecolor="0.45",
-               label="random map" if g == 0 else None)
+        ax.bar(
+            g + len(names) * width,
+            random,
+            width,
+            color="0.75",
+            hatch="//",
+            edgecolor="0.45",
+            label="random map" if g == 0 else None,
+        )
     chance = float(first.mask_fraction.mean())
     ax.axhline(chance, **RANDOM_STYLE, label=f"mask area share {chance:.2f}")
     ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))], [g[0] for g in groups])
@@ -111,16 +131,19 @@ def localisation_figure(results: Mapping[str, LocalisationResult]) -> Figure:
     return fig
 
 
-def maps_figure(pixels: np.ndarray, maps: Mapping[str, np.ndarray], masks: np.ndarray | None = None, *,
-                limit: int = 4) -> Figure:
+def maps_figure(
+    pixels: np.ndarray, maps: Mapping[str, np.ndarray], masks: np.ndarray | None = None, *, limit: int = 4
+) -> Figure:
     """Grid: each image (row) and every method's |map| summed over channels, the mask outlined.
 
     `pixels` (N, C, H, W) in [0, 1]; `maps` {method: (N, C, H, W) or (N, H, W)}; `masks` (N, H, W) bool.
     """
     pixels = np.asarray(pixels, dtype=np.float64)
     if pixels.ndim != 4 or pixels.shape[1] not in (1, 3):
-        raise ValueError(f"pixels must be images (N, C, H, W) with C = 1 or 3 in [0, 1], got shape {pixels.shape}; "
-                         "pass normalization.invert(x)")
+        raise ValueError(
+            f"pixels must be images (N, C, H, W) with C = 1 or 3 in [0, 1], got shape {pixels.shape}; "
+            "pass normalization.invert(x)"
+        )
     if not maps:
         raise ValueError("maps_figure needs a non-empty dict {method name: maps}")
     rows = min(limit, pixels.shape[0])

@@ -1,9 +1,10 @@
 """Turn figures and frames into bytes and data URIs for a self-contained page."""
+
 from __future__ import annotations
 
 import base64
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 from matplotlib.figure import Figure
 from PIL import Image

@@ -1,7 +1,9 @@
 """The walk-through's training panels: accuracy and cost over time, train and test."""
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from matplotlib.figure import Figure
 
@@ -22,8 +24,13 @@ def training_curves(metrics: Sequence[dict[str, Any]], *, title: str | None = No
             for scope, style in (("step", {"lw": 1.0, "alpha": 0.7}), ("epoch", {"marker": "o", "lw": 2.0})):
                 rows = [r for r in metrics if r["split"] == split and r["name"] == name and r["scope"] == scope]
                 if rows:
-                    ax.plot([r["epoch"] for r in rows], [scale * r["value"] for r in rows], color=colour,
-                            label=f"{split} ({'per epoch' if scope == 'epoch' else 'logged steps'})", **style)
+                    ax.plot(
+                        [r["epoch"] for r in rows],
+                        [scale * r["value"] for r in rows],
+                        color=colour,
+                        label=f"{split} ({'per epoch' if scope == 'epoch' else 'logged steps'})",
+                        **style,
+                    )
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)

@@ -6,6 +6,7 @@ curve is a density (fraction of the tensor's weights per unit of weight value), 
 bias of ten values and a kernel of a million read on the same axis.
 The before/after look follows the walk-through of Springenberg et al. 2015.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,8 +31,8 @@ Snapshot = Mapping[str, WeightHistogram] | Iterable[Mapping[str, Any]]
 @dataclass(frozen=True)
 class _Point:
     time: float
-    edges: np.ndarray           # (bins + 1,) float64
-    counts: np.ndarray          # (bins,) int64
+    edges: np.ndarray  # (bins + 1,) float64
+    counts: np.ndarray  # (bins,) int64
     stats: Mapping[str, Any]
 
     @property
@@ -42,8 +43,12 @@ class _Point:
 
 
 def _point(row: Mapping[str, Any], time: str) -> _Point:
-    return _Point(float(row.get(time) or 0), np.asarray(row["edges"], dtype=np.float64),
-                  np.asarray(row["counts"], dtype=np.int64), row["stats"])
+    return _Point(
+        float(row.get(time) or 0),
+        np.asarray(row["edges"], dtype=np.float64),
+        np.asarray(row["counts"], dtype=np.int64),
+        row["stats"],
+    )
 
 
 def _snapshot(histograms: Snapshot) -> dict[str, _Point]:
@@ -58,8 +63,7 @@ def _history(history: History, time: str) -> dict[str, list[_Point]]:
     if time not in ("step", "epoch"):
         raise ValueError(f"time must be 'step' or 'epoch', got {time!r}")
     if isinstance(history, Mapping):
-        rows = [row for step in sorted(history)
-                for row in histogram_rows(history[step], step=step, epoch=step)]
+        rows = [row for step in sorted(history) for row in histogram_rows(history[step], step=step, epoch=step)]
     else:
         rows = list(history)
     series: dict[str, list[_Point]] = {}
@@ -97,9 +101,14 @@ def _fmt(stats: Mapping[str, Any], key: str) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.3g}"
 
 
-def weight_histogram_figures(before: Snapshot, after: Snapshot, *, tensors: Sequence[str] | None = None,
-                             per_figure: int = 3,
-                             labels: tuple[str, str] = ("before training", "after training")) -> list[Figure]:
+def weight_histogram_figures(
+    before: Snapshot,
+    after: Snapshot,
+    *,
+    tensors: Sequence[str] | None = None,
+    per_figure: int = 3,
+    labels: tuple[str, str] = ("before training", "after training"),
+) -> list[Figure]:
     """Draw before vs after histograms, `per_figure` tensors to a figure (two panels each).
 
     Both panels of a figure share one x-range, so a range that grew reads as such. The
@@ -111,14 +120,18 @@ def weight_histogram_figures(before: Snapshot, after: Snapshot, *, tensors: Sequ
     chosen = _choose([t for t in first if t in second], tensors)
     figures = []
     for start in range(0, len(chosen), per_figure):
-        group = chosen[start:start + per_figure]
+        group = chosen[start : start + per_figure]
         fig = Figure(figsize=(11, 3.8), layout="constrained")
         axes = fig.subplots(1, 2, sharex=True)
         for ax, side, label in zip(axes, (first, second), labels):
             for name in group:
                 p = side[name]
-                ax.stairs(p.density, p.edges, linewidth=1.4,
-                          label=f"{name}: mean {_fmt(p.stats, 'mean')}, std {_fmt(p.stats, 'std')}")
+                ax.stairs(
+                    p.density,
+                    p.edges,
+                    linewidth=1.4,
+                    label=f"{name}: mean {_fmt(p.stats, 'mean')}, std {_fmt(p.stats, 'std')}",
+                )
             ax.set_title(label)
             ax.locator_params(axis="x", nbins=6)
             ax.set_xlabel("weight value")
@@ -139,8 +152,15 @@ def _thin(points: list[_Point], limit: int) -> list[_Point]:
     return [points[i] for i in keep]
 
 
-def weight_ridge_figure(history: History, *, tensors: Sequence[str] | None = None, time: str = "step",
-                        max_curves: int = 24, columns: int = 3, overlap: float = 1.8) -> Figure:
+def weight_ridge_figure(
+    history: History,
+    *,
+    tensors: Sequence[str] | None = None,
+    time: str = "step",
+    max_curves: int = 24,
+    columns: int = 3,
+    overlap: float = 1.8,
+) -> Figure:
     """Draw each tensor's histogram at every recorded point, offset vertically (TensorBoard's offset view).
 
     Oldest at the top, newest in front at the bottom; each curve is scaled to its own peak
@@ -162,8 +182,7 @@ def weight_ridge_figure(history: History, *, tensors: Sequence[str] | None = Non
             height = density / peak * overlap if peak > 0 else density
             colour = cmap(i / max(n - 1, 1))
             ax.stairs(height + offset, p.edges, baseline=offset, fill=True, color="white", zorder=2 * i)
-            ax.stairs(height + offset, p.edges, baseline=offset, color=colour, linewidth=1.1,
-                      zorder=2 * i + 1)
+            ax.stairs(height + offset, p.edges, baseline=offset, color=colour, linewidth=1.1, zorder=2 * i + 1)
         ticks = list(range(n))[:: max(1, n // 8)]
         ax.set_yticks([n - 1 - i for i in ticks], [f"{points[i].time:g}" for i in ticks])
         ax.set_ylim(-0.2, n - 1 + overlap * 1.05)
@@ -176,8 +195,9 @@ def weight_ridge_figure(history: History, *, tensors: Sequence[str] | None = Non
     return fig
 
 
-def weight_percentile_figure(history: History, *, tensors: Sequence[str] | None = None,
-                             time: str = "step", columns: int = 3) -> Figure:
+def weight_percentile_figure(
+    history: History, *, tensors: Sequence[str] | None = None, time: str = "step", columns: int = 3
+) -> Figure:
     """Draw each tensor's percentiles over time as nested bands (TensorBoard's distributions view).
 
     Bands, outermost first: min-max, 7-93 %, 16-84 %, 31-69 %; the line is the median.
@@ -196,11 +216,23 @@ def weight_percentile_figure(history: History, *, tensors: Sequence[str] | None 
             values[:, j] = np.where(np.isfinite(exact), exact, values[:, j])
         for k in range(pairs):
             lo, hi = BAND_QUANTILES[k], BAND_QUANTILES[-1 - k]
-            ax.fill_between(times, values[:, k], values[:, -1 - k], color="tab:orange",
-                            alpha=0.18 + 0.14 * k, linewidth=0,
-                            label="min-max" if k == 0 else f"{lo:.0%}-{hi:.0%}")
-        ax.plot(times, values[:, pairs], color="tab:red", linewidth=1.2,
-                marker="." if len(times) < 3 else None, label="median")
+            ax.fill_between(
+                times,
+                values[:, k],
+                values[:, -1 - k],
+                color="tab:orange",
+                alpha=0.18 + 0.14 * k,
+                linewidth=0,
+                label="min-max" if k == 0 else f"{lo:.0%}-{hi:.0%}",
+            )
+        ax.plot(
+            times,
+            values[:, pairs],
+            color="tab:red",
+            linewidth=1.2,
+            marker="." if len(times) < 3 else None,
+            label="median",
+        )
         ax.set_title(name)
         ax.set_xlabel(time)
         ax.set_ylabel("weight value")
