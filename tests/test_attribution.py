@@ -12,17 +12,14 @@ from torch.testing import assert_close
 
 from mindscope.attribution import (
     Attribution,
-    black,
-    blurred,
     class_logit,
     class_probability,
-    dataset_mean,
     gradients,
     integrated_gradients,
     interior_gradients,
     smoothgrad,
-    uniform_noise,
 )
+from mindscope.baselines import black, blurred, dataset_mean, uniform_noise
 from mindscope.data import Normalization
 from mindscope.quadrature import Quadrature, composite, gauss_legendre, left, midpoint, right, simpson, trapezoid
 

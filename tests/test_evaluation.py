@@ -14,10 +14,11 @@ from torch import nn
 
 from mindscope.attribution import gradients, integrated_gradients
 from mindscope.cli import main
-from mindscope.comparison import EvaluationTable, evaluate_methods, format_table
 from mindscope.evaluation import (
+    EvaluationTable,
     completeness,
     deletion_insertion,
+    evaluate_methods,
     localisation,
     randomisation_check,
     rankdata,
@@ -25,6 +26,7 @@ from mindscope.evaluation import (
 )
 from mindscope.quadrature import gauss_legendre
 from mindscope.render.evaluation import deletion_figure, localisation_figure, maps_figure, randomisation_figure
+from mindscope.report import format_table
 
 
 class Linear2(nn.Module):

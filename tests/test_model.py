@@ -152,7 +152,7 @@ def test_resolve_layer(spec, output, name):
 @pytest.mark.parametrize(
     "spec, message",
     [
-        (0, r"no layer 0; layer numbers run from 1 to 9 \(see 'mindscope layers'\)"),
+        (0, r"no layer 0; layer numbers run from 1 to 9 \(L1 \.\. L9; see 'mindscope layers'\)"),
         ("10", r"no layer 10; layer numbers run from 1 to 9"),
         (
             "features.99",
@@ -224,3 +224,21 @@ def test_layers_command_bad_input(capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("mindscope: error: ") and message in err and err.count("\n") == 1
+
+
+def test_a_name_that_exists_means_that_module_in_a_sequential():
+    # In a plain nn.Sequential the children are named "0", "1", ...: those names win over layer numbers.
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 3))
+    assert resolve_layer(model, "2") == "2"  # the ReLU, not the second convolution
+    assert resolve_layer(model, "0") == "0"
+    assert resolve_layer(model, "L2") == "3"  # the second parameterised layer, by number
+    assert resolve_layer(model, 2) == "3"
+    assert resolve_layer(model, "L1", output=False) == "0"
+
+
+def test_a_module_object_is_accepted_as_a_layer():
+    model = AllConvNet(width=4)
+    assert resolve_layer(model, model.features[4]) == "features.4"
+    assert resolve_layers(model, [model.features[0], "L3"]) == ["features.0", "features.4"]
+    with pytest.raises(ValueError, match="not a submodule of AllConvNet"):
+        resolve_layer(model, nn.ReLU())

@@ -1,15 +1,21 @@
 """mindscope: look inside a trained PyTorch network.
 
-Weights (`weight_histograms`), activations (`capture_activations`), attributions
-(`integrated_gradients` to a stated error) and checks of how far to trust them
-(`evaluate_methods`) work on any `nn.Module`; `train`, `load_run` and the CLI record
-and reopen whole training runs of the walk-through's `AllConvNet`. Figures live in
-`mindscope.render`.
+The looks take any `nn.Module` and tensors and return results that carry their accuracy:
+weights (`weight_histograms`), activations (`capture_activations`), attributions
+(`integrated_gradients` to a stated error). Families live in namespaces:
+`mindscope.quadrature` (rules), `mindscope.baselines`, `mindscope.evaluation` (how far to
+trust a map), `mindscope.render` (figures). `train_run`, `load_run` and `write_report`
+record a training run of the walk-through's `AllConvNet`, read it back, and write its page.
 """
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from typing import Any
 
 from mindscope.activations import (
     LayerStatistics,
-    LayerSummary,
     Saturation,
     TopActivations,
     activation_statistics,
@@ -19,36 +25,19 @@ from mindscope.activations import (
 from mindscope.attribution import (
     Attribution,
     InteriorGradients,
-    black,
-    blurred,
     class_logit,
     class_probability,
-    dataset_mean,
     gradients,
     integrated_gradients,
     interior_gradients,
     smoothgrad,
-    uniform_noise,
 )
-from mindscope.comparison import EvaluationTable, evaluate_methods, format_table, standard_methods
-from mindscope.data import DataSplits, ImageSet, Normalization, load_data
-from mindscope.evaluation import deletion_insertion, localisation, randomisation_check, spearman
-from mindscope.layers import LayerInfo, describe_layers, numbered_layers, resolve_layer, resolve_layers
+from mindscope.data import DataSplits, load_data
+from mindscope.layers import describe_layers
 from mindscope.model import AllConvNet
-from mindscope.quadrature import Quadrature, gauss_legendre, left, midpoint, right, simpson, trapezoid
-from mindscope.run import LoadedRun, Run, load_run
-from mindscope.tensorboard import TensorBoardRecorder, export_tensorboard
-from mindscope.train import TrainConfig, evaluate, train
-from mindscope.weights import (
-    WeightChange,
-    WeightHistogram,
-    WeightStats,
-    format_change_table,
-    paired_histograms,
-    shared_edges,
-    weight_changes,
-    weight_histograms,
-)
+from mindscope.run import LoadedRun, RunRecorder, load_run, resume_run, train_run
+from mindscope.train import TrainConfig, classification_metrics, train
+from mindscope.weights import WeightChange, WeightHistogram, paired_histograms, weight_changes, weight_histograms
 
 __version__ = "0.1.0"
 
@@ -56,61 +45,92 @@ __all__ = [
     "AllConvNet",
     "Attribution",
     "DataSplits",
-    "ImageSet",
     "InteriorGradients",
-    "LayerInfo",
     "LayerStatistics",
-    "LayerSummary",
     "LoadedRun",
-    "Normalization",
-    "Quadrature",
-    "Run",
+    "ReportOptions",
+    "RunRecorder",
     "Saturation",
-    "TensorBoardRecorder",
     "TopActivations",
     "TrainConfig",
     "WeightChange",
     "WeightHistogram",
-    "WeightStats",
     "activation_statistics",
-    "black",
-    "blurred",
     "capture_activations",
     "class_logit",
     "class_probability",
-    "EvaluationTable",
-    "dataset_mean",
-    "deletion_insertion",
+    "classification_metrics",
     "describe_layers",
-    "evaluate",
-    "evaluate_methods",
-    "export_tensorboard",
-    "format_change_table",
-    "format_table",
-    "gauss_legendre",
     "gradients",
     "integrated_gradients",
     "interior_gradients",
-    "left",
     "load_data",
     "load_run",
-    "localisation",
-    "midpoint",
-    "numbered_layers",
     "paired_histograms",
-    "randomisation_check",
-    "resolve_layer",
-    "resolve_layers",
-    "right",
-    "shared_edges",
-    "simpson",
+    "resume_run",
     "smoothgrad",
-    "standard_methods",
-    "spearman",
     "top_activating",
     "train",
-    "trapezoid",
-    "uniform_noise",
+    "train_run",
     "weight_changes",
     "weight_histograms",
+    "write_report",
 ]
+
+# Imported on first use: the report pulls in matplotlib and Jinja2.
+_LAZY = {"ReportOptions": "mindscope.report", "write_report": "mindscope.report"}
+
+# Names of 0.1.0 that moved to a namespace; they still work, with a warning, until 0.3.
+_MOVED = {
+    "Quadrature": "mindscope.quadrature",
+    "gauss_legendre": "mindscope.quadrature",
+    "left": "mindscope.quadrature",
+    "midpoint": "mindscope.quadrature",
+    "right": "mindscope.quadrature",
+    "simpson": "mindscope.quadrature",
+    "trapezoid": "mindscope.quadrature",
+    "black": "mindscope.baselines",
+    "blurred": "mindscope.baselines",
+    "dataset_mean": "mindscope.baselines",
+    "uniform_noise": "mindscope.baselines",
+    "EvaluationTable": "mindscope.evaluation",
+    "deletion_insertion": "mindscope.evaluation",
+    "evaluate_methods": "mindscope.evaluation",
+    "localisation": "mindscope.evaluation",
+    "randomisation_check": "mindscope.evaluation",
+    "spearman": "mindscope.evaluation",
+    "format_table": "mindscope.report",
+    "standard_methods": "mindscope.report",
+    "ImageSet": "mindscope.data",
+    "Normalization": "mindscope.data",
+    "LayerInfo": "mindscope.layers",
+    "numbered_layers": "mindscope.layers",
+    "resolve_layer": "mindscope.layers",
+    "resolve_layers": "mindscope.layers",
+    "LayerSummary": "mindscope.activations",
+    "WeightStats": "mindscope.weights",
+    "format_change_table": "mindscope.weights",
+    "shared_edges": "mindscope.weights",
+    "Run": "mindscope.run",
+    "TensorBoardRecorder": "mindscope.tensorboard",
+    "export_tensorboard": "mindscope.tensorboard",
+}
+_RENAMED = {"evaluate": ("mindscope.train", "classification_metrics")}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _MOVED or name in _RENAMED:
+        module, new = _RENAMED.get(name, (_MOVED.get(name), name))
+        warnings.warn(
+            f"mindscope.{name} is deprecated and goes in 0.3; use {module}.{new}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(importlib.import_module(module), new)
+    raise AttributeError(f"module 'mindscope' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mindscope._util import eval_mode, model_device, positive_int
 from mindscope.layers import resolve_layer, resolve_layers
 
 LayerSpecs = str | int | Sequence[str | int]
@@ -103,13 +104,6 @@ class TopActivations:
     maps: np.ndarray  # (k, H, W) the channel's activation map for each example
 
 
-def model_device(model: nn.Module) -> torch.device:
-    """Return the device of the model's first parameter or buffer (CPU if it has none)."""
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
-
-
 class _Done(Exception):
     """Raised by the last hook to stop a forward pass whose remaining layers nobody asked for."""
 
@@ -158,14 +152,8 @@ def _recording(model: nn.Module, layers: Sequence[str], *, stop_early: bool = Fa
 @contextmanager
 def _inference(model: nn.Module) -> Iterator[None]:
     """Run in eval mode without autograd, then put every module's mode back as found."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for module, training in modes:
-            module.training = training
+    with eval_mode(model), torch.no_grad():
+        yield
 
 
 def _forward(model: nn.Module, x: Tensor, record: dict[str, Tensor], layers: Sequence[str]) -> None:
@@ -218,8 +206,7 @@ def batches(data: Data, batch_size: int) -> Iterator[Tensor]:
     An iterable may yield tensors or tuples whose first item is the inputs, as a
     `DataLoader` over (x, y) pairs does; its own batch size is kept.
     """
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    positive_int(batch_size, "batch_size")
     if isinstance(data, Tensor):
         _check_input(data)
         for start in range(0, len(data), batch_size):
@@ -329,8 +316,7 @@ def top_activating(
     Ties go to the earlier example. Holds at most k + one batch of maps at a time.
     Fewer than k results come back when the data has fewer than k examples.
     """
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+    positive_int(k, "k")
     if not isinstance(channel, int) or isinstance(channel, bool):
         raise TypeError(f"channel must be an int, got {channel!r}")
     name = resolve_layer(model, layer, output=True)

@@ -1,6 +1,7 @@
 """Name the layers of any model: dotted `named_modules()` names, or walk-through layer numbers.
 
-Layer numbers count the model's parameterised layers (Conv*d and Linear) in
+A name that exists always means that module. Layer numbers (3, "3" where no module has
+that name, or "L3") count the model's parameterised layers (Conv*d and Linear) in
 registration order, from 1, so the nine convolutions of `AllConvNet` are layers 1..9.
 Asked for its *output*, a numbered layer means the activation that directly follows
 it in the same `nn.Sequential` (the walk-through's "after layer 3" is post-ELU).
@@ -8,6 +9,7 @@ it in the same `nn.Sequential` (the walk-through's "after layer 3" is post-ELU).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -58,34 +60,67 @@ def _following_activation(model: nn.Module, name: str) -> str | None:
     return None
 
 
-def resolve_layer(model: nn.Module, spec: str | int, *, output: bool = False) -> str:
-    """Turn a dotted name or a layer number into a dotted module name.
+LayerSpec = str | int | nn.Module
 
-    With `output=True` a layer *number* resolves to the activation right after that
-    layer where there is one; a dotted name always means exactly that module.
+
+def split_specs(specs: LayerSpec | Sequence[LayerSpec]) -> list[LayerSpec]:
+    """Turn "3,6,9", one spec, or a list of specs into a list; strings are stripped."""
+    if isinstance(specs, str):
+        return [s.strip() for s in specs.split(",") if s.strip()]
+    if isinstance(specs, (int, nn.Module)):
+        return [specs]
+    return [s.strip() if isinstance(s, str) else s for s in specs]
+
+
+def _layer_number(spec: str | int) -> int | None:
+    """3, "3" and "L3" are layer numbers; anything else is not."""
+    if isinstance(spec, bool):
+        return None
+    if isinstance(spec, int):
+        return spec
+    text = spec.strip()
+    text = text[1:] if text[:1] in ("L", "l") else text
+    return int(text) if text.lstrip("-").isdigit() else None
+
+
+def resolve_layer(model: nn.Module, spec: LayerSpec, *, output: bool = False) -> str:
+    """Turn a module, a dotted name or a layer number into a dotted module name.
+
+    A name that exists in `model.named_modules()` always means that module, so in an
+    `nn.Sequential` "2" is its third child. A layer number is an int, "L3", or digits that
+    name no module. With `output=True` a layer *number* resolves to the activation right
+    after that layer where there is one; a name or a module always means exactly itself.
     """
     modules = dict(model.named_modules())
-    numbers = numbered_layers(model)
-    if isinstance(spec, str) and spec.strip().lstrip("-").isdigit():
-        spec = int(spec)
-    if isinstance(spec, int) and not isinstance(spec, bool):
-        if spec not in numbers:
-            raise ValueError(f"no layer {spec}; layer numbers run from 1 to {len(numbers)} (see 'mindscope layers')")
-        name = numbers[spec]
-        return (_following_activation(model, name) or name) if output else name
+    if isinstance(spec, nn.Module):
+        for name, module in modules.items():
+            if module is spec and name:
+                return name
+        raise ValueError(
+            f"the {type(spec).__name__} given is not a submodule of {type(model).__name__}; "
+            "pass a module of this model, or its dotted name (see 'mindscope layers')"
+        )
     if isinstance(spec, str) and spec in modules and spec != "":
         return spec
+    number = _layer_number(spec) if isinstance(spec, (str, int)) else None
+    if number is not None:
+        numbers = numbered_layers(model)
+        if number not in numbers:
+            raise ValueError(
+                f"no layer {spec}; layer numbers run from 1 to {len(numbers)} "
+                f"(L1 .. L{len(numbers)}; see 'mindscope layers')"
+            )
+        name = numbers[number]
+        return (_following_activation(model, name) or name) if output else name
     listed = ", ".join(n for n in modules if n)
     raise ValueError(f"no layer {spec!r}; layers are: {listed} (see 'mindscope layers')")
 
 
-def resolve_layers(model: nn.Module, specs, *, output: bool = False) -> list[str]:
+def resolve_layers(model: nn.Module, specs: LayerSpec | Sequence[LayerSpec], *, output: bool = False) -> list[str]:
     """Resolve several layer specs: a list, or a comma-separated string like "3,6,9"."""
-    if isinstance(specs, (str, int)):
-        specs = [s for s in str(specs).split(",") if s.strip()] if isinstance(specs, str) else [specs]
-    names = [resolve_layer(model, s.strip() if isinstance(s, str) else s, output=output) for s in specs]
+    names = [resolve_layer(model, s, output=output) for s in split_specs(specs)]
     if not names:
-        raise ValueError("no layers given; name at least one, e.g. '3,6,9' or 'features.4'")
+        raise ValueError("no layers given; name at least one, e.g. 'L3,L6,L9' or 'features.4'")
     return list(dict.fromkeys(names))
 
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from mindscope._util import eval_mode, model_device
 from mindscope.data import DataSplits, ImageSet
 
 
@@ -61,23 +62,21 @@ def resolve_device(name: str) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(
+def classification_metrics(
     model: nn.Module, data: DataSplits, images: ImageSet, *, batch_size: int = 256, limit: int | None = None
 ) -> dict[str, float]:
     """Mean cross-entropy and accuracy over (the first `limit` of) an image set."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
+    device = model_device(model)
     n = len(images) if limit is None else min(limit, len(images))
     loss, correct = 0.0, 0
-    for start in range(0, n, batch_size):
-        idx = torch.arange(start, min(start + batch_size, n))
-        x = data.inputs(images, idx).to(device)
-        y = images.labels[idx].to(device)
-        logits = model(x)
-        loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, n, batch_size):
+            idx = torch.arange(start, min(start + batch_size, n))
+            x = data.inputs(images, idx).to(device)
+            y = images.labels[idx].to(device)
+            logits = model(x)
+            loss += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += (logits.argmax(1) == y).sum().item()
     return {"loss": loss / max(n, 1), "accuracy": correct / max(n, 1)}
 
 
@@ -177,7 +176,7 @@ def train(
                     step,
                     position,
                     "test",
-                    evaluate(model, data, data.test, limit=config.step_test_images),
+                    classification_metrics(model, data, data.test, limit=config.step_test_images),
                     scope="step",
                 )
                 model.train()
@@ -186,7 +185,7 @@ def train(
             if recorder is not None and config.histogram_every and step % config.histogram_every == 0:
                 recorder.log_weights(step, position, model)
         bar.close()
-        test = evaluate(model, data, data.test)
+        test = classification_metrics(model, data, data.test)
         result = {
             "epoch": epoch + 1,
             "step": step,

@@ -14,17 +14,14 @@ import torch
 
 from mindscope.attribution import (
     Attribution,
-    black,
-    blurred,
     class_logit,
     class_probability,
-    dataset_mean,
     gradients,
     integrated_gradients,
     interior_gradients,
     smoothgrad,
-    uniform_noise,
 )
+from mindscope.baselines import black, blurred, dataset_mean, uniform_noise
 from mindscope.cli.activations import load_image
 from mindscope.quadrature import gauss_legendre, left, midpoint, right, simpson, trapezoid
 from mindscope.render.attribution import attribution_panels, interior_frames, saturation_curve, save_gif

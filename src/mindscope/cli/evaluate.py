@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mindscope.attribution import black
-from mindscope.comparison import METHOD_NAMES, EvaluationTable, evaluate_methods, format_table, standard_methods
-from mindscope.evaluation import parameterised_layers
+from mindscope.baselines import black
+from mindscope.evaluation import EvaluationTable, evaluate_methods, parameterised_layers
 from mindscope.render.evaluation import deletion_figure, localisation_figure, maps_figure, randomisation_figure
+from mindscope.report import METHOD_NAMES, format_table, standard_methods
 from mindscope.run import load_run
 from mindscope.train import resolve_device
 

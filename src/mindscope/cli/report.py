@@ -9,9 +9,9 @@ from pathlib import Path
 
 import click
 
-from mindscope.cli.train import DATA_HELP, new_run, resume_run
+from mindscope.cli.train import DATA_HELP, echo_epoch
 from mindscope.report import ReportOptions, write_report
-from mindscope.run import Run, is_run
+from mindscope.run import Run, is_run, resume_run, train_run
 from mindscope.train import TrainConfig, resolve_device
 
 # Demo defaults: chosen so that the whole demo (data, training, every analysis) takes
@@ -79,7 +79,16 @@ def demo_command(
         for leftover in (staging, old):
             if leftover.exists():
                 shutil.rmtree(leftover)
-        new_run(staging, config, data_spec=data_spec, width=width, train_limit=train_limit, test_limit=test_limit)
+        train_run(
+            staging,
+            config,
+            data=data_spec,
+            width=width,
+            train_limit=train_limit,
+            test_limit=test_limit,
+            on_epoch=echo_epoch,
+            say=click.echo,
+        )
         os.replace(run_dir, old)
         os.replace(staging, run_dir)
         shutil.rmtree(old)
@@ -91,9 +100,18 @@ def demo_command(
         if done >= epochs:
             click.echo(f"reusing the trained run in {run_dir} ({done} epochs; --retrain trains again)")
         else:
-            resume_run(run_dir, epochs=epochs, device=device, tensorboard=False)
+            resume_run(run_dir, epochs=epochs, device=device, on_epoch=echo_epoch, say=click.echo)
     else:
-        new_run(run_dir, config, data_spec=data_spec, width=width, train_limit=train_limit, test_limit=test_limit)
+        train_run(
+            run_dir,
+            config,
+            data=data_spec,
+            width=width,
+            train_limit=train_limit,
+            test_limit=test_limit,
+            on_epoch=echo_epoch,
+            say=click.echo,
+        )
     click.echo("analysing:")
     report = write_report(run_dir, out / "report.html", options=options, progress=_say)
     click.echo(

@@ -10,249 +10,31 @@ SmoothGrad (Smilkov et al. 2017) averages any of these over noisy copies of the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mindscope._util import positive_int
+from mindscope.attribution.core import (
+    Attribution,
+    InteriorGradients,
+    Problem,
+    baseline_outputs,
+    batched_logits,
+    check_batch,
+    class_probability,
+    input_gradients_only,
+    path_gradients,
+    prepare,
+    resolve_targets,
+)
+from mindscope.baselines import Baseline
 from mindscope.quadrature import Quadrature, adaptive_simpson, gauss_legendre, is_simpson, simpson
 
-if TYPE_CHECKING:
-    from mindscope.data import Normalization
-
 WALKTHROUGH_ALPHAS: tuple[float, ...] = (0.01, 0.02, 0.03, 0.04, 0.1, 0.5, 0.6, 0.7, 0.8, 1.0)
-Baseline = Tensor | Callable[[Tensor], Tensor] | None
-
-
-def class_probability(logits: Tensor) -> Tensor:
-    """F = softmax probability of each class (the walk-through's choice; the default)."""
-    return logits.softmax(dim=-1)
-
-
-def class_logit(logits: Tensor) -> Tensor:
-    """F = the raw logit of each class (Captum's usual choice for a classifier's outputs)."""
-    return logits
-
-
-# --- baselines: x' in the same (normalised) space as x ---------------------------------
-
-
-def black(x: Tensor, normalization: Normalization | None = None) -> Tensor:
-    """Return black images (pixel value 0) in x's space: (0 - mean) / std, not zeros."""
-    pixels = torch.zeros_like(x)
-    return pixels if normalization is None else normalization.apply(pixels)
-
-
-def dataset_mean(x: Tensor, normalization: Normalization) -> Tensor:
-    """Return images filled with the dataset's mean pixel per channel, in x's space."""
-    mean = torch.as_tensor(normalization.mean, dtype=x.dtype, device=x.device)
-    return normalization.apply(mean.view(1, -1, *([1] * (x.dim() - 2))).expand_as(x).contiguous())
-
-
-def uniform_noise(x: Tensor, normalization: Normalization | None = None, *, seed: int = 0) -> Tensor:
-    """Return images of uniform noise in [0, 1] pixel space, in x's space (seeded, device-independent)."""
-    generator = torch.Generator().manual_seed(seed)
-    pixels = torch.rand(x.shape, generator=generator, dtype=torch.float64).to(x)
-    return pixels if normalization is None else normalization.apply(pixels)
-
-
-def blurred(x: Tensor, *, sigma: float = 3.0) -> Tensor:
-    """Return a Gaussian-blurred copy of x (sigma in pixels, reflected borders).
-
-    The kernel sums to 1, so blurring commutes with per-channel normalisation.
-    """
-    if x.dim() != 4 or sigma <= 0:
-        raise ValueError(f"blurred needs images (N, C, H, W) and sigma > 0, got shape {tuple(x.shape)}, sigma {sigma}")
-    radius = min(int(3 * sigma + 0.5), min(x.shape[-2:]) - 1)
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    kernel = torch.exp(-0.5 * (t / sigma) ** 2)
-    kernel = kernel / kernel.sum()  # (K,)
-    c = x.shape[1]
-    out = nn.functional.pad(x, (radius, radius, 0, 0), mode="reflect")
-    out = nn.functional.conv2d(out, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    out = nn.functional.pad(out, (0, 0, radius, radius), mode="reflect")
-    return nn.functional.conv2d(out, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-
-
-def resolve_baseline(baseline: Baseline, x: Tensor) -> Tensor:
-    """Return the baseline as a tensor of x's shape: zeros for None, f(x) for a function."""
-    if baseline is None:
-        return torch.zeros_like(x)
-    if callable(baseline) and not isinstance(baseline, Tensor):
-        baseline = baseline(x)
-    if not isinstance(baseline, Tensor):
-        raise TypeError(f"baseline must be None, a tensor or a function of x, got {type(baseline).__name__}")
-    try:
-        return baseline.detach().to(device=x.device, dtype=x.dtype).expand_as(x).contiguous()
-    except RuntimeError:
-        raise ValueError(
-            f"baseline of shape {tuple(baseline.shape)} does not broadcast to x's shape "
-            f"{tuple(x.shape)}; give one image (C, H, W) or one per example"
-        ) from None
-
-
-@dataclass(frozen=True)
-class Attribution:
-    """One attribution map per example, with what is known about its accuracy."""
-
-    attributions: Tensor  # (N, C, H, W) like x
-    targets: Tensor  # (N,) int64 class attributed
-    predictions: Tensor  # (N,) int64 class predicted at x
-    probabilities: Tensor  # (N,) softmax probability of the prediction at x
-    steps: Tensor  # (N,) int64 gradient evaluations spent per example
-    output: Tensor | None = None  # (N,) F(x) for the target
-    baseline_output: Tensor | None = None  # (N,) F(x') for the target
-    completeness_error: Tensor | None = None  # (N,) |sum(attributions) - (F(x) - F(x'))|
-    relative_completeness_error: Tensor | None = None  # (N,) the above / |F(x) - F(x')|
-    map_error: Tensor | None = None  # (N,) estimated relative L2 error of the map (tolerance mode)
-
-
-@dataclass(frozen=True)
-class InteriorGradients:
-    """Gradients at baseline + a (x - baseline) for each a, with the prediction there."""
-
-    alphas: Tensor  # (A,) float64
-    gradients: Tensor  # (A, N, C, H, W)
-    predictions: Tensor  # (A, N) int64 class predicted at each scaled input
-    probabilities: Tensor  # (A, N) softmax probability of that prediction
-    target_probabilities: Tensor  # (A, N) softmax probability of the target
-    gradient_norms: Tensor  # (A, N) L2 norm of each gradient: the saturation curve
-    targets: Tensor  # (N,) int64
-    baseline: Tensor  # (N, C, H, W)
-
-
-@contextmanager
-def input_gradients_only(model: nn.Module) -> Iterator[nn.Module]:
-    """Put `model` in eval mode with frozen parameters; restore both on exit."""
-    modes = [(module, module.training) for module in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        model.eval()
-        for p, _ in flags:
-            p.requires_grad_(False)
-        with torch.enable_grad():
-            yield model
-    finally:
-        for module, training in modes:
-            module.training = training
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
-
-@dataclass(frozen=True)
-class _Problem:
-    x: Tensor  # (N, C, H, W)
-    baseline: Tensor  # (N, C, H, W)
-    targets: Tensor  # (N,) int64
-    predictions: Tensor  # (N,)
-    probabilities: Tensor  # (N,)
-    output: Tensor  # (N,) F(x)
-    direction: Tensor  # (N, C, H, W) x - baseline
-
-
-def check_batch(x: Tensor, max_batch: int) -> None:
-    """Check that x is a non-empty float batch (N, C, H, W) and max_batch a positive int."""
-    if not isinstance(x, Tensor) or not x.is_floating_point():
-        raise TypeError(
-            f"x must be a floating-point tensor, got {type(x).__name__} "
-            f"{getattr(x, 'dtype', '')}; convert images with .float()"
-        )
-    if x.dim() != 4 or x.shape[0] == 0:
-        raise ValueError(
-            f"x must be a non-empty batch of images of shape (N, C, H, W), got shape {tuple(x.shape)}; "
-            "add a batch dimension with x.unsqueeze(0)"
-        )
-    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-        raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
-
-
-def _logits(model: nn.Module, x: Tensor, max_batch: int) -> Tensor:
-    with torch.no_grad():
-        logits = torch.cat([model(x[i : i + max_batch]) for i in range(0, x.shape[0], max_batch)])
-    if logits.dim() != 2:
-        raise ValueError(
-            f"the model must return scores of shape (N, classes), got {tuple(logits.shape)}; "
-            "wrap it so that it returns one row of logits per example"
-        )
-    return logits
-
-
-def resolve_targets(target: int | Tensor | None, predictions: Tensor, num_classes: int) -> Tensor:
-    """Return one int64 target per example: the predictions when `target` is None."""
-    n = predictions.shape[0]
-    if target is None:
-        return predictions.clone()
-    if isinstance(target, bool) or not isinstance(target, (int, np.integer, Tensor)):
-        raise TypeError(f"target must be None, an int or an int tensor of shape (N,), got {type(target).__name__}")
-    if isinstance(target, Tensor):
-        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-            raise TypeError(f"target must hold integer classes, got dtype {target.dtype}")
-        if target.dim() == 0:
-            target = target.expand(n)
-        if target.shape != (n,):
-            raise ValueError(f"target must be an int or one class per example (N={n}), got shape {tuple(target.shape)}")
-        targets = target.to(device=predictions.device, dtype=torch.int64)
-    else:
-        targets = torch.full((n,), int(target), dtype=torch.int64, device=predictions.device)
-    bad = targets[(targets < 0) | (targets >= num_classes)]
-    if bad.numel():
-        raise ValueError(
-            f"target class {int(bad[0])} is out of range for a model with {num_classes} classes; "
-            f"use 0..{num_classes - 1}"
-        )
-    return targets
-
-
-def _prepare(
-    model: nn.Module,
-    x: Tensor,
-    target: int | Tensor | None,
-    baseline: Baseline,
-    output: Callable[[Tensor], Tensor],
-    max_batch: int,
-) -> _Problem:
-    check_batch(x, max_batch)
-    x = x.detach()
-    logits = _logits(model, x, max_batch)  # (N, K)
-    probabilities, predictions = logits.softmax(dim=-1).max(dim=-1)
-    targets = resolve_targets(target, predictions, logits.shape[1])
-    scores = output(logits).gather(1, targets[:, None]).squeeze(1)
-    base = resolve_baseline(baseline, x)
-    return _Problem(x, base, targets, predictions, probabilities, scores, x - base)
-
-
-def _path_gradients(
-    model: nn.Module,
-    problem: _Problem,
-    example: Tensor,
-    alpha: Tensor,
-    *,
-    output: Callable[[Tensor], Tensor],
-    max_batch: int,
-) -> Iterator[tuple[slice, Tensor, Tensor]]:
-    """Yield (slice of points, gradients, logits) at baseline[e] + alpha (x[e] - baseline[e])."""
-    x, base, targets, direction = problem.x, problem.baseline, problem.targets, problem.direction
-    shape = (-1,) + (1,) * (x.dim() - 1)
-    for start in range(0, example.numel(), max_batch):
-        part = slice(start, start + max_batch)
-        e, a = example[part], alpha[part].to(x.dtype).view(shape)
-        z = torch.addcmul(base[e], a, direction[e]).requires_grad_(True)  # (B, C, H, W)
-        logits = model(z)
-        score = output(logits).gather(1, targets[e][:, None]).sum()
-        (grad,) = torch.autograd.grad(score, z)
-        yield part, grad, logits.detach()
-
-
-def _baseline_outputs(
-    model: nn.Module, problem: _Problem, *, output: Callable[[Tensor], Tensor], max_batch: int
-) -> Tensor:
-    """Return F(baseline) for every example, (N,), from forward passes."""
-    logits = _logits(model, problem.baseline, max_batch)
-    return output(logits).gather(1, problem.targets[:, None]).squeeze(1)
 
 
 def gradients(
@@ -265,7 +47,7 @@ def gradients(
 ) -> Attribution:
     """Return the plain input gradient dF_target/dx (saliency), one step per example."""
     with input_gradients_only(model):
-        problem = _prepare(model, x, target, None, output, max_batch)
+        problem = prepare(model, x, target, None, output, max_batch)
         n = x.shape[0]
         grads = _gradients_at(
             model,
@@ -304,12 +86,12 @@ def interior_gradients(
     if alpha.dim() != 1 or alpha.numel() == 0 or not torch.isfinite(alpha).all():
         raise ValueError(f"alphas must be a non-empty sequence of finite numbers, got {alphas!r}")
     with input_gradients_only(model):
-        problem = _prepare(model, x, target, baseline, output, max_batch)
+        problem = prepare(model, x, target, baseline, output, max_batch)
         n, k = x.shape[0], alpha.numel()
         example = torch.arange(n, device=x.device).repeat(k)  # alpha-major: (A * N,)
         alpha_of = alpha.to(x.device).repeat_interleave(n)
         grads, logits = [], []
-        for _, g, lg in _path_gradients(model, problem, example, alpha_of, output=output, max_batch=max_batch):
+        for _, g, lg in path_gradients(model, problem, example, alpha_of, output=output, max_batch=max_batch):
             grads.append(g)
             logits.append(lg)
     grad = torch.cat(grads).view(k, *x.shape)  # (A, N, C, H, W)
@@ -322,7 +104,7 @@ def interior_gradients(
 
 
 def _integrate_rule(
-    model: nn.Module, problem: _Problem, rule: Quadrature, *, output: Callable[[Tensor], Tensor], max_batch: int
+    model: nn.Module, problem: Problem, rule: Quadrature, *, output: Callable[[Tensor], Tensor], max_batch: int
 ) -> Tensor:
     """Return rule's integral of the input gradient along every path, (N, C, H, W).
 
@@ -334,14 +116,14 @@ def _integrate_rule(
     weight = torch.tensor(rule.weights, device=x.device).repeat(x.shape[0]).to(x.dtype)
     acc = torch.zeros_like(x)
     shape = (-1,) + (1,) * (x.dim() - 1)
-    for part, grad, _ in _path_gradients(model, problem, example, alpha, output=output, max_batch=max_batch):
+    for part, grad, _ in path_gradients(model, problem, example, alpha, output=output, max_batch=max_batch):
         acc.index_add_(0, example[part], grad * weight[part].view(shape))
     return acc
 
 
 def _gradients_at(
     model: nn.Module,
-    problem: _Problem,
+    problem: Problem,
     example: Tensor,
     alpha: Tensor,
     *,
@@ -350,13 +132,13 @@ def _gradients_at(
 ) -> Tensor:
     """Return the input gradients at the given path points, (J, C, H, W)."""
     return torch.cat(
-        [g for _, g, _ in _path_gradients(model, problem, example, alpha, output=output, max_batch=max_batch)]
+        [g for _, g, _ in path_gradients(model, problem, example, alpha, output=output, max_batch=max_batch)]
     )
 
 
 def _integrate_adaptive(
     model: nn.Module,
-    problem: _Problem,
+    problem: Problem,
     baseline_output: Tensor,
     start: Quadrature,
     tolerance: float,
@@ -433,12 +215,11 @@ def integrated_gradients(
                 f"with tolerance, rule must be a Simpson rule (the panels it refines), got {rule}; "
                 "pass rule=simpson(n) or drop tolerance to use a fixed rule"
             )
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
-        raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
+    positive_int(max_steps, "max_steps")
     with input_gradients_only(model):
-        problem = _prepare(model, x, target, baseline, output, max_batch)
+        problem = prepare(model, x, target, baseline, output, max_batch)
         n = x.shape[0]
-        baseline_output = _baseline_outputs(model, problem, output=output, max_batch=max_batch)
+        baseline_output = baseline_outputs(model, problem, output=output, max_batch=max_batch)
         map_error = None
         if tolerance is None:
             rule = gauss_legendre(32) if rule is None else rule
@@ -484,14 +265,13 @@ def smoothgrad(
     Targets are fixed from the clean x, so every copy explains the same class. Completeness
     does not carry over to the average, so its fields are None; `steps` is the total.
     """
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples must be a positive int, got {samples!r}")
+    positive_int(samples, "samples")
     if not isinstance(noise, (int, float)) or noise < 0:
         raise ValueError(f"noise is a fraction of the input range and must be >= 0, got {noise!r}")
     check_batch(x, 1)
     x = x.detach()
     with input_gradients_only(model):
-        logits = _logits(model, x, options.get("max_batch", 128))  # type: ignore[arg-type]
+        logits = batched_logits(model, x, options.get("max_batch", 128))  # type: ignore[arg-type]
     probabilities, predictions = logits.softmax(dim=-1).max(dim=-1)
     targets = resolve_targets(target, predictions, logits.shape[1])
     flat = x.flatten(1)

@@ -1,77 +1,19 @@
-"""A run directory -> one self-contained HTML page that walks through the network.
-
-Sections follow the walk-through: the experiment, weights, activations, interior
-gradients, integrated gradients, and how far to trust the maps. Every figure is drawn
-by `mindscope.render` and embedded as a data URI, so the page opens from disk with no
-network and no folder beside it.
-"""
+"""The report's first sections: the experiment, the weights, the activations."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-
-import jinja2
 import torch
-from matplotlib.figure import Figure as MplFigure
 
 from mindscope.activations import activation_statistics, capture_activations
 from mindscope.layers import numbered_layers, resolve_layers
 from mindscope.render.activations import channel_grid, layer_gif_frames, layer_statistics_figure
-from mindscope.render.html import data_uri, figure_png, gif_bytes
+from mindscope.render.html import gif_bytes
 from mindscope.render.training import training_curves
 from mindscope.render.weights import weight_histogram_figures, weight_percentile_figure, weight_ridge_figure
-from mindscope.run import LoadedRun, atomic_write_bytes, load_run
+from mindscope.report.options import ReportOptions
+from mindscope.report.page import Section, Table, pct
+from mindscope.run import LoadedRun
 from mindscope.weights import paired_histograms, weight_changes
-
-
-@dataclass
-class Figure:
-    src: str
-    caption: str
-    alt: str
-    pixel: bool = False
-
-
-@dataclass
-class Table:
-    caption: str
-    headers: list[str]
-    rows: list[list[Any]]
-
-
-@dataclass
-class Section:
-    id: str
-    title: str
-    lead: str = ""
-    figures: list[Figure] = field(default_factory=list)
-    tables: list[Table] = field(default_factory=list)
-
-    def add(self, fig: MplFigure | bytes, caption: str, *, alt: str | None = None, gif: bool = False) -> None:
-        if isinstance(fig, MplFigure):
-            src = data_uri(figure_png(fig), "image/png")
-        else:
-            src = data_uri(fig, "image/gif" if gif else "image/png")
-        self.figures.append(Figure(src, caption, alt or caption, pixel=gif))
-
-
-@dataclass(frozen=True)
-class ReportOptions:
-    image: int = 0  # test image for activations
-    layers: tuple[int, ...] = (3, 6, 9)  # layers for activation grids and the GIF
-    attribution_images: int = 6  # test images for integrated gradients
-    interior_image: int | None = None  # default: the first correctly classified test image
-    tolerance: float = 0.01  # IG relative completeness error target
-    statistics_images: int = 500  # test images for per-channel statistics
-    evaluation_images: int = 6  # test images for the trust checks (0: skip)
-    device: str = "cpu"
-
-
-def pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
 
 
 def experiment_section(run: LoadedRun) -> Section:
@@ -185,58 +127,3 @@ def activations_section(run: LoadedRun, options: ReportOptions) -> Section:
         f"(ELU within 0.05 of -1) and channels dead (never active); {total_dead} dead channels in all.",
     )
     return sec
-
-
-def build_sections(
-    run: LoadedRun, options: ReportOptions, *, progress: Callable[[str], None] | None = None
-) -> list[Section]:
-    say = progress or (lambda _msg: None)
-    say("training curves")
-    sections = [experiment_section(run)]
-    say("weights")
-    sections.append(weights_section(run))
-    say("activations")
-    sections.append(activations_section(run, options))
-    from mindscope import report_attribution
-
-    say("interior and integrated gradients")
-    sections.extend(report_attribution.attribution_sections(run, options))
-    if options.evaluation_images:
-        say("trust checks")
-        sections.append(report_attribution.trust_section(run, options))
-    return sections
-
-
-def render_page(title: str, subtitle: str, sections: list[Section]) -> str:
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("mindscope", "templates"), autoescape=jinja2.select_autoescape(["html"])
-    )
-    return env.get_template("report.html").render(title=title, subtitle=subtitle, sections=sections)
-
-
-def write_report(
-    run_dir: Path | str,
-    out: Path | str | None = None,
-    *,
-    options: ReportOptions | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> Path:
-    """Analyse a run and write its report; return the path of the (self-contained) HTML file."""
-    options = options or ReportOptions()
-    run = load_run(run_dir)
-    if not 0 <= options.image < len(run.data.test):
-        raise ValueError(f"--image {options.image} is out of range; the test set has {len(run.data.test)} images")
-    run.model.to(options.device)
-    out = Path(out) if out is not None else Path(run_dir) / "report.html"
-    if out.is_dir():
-        raise IsADirectoryError(f"--out {out} is a folder; give the HTML file to write, e.g. {out / 'report.html'}")
-    sections = build_sections(run, options, progress=progress)
-    cfg = run.config
-    subtitle = (
-        f"run {Path(run_dir).resolve()} · data {cfg['data']['spec']} · mindscope "
-        f"{cfg['versions']['mindscope']} · torch {cfg['versions']['torch']}"
-    )
-    html = render_page(f"Inside AllConvNet on {cfg['data']['name']}", subtitle, sections)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out, html.encode("utf-8"))
-    return out

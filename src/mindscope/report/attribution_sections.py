@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from mindscope.attribution import black, integrated_gradients, interior_gradients
+from mindscope.attribution import integrated_gradients, interior_gradients
+from mindscope.baselines import black
+from mindscope.evaluation import evaluate_methods
 from mindscope.render.attribution import attribution_panels, interior_frames, saturation_curve
+from mindscope.render.evaluation import deletion_figure, localisation_figure, randomisation_figure
 from mindscope.render.html import gif_bytes
-from mindscope.report import ReportOptions, Section, Table, pct
+from mindscope.report.methods import HEADERS, standard_methods
+from mindscope.report.options import ReportOptions
+from mindscope.report.page import Section, Table, pct
 from mindscope.run import LoadedRun
 
 
@@ -127,7 +132,6 @@ def attribution_sections(run: LoadedRun, options: ReportOptions) -> list[Section
 
 
 def _cell(key: str, value: float) -> str:
-    from mindscope.comparison import HEADERS
 
     if value != value:  # nan: the check does not apply
         return "-"
@@ -136,8 +140,6 @@ def _cell(key: str, value: float) -> str:
 
 
 def trust_section(run: LoadedRun, options: ReportOptions) -> Section:
-    from mindscope.comparison import evaluate_methods, standard_methods
-    from mindscope.render.evaluation import deletion_figure, localisation_figure, randomisation_figure
 
     model, data = run.model, run.data
     indices = pick_images(run, options.evaluation_images)
@@ -147,7 +149,6 @@ def trust_section(run: LoadedRun, options: ReportOptions) -> Section:
     baseline = black(x, data.normalization)
     methods = standard_methods(data.normalization, alpha=0.5, ig_points=16, samples=16, seed=0)
     table = evaluate_methods(model, x, None, masks, methods, baseline=baseline)
-    from mindscope.comparison import HEADERS
 
     sec = Section(
         "trust",

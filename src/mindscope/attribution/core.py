@@ -1,0 +1,184 @@
+"""What every input attribution shares: its result types, targets, and gradients along a path.
+
+`path_gradients` is the one generator behind gradients, interior gradients, fixed-rule
+and adaptive integrated gradients: it yields dF/dx at baseline + a (x - baseline) for any
+list of (example, a) points, in batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mindscope._util import eval_mode, positive_int
+from mindscope.baselines import Baseline, resolve_baseline
+
+
+def class_probability(logits: Tensor) -> Tensor:
+    """F = softmax probability of each class (the walk-through's choice; the default)."""
+    return logits.softmax(dim=-1)
+
+
+def class_logit(logits: Tensor) -> Tensor:
+    """F = the raw logit of each class (Captum's usual choice for a classifier's outputs)."""
+    return logits
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """One attribution map per example, with what is known about its accuracy."""
+
+    attributions: Tensor  # (N, C, H, W) like x
+    targets: Tensor  # (N,) int64 class attributed
+    predictions: Tensor  # (N,) int64 class predicted at x
+    probabilities: Tensor  # (N,) softmax probability of the prediction at x
+    steps: Tensor  # (N,) int64 gradient evaluations spent per example
+    output: Tensor | None = None  # (N,) F(x) for the target
+    baseline_output: Tensor | None = None  # (N,) F(x') for the target
+    completeness_error: Tensor | None = None  # (N,) |sum(attributions) - (F(x) - F(x'))|
+    relative_completeness_error: Tensor | None = None  # (N,) the above / |F(x) - F(x')|
+    map_error: Tensor | None = None  # (N,) estimated relative L2 error of the map (tolerance mode)
+
+
+@dataclass(frozen=True)
+class InteriorGradients:
+    """Gradients at baseline + a (x - baseline) for each a, with the prediction there."""
+
+    alphas: Tensor  # (A,) float64
+    gradients: Tensor  # (A, N, C, H, W)
+    predictions: Tensor  # (A, N) int64 class predicted at each scaled input
+    probabilities: Tensor  # (A, N) softmax probability of that prediction
+    target_probabilities: Tensor  # (A, N) softmax probability of the target
+    gradient_norms: Tensor  # (A, N) L2 norm of each gradient: the saturation curve
+    targets: Tensor  # (N,) int64
+    baseline: Tensor  # (N, C, H, W)
+
+
+@contextmanager
+def input_gradients_only(model: nn.Module) -> Iterator[nn.Module]:
+    """Put `model` in eval mode with frozen parameters; restore both on exit."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        with eval_mode(model), torch.enable_grad():
+            for p, _ in flags:
+                p.requires_grad_(False)
+            yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+@dataclass(frozen=True)
+class Problem:
+    x: Tensor  # (N, C, H, W)
+    baseline: Tensor  # (N, C, H, W)
+    targets: Tensor  # (N,) int64
+    predictions: Tensor  # (N,)
+    probabilities: Tensor  # (N,)
+    output: Tensor  # (N,) F(x)
+    direction: Tensor  # (N, C, H, W) x - baseline
+
+
+def check_batch(x: Tensor, max_batch: int) -> None:
+    """Check that x is a non-empty float batch (N, C, H, W) and max_batch a positive int."""
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        raise TypeError(
+            f"x must be a floating-point tensor, got {type(x).__name__} "
+            f"{getattr(x, 'dtype', '')}; convert images with .float()"
+        )
+    if x.dim() != 4 or x.shape[0] == 0:
+        raise ValueError(
+            f"x must be a non-empty batch of images of shape (N, C, H, W), got shape {tuple(x.shape)}; "
+            "add a batch dimension with x.unsqueeze(0)"
+        )
+    positive_int(max_batch, "max_batch")
+
+
+def batched_logits(model: nn.Module, x: Tensor, max_batch: int) -> Tensor:
+    with torch.no_grad():
+        logits = torch.cat([model(x[i : i + max_batch]) for i in range(0, x.shape[0], max_batch)])
+    if logits.dim() != 2:
+        raise ValueError(
+            f"the model must return scores of shape (N, classes), got {tuple(logits.shape)}; "
+            "wrap it so that it returns one row of logits per example"
+        )
+    return logits
+
+
+def resolve_targets(target: int | Tensor | None, predictions: Tensor, num_classes: int) -> Tensor:
+    """Return one int64 target per example: the predictions when `target` is None."""
+    n = predictions.shape[0]
+    if target is None:
+        return predictions.clone()
+    if isinstance(target, bool) or not isinstance(target, (int, np.integer, Tensor)):
+        raise TypeError(f"target must be None, an int or an int tensor of shape (N,), got {type(target).__name__}")
+    if isinstance(target, Tensor):
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            raise TypeError(f"target must hold integer classes, got dtype {target.dtype}")
+        if target.dim() == 0:
+            target = target.expand(n)
+        if target.shape != (n,):
+            raise ValueError(f"target must be an int or one class per example (N={n}), got shape {tuple(target.shape)}")
+        targets = target.to(device=predictions.device, dtype=torch.int64)
+    else:
+        targets = torch.full((n,), int(target), dtype=torch.int64, device=predictions.device)
+    bad = targets[(targets < 0) | (targets >= num_classes)]
+    if bad.numel():
+        raise ValueError(
+            f"target class {int(bad[0])} is out of range for a model with {num_classes} classes; "
+            f"use 0..{num_classes - 1}"
+        )
+    return targets
+
+
+def prepare(
+    model: nn.Module,
+    x: Tensor,
+    target: int | Tensor | None,
+    baseline: Baseline,
+    output: Callable[[Tensor], Tensor],
+    max_batch: int,
+) -> Problem:
+    check_batch(x, max_batch)
+    x = x.detach()
+    logits = batched_logits(model, x, max_batch)  # (N, K)
+    probabilities, predictions = logits.softmax(dim=-1).max(dim=-1)
+    targets = resolve_targets(target, predictions, logits.shape[1])
+    scores = output(logits).gather(1, targets[:, None]).squeeze(1)
+    base = resolve_baseline(baseline, x)
+    return Problem(x, base, targets, predictions, probabilities, scores, x - base)
+
+
+def path_gradients(
+    model: nn.Module,
+    problem: Problem,
+    example: Tensor,
+    alpha: Tensor,
+    *,
+    output: Callable[[Tensor], Tensor],
+    max_batch: int,
+) -> Iterator[tuple[slice, Tensor, Tensor]]:
+    """Yield (slice of points, gradients, logits) at baseline[e] + alpha (x[e] - baseline[e])."""
+    x, base, targets, direction = problem.x, problem.baseline, problem.targets, problem.direction
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    for start in range(0, example.numel(), max_batch):
+        part = slice(start, start + max_batch)
+        e, a = example[part], alpha[part].to(x.dtype).view(shape)
+        z = torch.addcmul(base[e], a, direction[e]).requires_grad_(True)  # (B, C, H, W)
+        logits = model(z)
+        score = output(logits).gather(1, targets[e][:, None]).sum()
+        (grad,) = torch.autograd.grad(score, z)
+        yield part, grad, logits.detach()
+
+
+def baseline_outputs(
+    model: nn.Module, problem: Problem, *, output: Callable[[Tensor], Tensor], max_batch: int
+) -> Tensor:
+    """Return F(baseline) for every example, (N,), from forward passes."""
+    logits = batched_logits(model, problem.baseline, max_batch)
+    return output(logits).gather(1, problem.targets[:, None]).squeeze(1)

@@ -1,0 +1,75 @@
+"""Baselines x' for path methods, in the same (normalised) input space as x.
+
+A baseline is a tensor shaped like x (or broadcastable to it), a function of x, or None
+for zeros. "Black" means black *pixels*: with a normalised model input that is
+(0 - mean) / std, not zeros, which is why the pixel-space baselines take a `Normalization`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from mindscope.data import Normalization
+
+Baseline = Tensor | Callable[[Tensor], Tensor] | None
+
+__all__ = ["Baseline", "black", "blurred", "dataset_mean", "resolve_baseline", "uniform_noise"]
+
+
+def black(x: Tensor, normalization: Normalization | None = None) -> Tensor:
+    """Return black images (pixel value 0) in x's space: (0 - mean) / std, not zeros."""
+    pixels = torch.zeros_like(x)
+    return pixels if normalization is None else normalization.apply(pixels)
+
+
+def dataset_mean(x: Tensor, normalization: Normalization) -> Tensor:
+    """Return images filled with the dataset's mean pixel per channel, in x's space."""
+    mean = torch.as_tensor(normalization.mean, dtype=x.dtype, device=x.device)
+    return normalization.apply(mean.view(1, -1, *([1] * (x.dim() - 2))).expand_as(x).contiguous())
+
+
+def uniform_noise(x: Tensor, normalization: Normalization | None = None, *, seed: int = 0) -> Tensor:
+    """Return images of uniform noise in [0, 1] pixel space, in x's space (seeded, device-independent)."""
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.rand(x.shape, generator=generator, dtype=torch.float64).to(x)
+    return pixels if normalization is None else normalization.apply(pixels)
+
+
+def blurred(x: Tensor, *, sigma: float = 3.0) -> Tensor:
+    """Return a Gaussian-blurred copy of x (sigma in pixels, reflected borders).
+
+    The kernel sums to 1, so blurring commutes with per-channel normalisation.
+    """
+    if x.dim() != 4 or sigma <= 0:
+        raise ValueError(f"blurred needs images (N, C, H, W) and sigma > 0, got shape {tuple(x.shape)}, sigma {sigma}")
+    radius = min(int(3 * sigma + 0.5), min(x.shape[-2:]) - 1)
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-0.5 * (t / sigma) ** 2)
+    kernel = kernel / kernel.sum()  # (K,)
+    c = x.shape[1]
+    out = nn.functional.pad(x, (radius, radius, 0, 0), mode="reflect")
+    out = nn.functional.conv2d(out, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    out = nn.functional.pad(out, (0, 0, radius, radius), mode="reflect")
+    return nn.functional.conv2d(out, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def resolve_baseline(baseline: Baseline, x: Tensor) -> Tensor:
+    """Return the baseline as a tensor of x's shape: zeros for None, f(x) for a function."""
+    if baseline is None:
+        return torch.zeros_like(x)
+    if callable(baseline) and not isinstance(baseline, Tensor):
+        baseline = baseline(x)
+    if not isinstance(baseline, Tensor):
+        raise TypeError(f"baseline must be None, a tensor or a function of x, got {type(baseline).__name__}")
+    try:
+        return baseline.detach().to(device=x.device, dtype=x.dtype).expand_as(x).contiguous()
+    except RuntimeError:
+        raise ValueError(
+            f"baseline of shape {tuple(baseline.shape)} does not broadcast to x's shape "
+            f"{tuple(x.shape)}; give one image (C, H, W) or one per example"
+        ) from None

@@ -1,0 +1,112 @@
+"""Localisation on object masks, and completeness where a method has it.
+
+The share of positive attribution inside the mask and the pointing game (Zhang et al. 2016,
+"Top-down Neural Attention by Excitation Backprop"), both against a uniform random map.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mindscope.attribution import Attribution
+from mindscope.evaluation.common import pixel_map
+
+
+@dataclass(frozen=True, eq=False)
+class LocalisationResult:
+    """Per example: how much of the map falls on the object, and where its peak is."""
+
+    mass_inside: np.ndarray  # (N,) share of positive attribution inside the mask (nan: none positive)
+    pointing: np.ndarray  # (N,) bool, the top pixel lies inside the mask
+    random_mass_inside: np.ndarray  # (N,) the same for a uniform random map
+    random_pointing: np.ndarray  # (N,) bool
+    mask_fraction: np.ndarray  # (N,) mask area / image area: a random map's expected score on both
+
+    @property
+    def mass(self) -> float:
+        return float(np.nanmean(self.mass_inside)) if np.isfinite(self.mass_inside).any() else float("nan")
+
+    @property
+    def pointing_rate(self) -> float:
+        return float(self.pointing.mean())
+
+    @property
+    def random_mass(self) -> float:
+        return float(self.random_mass_inside.mean())
+
+    @property
+    def random_pointing_rate(self) -> float:
+        return float(self.random_pointing.mean())
+
+
+def _mass_and_pointing(maps: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+    flat, inside = maps.flatten(1), masks.flatten(1)  # (N, P)
+    positive = flat.clamp_min(0)
+    mass = (positive * inside).sum(1) / positive.sum(1)  # 0 / 0 = nan: no positive mass
+    hits = inside.gather(1, flat.argmax(dim=1, keepdim=True)).squeeze(1)
+    return mass, hits
+
+
+def localisation(attributions: Tensor, masks: Tensor, *, seed: int = 0) -> LocalisationResult:
+    """Score maps (N, C, H, W) or (N, H, W) against object masks (N, H, W), and a random map likewise.
+
+    The map is summed over channels; its positive part is the mass. The pointing game's
+    top pixel is the map's largest value (the first, on a tie). The random map is uniform
+    noise (seeded); `mask_fraction` is its expected score.
+    """
+    if not isinstance(masks, Tensor) or masks.dim() != 3:
+        raise ValueError(
+            f"masks must be a tensor (N, H, W), got shape {tuple(getattr(masks, 'shape', ()))}; "
+            "use ImageSet.masks, True on the object"
+        )
+    if masks.dtype != torch.bool and masks.is_floating_point():
+        raise TypeError(f"masks must be bool (True on the object), got {masks.dtype}; threshold them first")
+    if not isinstance(attributions, Tensor) or attributions.dim() not in (3, 4):
+        raise ValueError(
+            f"attributions must be maps (N, C, H, W) or (N, H, W), got shape "
+            f"{tuple(getattr(attributions, 'shape', ()))}"
+        )
+    n, h, w = masks.shape
+    maps = pixel_map(attributions.detach(), (n, 1, h, w), against="masks")  # (N, H, W)
+    masks = masks.to(device=maps.device, dtype=torch.bool)
+    empty = (~masks.flatten(1).any(1)).nonzero().flatten()
+    if empty.numel():
+        raise ValueError(
+            f"the mask of example {int(empty[0])} is empty; localisation needs an object "
+            "in every image, so leave such images out"
+        )
+    mass, hits = _mass_and_pointing(maps.to(torch.float64), masks)
+    noise = torch.rand((n, h, w), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    random_mass, random_hits = _mass_and_pointing(noise.to(maps.device), masks)
+    as_numpy = (t.cpu().numpy() for t in (mass, hits, random_mass, random_hits, masks.flatten(1).double().mean(1)))
+    return LocalisationResult(*as_numpy)
+
+
+# --- completeness ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class CompletenessResult:
+    """How far the maps' sums miss F(x) - F(baseline)."""
+
+    error: np.ndarray  # (N,) |sum(map) - (F(x) - F(baseline))|
+    relative_error: np.ndarray  # (N,) error / |F(x) - F(baseline)|
+
+    @property
+    def mean_relative(self) -> float:
+        return float(np.nanmean(self.relative_error))
+
+
+def completeness(result: Attribution | Tensor) -> CompletenessResult | None:
+    """Collect the completeness error of a result; None where the method has none (gradient, SmoothGrad)."""
+    if not isinstance(result, Attribution) or result.completeness_error is None:
+        return None
+    relative = result.relative_completeness_error
+    error = result.completeness_error.detach().double().cpu().numpy()
+    return CompletenessResult(
+        error, np.full_like(error, np.nan) if relative is None else relative.detach().double().cpu().numpy()
+    )
