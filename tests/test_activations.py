@@ -519,6 +519,7 @@ def run_dir(request):
         pytest.skip("tests/conftest.py has no tiny_run fixture yet")
 
 
+@pytest.mark.slow
 def test_cli_draws_grids_gif_stats_and_top(run_dir, tmp_path, capsys):
     from mindscope.cli import main
 

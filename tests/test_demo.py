@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from mindscope.cli import main
 from mindscope.run import load_run
 from test_archives import CLASSES, official_files, write_archive
+
+pytestmark = pytest.mark.slow  # trains a run and writes whole reports
 
 TINY = [
     "--epochs",

@@ -11,6 +11,8 @@ import pytest
 
 from mindscope.cli import main
 
+pytestmark = pytest.mark.slow  # trains a run and writes whole reports
+
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 CHROMIUM_ARGS = [
     "--no-sandbox",

@@ -243,6 +243,7 @@ def test_resume_after_a_crash(reference, tmp_path, monkeypatch, when):
     _same_weights(out, reference, 2)
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_points_then_resume(tmp_path):
     """Kill `python -m mindscope train` with SIGKILL at seeded random moments; the run stays readable
     and `--resume` completes it to the same record as an uninterrupted run."""

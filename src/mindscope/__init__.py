@@ -14,6 +14,7 @@ import importlib
 import warnings
 from typing import Any
 
+from mindscope._version import __version__ as __version__
 from mindscope.activations import (
     LayerStatistics,
     Saturation,
@@ -38,8 +39,6 @@ from mindscope.model import AllConvNet
 from mindscope.run import LoadedRun, RunRecorder, load_run, resume_run, train_run
 from mindscope.train import TrainConfig, classification_metrics, train
 from mindscope.weights import WeightChange, WeightHistogram, paired_histograms, weight_changes, weight_histograms
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AllConvNet",

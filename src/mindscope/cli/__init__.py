@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from mindscope import __version__
+from mindscope._version import __version__
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

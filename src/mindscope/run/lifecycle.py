@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-import mindscope
+from mindscope._version import __version__
 from mindscope.data import DataSplits, load_data
 from mindscope.model import AllConvNet
 from mindscope.run.loaded import data_from_config, load_run
@@ -36,7 +36,7 @@ def git_commit() -> str | None:
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],
-            cwd=Path(mindscope.__file__).parent,
+            cwd=Path(__file__).resolve().parents[1],
             capture_output=True,
             text=True,
             timeout=5,
@@ -60,7 +60,7 @@ def run_config(
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": {
-            "mindscope": mindscope.__version__,
+            "mindscope": __version__,
             "torch": torch.__version__,
             "python": platform.python_version(),
         },
