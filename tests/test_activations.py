@@ -443,10 +443,10 @@ def test_scale_channels_per_channel_and_shared():
 
 
 def test_mosaic_upscales_with_nearest_neighbour():
-    from mindscope.render.activations import _mosaic
+    from mindscope.render.activations import mosaic_tiles
 
     tiles = np.arange(2 * 2 * 2, dtype=float).reshape(2, 2, 2) / 8
-    mosaic, corners = _mosaic(tiles, columns=2, cell=8, gap=1)
+    mosaic, corners = mosaic_tiles(tiles, columns=2, cell=8, gap=1)
     assert mosaic.shape == (8, 17) and corners == [(0, 0), (0, 9)]
     np.testing.assert_array_equal(mosaic[:, :8], np.kron(tiles[0], np.ones((4, 4))))
     np.testing.assert_array_equal(mosaic[:, 9:], np.kron(tiles[1], np.ones((4, 4))))

@@ -20,6 +20,17 @@ from torch import Tensor, nn
 from mindscope._util import eval_mode, model_device, positive_int
 from mindscope.layers import resolve_layer, resolve_layers
 
+__all__ = [
+    "LayerStatistics",
+    "LayerSummary",
+    "Saturation",
+    "TopActivations",
+    "activation_statistics",
+    "batches",
+    "capture_activations",
+    "top_activating",
+]
+
 LayerSpecs = str | int | Sequence[str | int]
 Data = Tensor | Iterable[Tensor] | Iterable[Sequence[Tensor]]
 

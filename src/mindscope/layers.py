@@ -15,6 +15,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+__all__ = [
+    "LayerInfo",
+    "LayerSpec",
+    "describe_layers",
+    "numbered_layers",
+    "resolve_layer",
+    "resolve_layers",
+    "split_specs",
+]
+
 NUMBERED_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 ACTIVATION_TYPES = (
     nn.ELU,

@@ -14,6 +14,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+__all__ = [
+    "AllConvNet",
+    "INIT_STDS",
+    "ModelConfig",
+]
+
 # Per-layer initial weight std, as in the walk-through (layers 1..9); biases start at 0.
 INIT_STDS: tuple[float, ...] = (0.05, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05, 0.06, 0.04)
 

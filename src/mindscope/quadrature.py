@@ -15,6 +15,20 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+__all__ = [
+    "Panel",
+    "Quadrature",
+    "adaptive_simpson",
+    "composite",
+    "gauss_legendre",
+    "is_simpson",
+    "left",
+    "midpoint",
+    "right",
+    "simpson",
+    "trapezoid",
+]
+
 SPLIT_FRACTION = 0.5  # bisect every panel whose error indicator is at least this fraction of the worst
 
 

@@ -19,6 +19,13 @@ import numpy as np
 
 from mindscope.weights import WeightHistogram, histogram_rows, weight_histograms
 
+__all__ = [
+    "TensorBoardRecorder",
+    "export_tensorboard",
+    "histogram_tag",
+    "scalar_tag",
+]
+
 MISSING = "tensorboard is not installed; pip install 'mindscope[tensorboard]'"
 
 

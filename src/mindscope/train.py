@@ -19,6 +19,17 @@ from tqdm.auto import tqdm
 from mindscope._util import eval_mode, model_device
 from mindscope.data import DataSplits, ImageSet
 
+__all__ = [
+    "Recorder",
+    "TrainConfig",
+    "classification_metrics",
+    "initial_state",
+    "learning_rate",
+    "make_optimizer",
+    "resolve_device",
+    "train",
+]
+
 
 @dataclass(frozen=True)
 class TrainConfig:

@@ -9,6 +9,7 @@ from mindscope.render.activations import (
     channel_statistics_figure,
     layer_gif_frames,
     layer_statistics_figure,
+    mosaic_tiles,
     save_gif,
     top_activating_figure,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "interior_frames",
     "layer_gif_frames",
     "layer_statistics_figure",
+    "mosaic_tiles",
     "localisation_figure",
     "overlay",
     "randomisation_figure",

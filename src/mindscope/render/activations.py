@@ -87,7 +87,7 @@ def scale_channels(
     return scaled, picked, (float(tiles.min()), float(tiles.max()))
 
 
-def _mosaic(tiles: np.ndarray, columns: int, cell: int, gap: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
+def mosaic_tiles(tiles: np.ndarray, columns: int, cell: int, gap: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """Upscale tiles by a whole factor (nearest neighbour) into cells; NaN marks the background."""
     n, h, w = tiles.shape
     factor = max(1, cell // max(h, w))
@@ -130,7 +130,7 @@ def channel_grid(
     """
     tiles, picked, (low, high) = scale_channels(activation, channels, per_channel=per_channel)
     columns = max(1, min(columns, len(picked)))
-    mosaic, corners = _mosaic(tiles, columns, cell=64, gap=6)
+    mosaic, corners = mosaic_tiles(tiles, columns, cell=64, gap=6)
     rows = math.ceil(len(picked) / columns)
     fig = Figure(figsize=(1.1 * columns + (2.6 if image is not None else 0.4), 1.1 * rows + 0.8), layout="constrained")
     grid = fig.add_gridspec(
@@ -203,7 +203,7 @@ def layer_gif_frames(
     captions.append(labels.get("input", f"input ({pixels.shape[1]}x{pixels.shape[0]})"))
     for name, activation in activations.items():
         tiles, picked, _ = scale_channels(activation, channels, per_channel=per_channel)
-        mosaic, corners = _mosaic(tiles, max(1, min(columns, len(picked))), cell=cell, gap=4)
+        mosaic, corners = mosaic_tiles(tiles, max(1, min(columns, len(picked))), cell=cell, gap=4)
         rgb = colours(np.nan_to_num(mosaic))[..., :3]
         rgb[np.isnan(mosaic)] = 1.0
         bodies.append((rgb, picked, corners))
