@@ -42,7 +42,7 @@ def reference_network(run: str | None, images: int, device: torch.device) -> tup
     else:
         from mindscope.data import load_data
         from mindscope.model import AllConvNet
-        from mindscope.train import TrainConfig, train
+        from mindscope.training import TrainConfig, train
 
         print("no --run given: training AllConvNet(width=32) for 4 epochs on 10000 built-in images ...", flush=True)
         data = load_data("builtin", train_limit=10000, test_limit=512)

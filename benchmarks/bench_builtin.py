@@ -3,7 +3,7 @@
 1. A linear classifier: multinomial logistic regression on the raw normalised pixels
    (3 x 32 x 32 = 3072 inputs, 10 outputs), fitted full-batch with L-BFGS. Its weight decay is
    chosen on a validation split held out of the training set, then it is refitted on all of it.
-2. AllConvNet(width=32) trained with `mindscope.train.train` (the default Adam schedule) for
+2. AllConvNet(width=32) trained with `mindscope.training.train` (the default Adam schedule) for
    `--epochs` epochs on the same images.
 Both report accuracy on the same test images. Then seconds per epoch: width 32 from the
 epochs just trained; width 128 by timing `--steps` training steps of batch 64 (and a slice of
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from mindscope.data import DataSplits, load_data
 from mindscope.model import AllConvNet
-from mindscope.train import TrainConfig, evaluate, make_optimizer, train
+from mindscope.training import TrainConfig, evaluate, make_optimizer, train
 
 
 def sync(device: torch.device) -> None:

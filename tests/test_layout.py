@@ -29,11 +29,11 @@ ALLOWED: dict[str, set[str]] = {
     "data": {"_util", "archives", "shapes"},  # until data/ is one package
     "archives": {"_util"},
     "shapes": set(),
-    "train": {"_util", "data", "model"},
+    "training": {"_util", "data", "model"},
     "tensorboard": {"_util", "weights"},
     "render": {"_util", *LOOKS},
-    "run": {"_util", "data", "model", "train", "layers", "weights", "tensorboard", "render"},
-    "report": {"_util", *LOOKS, "data", "model", "train", "run", "render", "tensorboard"},
+    "run": {"_util", "data", "model", "training", "layers", "weights", "tensorboard", "render"},
+    "report": {"_util", *LOOKS, "data", "model", "training", "run", "render", "tensorboard"},
     "cli": EVERYTHING,
     "__init__": EVERYTHING,
     "__main__": EVERYTHING,
@@ -130,7 +130,7 @@ def test_the_top_level_api_is_small_sorted_and_importable():
         ("black", "mindscope.baselines", "black"),
         ("gauss_legendre", "mindscope.quadrature", "gauss_legendre"),
         ("evaluate_methods", "mindscope.evaluation", "evaluate_methods"),
-        ("evaluate", "mindscope.train", "classification_metrics"),
+        ("evaluate", "mindscope.training", "classification_metrics"),
     ],
 )
 def test_old_names_still_work_with_a_warning(old, module, new):

@@ -37,7 +37,7 @@ from mindscope.data import DataSplits, load_data
 from mindscope.layers import describe_layers
 from mindscope.model import AllConvNet
 from mindscope.run import LoadedRun, RunRecorder, load_run, resume_run, train_run
-from mindscope.train import TrainConfig, classification_metrics, train
+from mindscope.training import TrainConfig, classification_metrics, train
 from mindscope.weights import WeightChange, WeightHistogram, paired_histograms, weight_changes, weight_histograms
 
 __all__ = [
@@ -114,7 +114,7 @@ _MOVED = {
     "TensorBoardRecorder": "mindscope.tensorboard",
     "export_tensorboard": "mindscope.tensorboard",
 }
-_RENAMED = {"evaluate": ("mindscope.train", "classification_metrics")}
+_RENAMED = {"evaluate": ("mindscope.training", "classification_metrics")}
 
 
 def __getattr__(name: str) -> Any:

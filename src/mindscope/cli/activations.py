@@ -25,7 +25,7 @@ from mindscope.render.activations import (
     top_activating_figure,
 )
 from mindscope.run import load_run
-from mindscope.train import resolve_device
+from mindscope.training import resolve_device
 
 
 def parse_layers(model: torch.nn.Module, spec: str) -> dict[str, str]:

@@ -26,7 +26,7 @@ from mindscope.cli.activations import load_image
 from mindscope.quadrature import gauss_legendre, left, midpoint, right, simpson, trapezoid
 from mindscope.render.attribution import attribution_panels, interior_frames, saturation_curve, save_gif
 from mindscope.run import load_run
-from mindscope.train import resolve_device
+from mindscope.training import resolve_device
 
 MAX_STEPS = 4096  # a fixed rule beyond this is slow and no more exact than --tolerance
 

@@ -21,7 +21,7 @@ from mindscope.evaluation import EvaluationTable, evaluate_methods, parameterise
 from mindscope.render.evaluation import deletion_figure, localisation_figure, maps_figure, randomisation_figure
 from mindscope.report import METHOD_NAMES, format_table, standard_methods
 from mindscope.run import load_run
-from mindscope.train import resolve_device
+from mindscope.training import resolve_device
 
 
 def parse_methods(spec: str) -> list[str]:

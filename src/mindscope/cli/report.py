@@ -12,7 +12,7 @@ import click
 from mindscope.cli.train import DATA_HELP, echo_epoch
 from mindscope.report import ReportOptions, write_report
 from mindscope.run import Run, is_run, resume_run, train_run
-from mindscope.train import TrainConfig, resolve_device
+from mindscope.training import TrainConfig, resolve_device
 
 # Demo defaults: chosen so that the whole demo (data, training, every analysis) takes
 # under 3 minutes on 2 CPU cores while the network passes 90% test accuracy on shapes10.

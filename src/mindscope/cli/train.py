@@ -9,7 +9,7 @@ import click
 from mindscope.layers import describe_layers
 from mindscope.model import AllConvNet
 from mindscope.run import load_run, resume_run, train_run
-from mindscope.train import TrainConfig
+from mindscope.training import TrainConfig
 
 DATA_HELP = "builtin | cifar10:PATH | fashion-mnist:PATH | folder:PATH"
 

@@ -7,7 +7,7 @@
     RUN/curves.png                  accuracy and cost over training
 
 `train_run` / `resume_run` create and continue one; `load_run` reads one back; `Run` and
-`RunRecorder` are the writer and the recorder that `mindscope.train.train` reports to.
+`RunRecorder` are the writer and the recorder that `mindscope.training.train` reports to.
 """
 
 from mindscope.run.lifecycle import create_run, resume_run, run_config, save_curves, train_run

@@ -25,7 +25,7 @@ from mindscope.data import DataSplits, load_data
 from mindscope.model import AllConvNet
 from mindscope.run.loaded import data_from_config, load_run
 from mindscope.run.store import CONFIG, Run, RunRecorder, atomic_write_bytes, is_run, load_state, read_metrics
-from mindscope.train import TrainConfig, initial_state, resolve_device, train
+from mindscope.training import TrainConfig, initial_state, resolve_device, train
 
 Say = Callable[[str], None]
 EpochCallback = Callable[[dict[str, float]], None]
