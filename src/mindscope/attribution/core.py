@@ -43,6 +43,8 @@ class Attribution:
     completeness_error: Tensor | None = None  # (N,) |sum(attributions) - (F(x) - F(x'))|
     relative_completeness_error: Tensor | None = None  # (N,) the above / |F(x) - F(x')|
     map_error: Tensor | None = None  # (N,) estimated relative L2 error of the map (tolerance mode)
+    converged: Tensor | None = None  # (N,) bool: tolerance met before max_steps (tolerance mode only)
+    ill_conditioned: Tensor | None = None  # (N,) bool: |F(x) - F(x')| too small for a relative error
 
 
 @dataclass(frozen=True)
