@@ -173,8 +173,8 @@ def test_resume_a_run_that_was_never_started(tmp_path, capsys, finished):
 
 def test_resume_a_finished_run_loses_nothing(capsys, finished):
     before = fingerprint(finished)
-    fails(capsys, ["train", "--resume", finished], r"has already trained 1 of 1 epochs; pass --epochs N with N > 1")
-    fails(capsys, ["train", "--resume", finished, "--epochs", "1"], r"already trained 1 of 1 epochs")
+    fails(capsys, ["train", "--resume", finished], r"is complete \(1 of 1 epochs\); pass --epochs N with N > 1")
+    fails(capsys, ["train", "--resume", finished, "--epochs", "1"], r"is complete \(1 of 1 epochs\)")
     assert fingerprint(finished) == before
 
 

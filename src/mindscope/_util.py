@@ -5,6 +5,7 @@ Private: the looks and the CLI import these; users never need to.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -41,3 +42,28 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for module, training in modes:
             module.training = training
+
+
+def memory_bytes() -> int:
+    """Physical memory of this machine in bytes (a generous 64 GiB where it cannot be read)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return 64 << 30
+
+
+def check_fits(needed: float, what: str, hint: str) -> None:
+    """Refuse, before allocating, anything that needs more than half of this machine's memory."""
+    limit = memory_bytes() // 2
+    if needed > limit:
+        raise ValueError(
+            f"{what} needs about {_size(needed)}, more than half of this machine's {_size(memory_bytes())}; {hint}"
+        )
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"  # pragma: no cover

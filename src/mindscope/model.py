@@ -66,6 +66,13 @@ class AllConvNet(nn.Module):
         )
         self.reset_parameters()
 
+    @staticmethod
+    def parameter_count(width: int, num_classes: int = 10, in_channels: int = 3) -> int:
+        """Parameters of AllConvNet(width, ...), computed without building it."""
+        w = width
+        convs = [(in_channels, w, 9)] + [(w, w, 9)] * 6 + [(w, w, 1), (w, num_classes, 1)]
+        return sum(cin * cout * k + cout for cin, cout, k in convs)
+
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """Draw each convolution's weights from a normal with its own std; zero the biases.
 

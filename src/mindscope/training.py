@@ -22,6 +22,7 @@ from mindscope.data import DataSplits, ImageSet
 __all__ = [
     "Recorder",
     "TrainConfig",
+    "TrainingDiverged",
     "classification_metrics",
     "initial_state",
     "learning_rate",
@@ -51,10 +52,21 @@ class TrainConfig:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
-        if not self.lr > 0:
-            raise ValueError(f"learning rate must be > 0, got {self.lr}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"learning rate must be a finite number > 0 such as 2e-3, got {self.lr}")
         if self.log_every < 1 or self.histogram_every < 0:
             raise ValueError("log_every must be >= 1 and histogram_every >= 0")
+
+
+class TrainingDiverged(ValueError):
+    """The loss became NaN or infinite: the weights are no longer usable."""
+
+    def __init__(self, epoch: int, step: int, loss: float, lr: float) -> None:
+        super().__init__(
+            f"training diverged: the loss became {loss} at epoch {epoch}, step {step} (learning rate "
+            f"{lr:.3g}); the run keeps the checkpoints before it; train a new run with a lower --lr"
+        )
+        self.epoch, self.step = epoch, step
 
 
 class Recorder(Protocol):
@@ -139,6 +151,7 @@ def train(
     train_set = data.train
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
+    first_step, session_began = step, time.perf_counter()  # for the whole run's time left
     history = []
     if recorder is not None and resume is None and config.histogram_every:
         recorder.log_weights(0, 0.0, model)  # the weights before training
@@ -162,11 +175,18 @@ def train(
                 group["lr"] = learning_rate(config, step, total_steps)
             logits = model(x)
             loss = F.cross_entropy(logits, y)
+            loss_value = loss.item()  # one sync a step, needed for the metrics anyway
+            if not math.isfinite(loss_value):
+                raise TrainingDiverged(epoch + 1, step + 1, loss_value, optimizer.param_groups[0]["lr"])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
-            batch_loss = loss.item() * len(idx)
+            if not bar.disable and step % 5 == 0:
+                rate = (time.perf_counter() - session_began) / (step - first_step)  # seconds a step
+                left = rate * (total_steps - step)  # ignores evaluation; close enough to plan by
+                bar.set_postfix_str(f"loss {loss_value:.3f}, run ends in ~{left / 60:.1f} min", refresh=False)
+            batch_loss = loss_value * len(idx)
             batch_correct = (logits.argmax(1) == y).sum().item()
             window_loss, window_correct, window_n = (
                 window_loss + batch_loss,
@@ -192,7 +212,6 @@ def train(
                 )
                 model.train()
                 window_loss, window_correct, window_n = 0.0, 0, 0
-                bar.set_postfix(loss=f"{loss.item():.3f}")
             if recorder is not None and config.histogram_every and step % config.histogram_every == 0:
                 recorder.log_weights(step, position, model)
         bar.close()

@@ -7,7 +7,10 @@ into one line on stderr and exit status 2. A traceback means a bug.
 
 from __future__ import annotations
 
+import errno
+import linecache
 import sys
+from pathlib import Path
 
 import click
 
@@ -30,15 +33,38 @@ def _register() -> None:
 
 _register()
 
-USER_ERRORS = (
-    ValueError,
-    TypeError,
-    FileNotFoundError,
-    NotADirectoryError,
-    IsADirectoryError,
-    PermissionError,
-    FileExistsError,
-)
+# What the library raises on purpose for bad input. A ValueError or TypeError counts only
+# when a `raise` statement in mindscope itself threw it; the same types thrown by Python,
+# numpy or torch mean a bug, and a bug gets its traceback.
+CHECKED_ERRORS = (ValueError, TypeError)
+OS_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)
+PACKAGE = Path(__file__).resolve().parents[1]
+
+
+def is_deliberate(exc: BaseException) -> bool:
+    """True when `exc` came from a `raise` statement in mindscope's own code."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    filename = Path(tb.tb_frame.f_code.co_filename).resolve()
+    if PACKAGE not in filename.parents:
+        return False
+    return linecache.getline(str(filename), tb.tb_lineno).lstrip().startswith("raise")
+
+
+def user_message(exc: BaseException) -> str | None:
+    """The one line to show for bad input, or None when `exc` is a bug (or not ours to judge)."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC and not exc.filename and exc.strerror:
+        return exc.strerror  # our own "disk full while writing RUN; ..." line
+    if isinstance(exc, OS_ERRORS) or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC):
+        if exc.filename and exc.strerror:  # the OS's own words, without "[Errno 17]"
+            return f"{exc.strerror.lower()}: {exc.filename}; check the path"
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, CHECKED_ERRORS) and is_deliberate(exc):
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,10 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         click.echo(f"mindscope: error: {exc.format_message()}", err=True)
         return 2
-    except USER_ERRORS as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in message:
-            message = f"{message}: {exc.filename}"
+    except (*CHECKED_ERRORS, OSError) as exc:
+        message = user_message(exc)
+        if message is None:
+            raise
         click.echo(f"mindscope: error: {message}", err=True)
         return 2
     return 0

@@ -13,6 +13,7 @@ both of its files, so a process killed at any moment leaves a readable run.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sqlite3
@@ -25,6 +26,8 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 from torch import nn
+
+from mindscope.run.lock import WriterLock, remove_leftovers
 
 CONFIG = "config.json"
 DATABASE = "metrics.sqlite"
@@ -80,6 +83,39 @@ def _atomic_save(path: Path, save) -> None:
             os.remove(tmp)
 
 
+def _cannot_create(path: Path, exc: OSError) -> OSError:
+    """Name the run the user asked for, not the staging folder beside it."""
+    reason = (exc.strerror or str(exc)).lower()
+    return type(exc)(exc.errno, f"cannot create the run {path} ({reason}); choose another --out")
+
+
+# Keys config.json must hold, and their types: checked before anything reads them.
+REQUIRED: dict[str, tuple[type, ...]] = {
+    "model": (dict,),
+    "data": (dict,),
+    "train": (dict,),
+}
+REQUIRED_DATA: dict[str, tuple[type, ...]] = {
+    "spec": (str,),
+    "classes": (list,),
+    "image_shape": (list,),
+    "normalization": (dict,),
+}
+
+
+def config_problem(config: object) -> str | None:
+    """What is wrong with a loaded config.json, in a few words, or None."""
+    if not isinstance(config, dict):
+        return f"holds a {type(config).__name__}, not an object of settings"
+    for key, types in REQUIRED.items():
+        if not isinstance(config.get(key), types):
+            return f"lacks '{key}'" if key not in config else f"has a malformed '{key}'"
+    for key, types in REQUIRED_DATA.items():
+        if not isinstance(config["data"].get(key), types):
+            return f"lacks 'data.{key}'" if key not in config["data"] else f"has a malformed 'data.{key}'"
+    return None
+
+
 def is_run(path: Path) -> bool:
     return (Path(path) / CONFIG).is_file() and (Path(path) / DATABASE).is_file()
 
@@ -87,22 +123,39 @@ def is_run(path: Path) -> bool:
 class Run:
     """Writer of one run directory. Create with `Run.create`, reopen with `Run.open`."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, lock: WriterLock | None = None) -> None:
         self.path = Path(path)
+        self.lock = lock  # held by a writer for its whole life; None for a reader
         self.config: dict[str, Any] = json.loads((self.path / CONFIG).read_text())
         self.db = sqlite3.connect(self.path / DATABASE)
 
     @classmethod
-    def create(cls, path: Path, config: Mapping[str, Any], model: nn.Module, state: dict[str, Any]) -> Run:
-        """Make the directory whole, with epoch 0's checkpoint, or not at all."""
+    def create(
+        cls,
+        path: Path,
+        config: Mapping[str, Any],
+        model: nn.Module,
+        state: dict[str, Any],
+        *,
+        histograms: Mapping[str, Any] | None = None,
+    ) -> Run:
+        """Make the directory whole, with epoch 0's checkpoint (and step 0's histograms), or not at all.
+
+        The new run is returned as a writer that holds its lock; two creations of the same
+        path at once leave one run and refuse the other.
+        """
         path = Path(path)
         if path.exists():
             kind = "a run" if is_run(path) else "not a run"
             raise FileExistsError(
                 f"{path} already exists and is {kind}; choose another --out, or continue a run with --resume"
             )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+        except OSError as exc:
+            raise _cannot_create(path, exc) from exc
+        lock = WriterLock(staging, name=str(path))
         try:
             (staging / CONFIG).write_text(json.dumps(dict(config), indent=2, sort_keys=True))
             with closing(sqlite3.connect(staging / DATABASE)) as db:
@@ -111,16 +164,30 @@ class Run:
             (staging / "state").mkdir()
             first = cls(staging)
             first.checkpoint(0, 0, model, state)
+            if histograms is not None:
+                first.log_histograms(0, 0.0, histograms)
             first.close()
             _readable(staging, folder=True)
-            os.rename(staging, path)
+            try:
+                os.rename(staging, path)
+            except OSError as exc:  # another command created `path` meanwhile
+                if path.exists():
+                    raise FileExistsError(
+                        f"{path} was created by another command at the same moment; choose another --out"
+                    ) from None
+                raise _cannot_create(path, exc) from exc
         except BaseException:
+            lock.release()
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        return cls(path)
+        return cls(path, lock=lock)
 
     @classmethod
-    def open(cls, path: Path) -> Run:
+    def open(cls, path: Path, *, write: bool = False) -> Run:
+        """Open a run to read, or with `write=True` as its only writer (refused while another holds it).
+
+        A writer first removes what killed writers left behind (temp files, staging folders).
+        """
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"no run at {path}; train one with 'mindscope train --out {path}'")
@@ -129,32 +196,40 @@ class Run:
                 f"{path} is not a mindscope run (no {CONFIG} and {DATABASE}); "
                 "give a directory written by 'mindscope train'"
             )
+        lock = WriterLock(path, name=str(path)) if write else None
         try:
-            run = cls(path)
+            run = cls(path, lock=lock)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            if lock is not None:
+                lock.release(discard=True)
             raise ValueError(
                 f"{path} is not a readable mindscope run: its {CONFIG} is damaged ({exc}); "
                 "give a directory written by 'mindscope train'"
             ) from exc
-        missing = [key for key in ("model",) if not isinstance(run.config.get(key), dict)]
-        if missing:
-            run.close()
+        problem = config_problem(run.config)
+        if problem:
+            run.close(discard=True)
             raise ValueError(
-                f"{path} is not a readable mindscope run: its {CONFIG} lacks '{missing[0]}'; "
+                f"{path} is not a readable mindscope run: its {CONFIG} {problem}; "
                 "give a directory written by 'mindscope train'"
             )
         try:
             run.db.execute("SELECT epoch, step FROM checkpoints LIMIT 1").fetchall()
         except sqlite3.DatabaseError as exc:
-            run.close()
+            run.close(discard=True)
             raise ValueError(
                 f"{path} is not a readable mindscope run: its {DATABASE} is damaged ({exc}); "
                 "give a directory written by 'mindscope train'"
             ) from exc
+        if write:
+            remove_leftovers(path)
         return run
 
-    def close(self) -> None:
+    def close(self, *, discard: bool = False) -> None:
+        """Close the database and let the writer lock go (`discard`: remove a lock file this opening made)."""
         self.db.close()
+        if self.lock is not None:
+            self.lock.release(discard=discard)
 
     # --- checkpoints -------------------------------------------------------------------
     def snapshot_path(self, epoch: int) -> Path:
@@ -206,7 +281,11 @@ class Run:
 
 def read_metrics(db: sqlite3.Connection) -> list[dict[str, Any]]:
     rows = db.execute("SELECT step, epoch, split, name, scope, value FROM metrics ORDER BY step, split, name")
-    return [dict(zip(("step", "epoch", "split", "name", "scope", "value"), r)) for r in rows]
+    # SQLite stores NaN as NULL: give it back as NaN, the value that was logged.
+    return [
+        dict(zip(("step", "epoch", "split", "name", "scope", "value"), (*r[:5], math.nan if r[5] is None else r[5])))
+        for r in rows
+    ]
 
 
 def load_state(run: Run, epoch: int) -> dict[str, Any]:
