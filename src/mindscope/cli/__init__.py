@@ -61,6 +61,8 @@ def user_message(exc: BaseException) -> str | None:
     if isinstance(exc, OS_ERRORS) or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC):
         if exc.filename and exc.strerror:  # the OS's own words, without "[Errno 17]"
             return f"{exc.strerror.lower()}: {exc.filename}; check the path"
+        if exc.strerror:  # ours: OSError(errno, "what happened; what to do")
+            return exc.strerror
         return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if isinstance(exc, CHECKED_ERRORS) and is_deliberate(exc):
         return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

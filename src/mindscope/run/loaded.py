@@ -79,6 +79,14 @@ class LoadedRun:
         """The model with the weights of `epoch`, in eval mode; refuses damaged or non-finite weights."""
         model = build_model(self.config)
         weights = self.state_dict_at(epoch)
+        expected = model.state_dict()
+        for name, tensor in weights.items():  # load_state_dict would cast silently
+            if name in expected and tensor.dtype != expected[name].dtype:
+                raise ValueError(
+                    f"snapshot of epoch {epoch} in {self.path} stores {name} as {str(tensor.dtype)[6:]}, "
+                    f"the model holds {str(expected[name].dtype)[6:]}: the file was altered; "
+                    "load another --epoch or train again"
+                )
         try:
             model.load_state_dict(weights)
         except RuntimeError as exc:

@@ -180,6 +180,7 @@ class Run:
             lock.release()
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        remove_leftovers(path)  # staging folders of earlier, killed creations of this run
         return cls(path, lock=lock)
 
     @classmethod
