@@ -246,3 +246,27 @@ def test_a_full_disk_is_one_line_and_resume_completes_after_space_is_freed(tmp_p
             if subprocess.run(["umount", str(mount)], capture_output=True).returncode == 0:
                 break
             time.sleep(0.1)
+
+
+def test_sizes_a_user_types_are_capped_before_any_allocation(tiny_run, capsys):
+    assert main(["weights", str(tiny_run), "--bins", "1000000000"]) == 2
+    one_error_line(capsys, "--bins must be at most 100,000")
+    assert main(["report", str(tiny_run), "--images", "100000"]) == 2
+    one_error_line(capsys, "--images must be at most 48")
+    assert main(["report", str(tiny_run), "--evaluation-images", "100000"]) == 2
+    one_error_line(capsys, "--evaluation-images must be at most 256")
+
+
+def test_report_checks_out_before_any_work(tiny_run, tmp_path, capsys, monkeypatch):
+    import mindscope.cli.report
+
+    def never(*args, **kwargs):
+        raise AssertionError("write_report ran although --out was unusable")
+
+    monkeypatch.setattr(mindscope.cli.report, "write_report", never)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["report", str(tiny_run), "--out", str(blocker / "page.html")]) == 2
+    one_error_line(capsys, "which is a file")
+    assert main(["report", str(tiny_run), "--out", str(tmp_path)]) == 2
+    one_error_line(capsys, "is a folder")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from mindscope._util import positive_int
 from mindscope.cli.train import DATA_HELP, echo_epoch
 from mindscope.report import ReportOptions, write_report
 from mindscope.run import Run, is_run, resume_run, train_run
@@ -21,6 +22,21 @@ DEMO_EPOCHS = 4
 DEMO_TRAIN_IMAGES = 5000
 DEMO_TEST_IMAGES = 1000
 DEMO_BATCH = 32
+MAX_IMAGES = 48
+MAX_EVALUATION_IMAGES = 256
+
+
+def check_writable_file(out: Path) -> None:
+    """Refuse an --out that cannot become a file, before any work: a folder, or under a file."""
+    if out.is_dir():
+        raise IsADirectoryError(f"--out {out} is a folder; give the HTML file to write, e.g. {out / 'report.html'}")
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(f"--out {out} lies under {parent}, which is a file; choose another --out")
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"--out {out}: cannot write in {parent}; choose another --out")
 
 
 def _say(message: str) -> None:
@@ -28,8 +44,12 @@ def _say(message: str) -> None:
 
 
 def _options(image: int, images: int, evaluation_images: int, tolerance: float, device: str) -> ReportOptions:
-    if images < 1:
-        raise ValueError(f"--images must be >= 1, got {images}")
+    positive_int(images, "--images", maximum=MAX_IMAGES, hint="the attribution figure draws one row per image")
+    if evaluation_images > MAX_EVALUATION_IMAGES:
+        raise ValueError(
+            f"--evaluation-images must be at most {MAX_EVALUATION_IMAGES}, got {evaluation_images}; "
+            "the trust checks re-attribute every image once per layer"
+        )
     if evaluation_images < 0:
         raise ValueError(f"--evaluation-images must be >= 0 (0 skips the checks), got {evaluation_images}")
     if not 0 < tolerance < 1:
@@ -144,6 +164,8 @@ def demo_command(
 def report_command(run_dir, out, image, images, evaluation_images, tolerance, device) -> None:
     """Write one self-contained HTML page that walks through a run."""
     options = _options(image, images, evaluation_images, tolerance, device)
+    if out is not None:
+        check_writable_file(out)  # before minutes of work, not after
     click.echo("analysing:")
     path = write_report(run_dir, out, options=options, progress=_say)
     click.echo(f"report: {path.resolve()} (self-contained; open it in a browser)")

@@ -6,6 +6,10 @@ from pathlib import Path
 
 import click
 
+from mindscope._util import check_fits, positive_int
+
+MAX_BINS = 100_000
+
 LAYERS_HELP = "Layer numbers or dotted names, e.g. '1,2,3' or 'features.0' (default: all)."
 
 
@@ -35,10 +39,11 @@ def weights(run_dir: Path, layers: str | None, out: Path | None, bins: int) -> N
         weight_histograms,
     )
 
-    if bins < 1:
-        raise ValueError(f"--bins must be a positive integer, got {bins}")
+    positive_int(bins, "--bins", maximum=MAX_BINS, hint="a figure shows no more bins than it has pixels across")
     run = load_run(run_dir)
     names = _tensor_names(run, layers)
+    # counts and edges (int64/float64) per tensor, for two states and the evolution figures
+    check_fits(bins * len(names) * 8 * 2 * (2 + len(run.epochs)), f"--bins {bins:,}", "use fewer --bins")
     drawn = [n for n in names if n.endswith("weight")] or names
     first, last = run.epochs[0], run.epochs[-1]
     before_sd, after_sd = run.state_dict_at(first), run.state_dict_at(last)
