@@ -17,9 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from mindscope import archives
 from mindscope.cli import main
-from mindscope.data import load_data
+from mindscope.data import cifar10, load_data
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 PER_BATCH, N_TEST = 3, 5
@@ -105,7 +104,7 @@ def official_files(seed: int = 0, *, py2: bool = False) -> dict[str, bytes]:
 
 
 def write_folder(root: Path, files: dict[str, bytes]) -> Path:
-    folder = root / archives.CIFAR10_FOLDER
+    folder = root / cifar10.CIFAR10_FOLDER
     folder.mkdir(parents=True)
     for name, data in files.items():
         (folder / name).write_bytes(data)
@@ -115,11 +114,11 @@ def write_folder(root: Path, files: dict[str, bytes]) -> Path:
 def archive_bytes(files: dict[str, bytes]) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        info = tarfile.TarInfo(archives.CIFAR10_FOLDER)
+        info = tarfile.TarInfo(cifar10.CIFAR10_FOLDER)
         info.type = tarfile.DIRTYPE
         tar.addfile(info)
         for name, data in files.items():
-            info = tarfile.TarInfo(f"{archives.CIFAR10_FOLDER}/{name}")
+            info = tarfile.TarInfo(f"{cifar10.CIFAR10_FOLDER}/{name}")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
@@ -127,7 +126,7 @@ def archive_bytes(files: dict[str, bytes]) -> bytes:
 
 def write_archive(root: Path, files: dict[str, bytes]) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    path = root / archives.CIFAR10_ARCHIVE
+    path = root / cifar10.CIFAR10_ARCHIVE
     path.write_bytes(archive_bytes(files))
     return path
 
@@ -159,7 +158,7 @@ def test_reads_official_layout(tmp_path, where):
     else:
         write_archive(tmp_path, files)
         path = tmp_path
-    (xtr, ytr), (xte, yte), names = archives.read_cifar10(path)
+    (xtr, ytr), (xte, yte), names = cifar10.read_cifar10(path)
     (rxtr, rytr), (rxte, ryte) = expected(files)
     assert xtr.shape == (5 * PER_BATCH, 3, 32, 32) and xtr.dtype == np.uint8
     np.testing.assert_array_equal(xtr, rxtr)
@@ -173,7 +172,7 @@ def test_reads_python2_pickles(tmp_path):
     files = official_files(2, py2=True)
     # The writer is faithful: a plain unpickler reads it to the same arrays.
     assert pickle.loads(files["test_batch"], encoding="bytes")[b"data"].shape == (N_TEST, 3072)
-    (xtr, ytr), (xte, yte), names = archives.read_cifar10(write_archive(tmp_path, files))
+    (xtr, ytr), (xte, yte), names = cifar10.read_cifar10(write_archive(tmp_path, files))
     (rxtr, rytr), (rxte, ryte) = expected(files)
     np.testing.assert_array_equal(xtr, rxtr)
     np.testing.assert_array_equal(yte, ryte)
@@ -226,9 +225,9 @@ def test_crafted_pickle_is_refused_and_never_run(tmp_path, case):
     files["data_batch_3"] = evil
     path = write_archive(tmp_path / "a", files)
     with pytest.raises(ValueError, match=rf"refused to unpickle data_batch_3: it names {named}.*nothing in it was run"):
-        archives.read_cifar10(path)
+        cifar10.read_cifar10(path)
     with pytest.raises(ValueError, match="refused to unpickle"):
-        archives.read_cifar10(write_folder(tmp_path / "f", files))
+        cifar10.read_cifar10(write_folder(tmp_path / "f", files))
     assert not marker.exists()
 
 
@@ -259,42 +258,42 @@ def test_crafted_meta_refused_through_cli(tmp_path, capsys):
 # --- damaged and wrong archives ----------------------------------------------------------------------
 def test_truncated_archive(tmp_path):
     whole = archive_bytes(official_files(6))
-    path = tmp_path / archives.CIFAR10_ARCHIVE
+    path = tmp_path / cifar10.CIFAR10_ARCHIVE
     path.write_bytes(whole[: len(whole) * 2 // 3])
     with pytest.raises(ValueError, match=r"truncated or corrupt: download it again"):
-        archives.read_cifar10(path)
+        cifar10.read_cifar10(path)
 
 
 def test_corrupt_archive(tmp_path):
     whole = bytearray(archive_bytes(official_files(6)))
     middle = len(whole) // 2
     whole[middle : middle + 64] = bytes(64)
-    path = tmp_path / archives.CIFAR10_ARCHIVE
+    path = tmp_path / cifar10.CIFAR10_ARCHIVE
     path.write_bytes(bytes(whole))
     with pytest.raises(ValueError, match=r"truncated or corrupt"):
-        archives.read_cifar10(path)
+        cifar10.read_cifar10(path)
 
 
 def test_truncated_pickle_in_folder(tmp_path):
     files = official_files(7)
     files["test_batch"] = files["test_batch"][:-500]
     with pytest.raises(ValueError, match=r"test_batch is truncated or corrupt .*download the archive again"):
-        archives.read_cifar10(write_folder(tmp_path, files))
+        cifar10.read_cifar10(write_folder(tmp_path, files))
 
 
 def test_not_a_tar_and_missing_members(tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("not an archive")
     with pytest.raises(ValueError, match=r"is not a tar archive; give cifar-10-python.tar.gz"):
-        archives.check_cifar10(text)
+        cifar10.check_cifar10(text)
     files = official_files(8)
     del files["test_batch"]
     with pytest.raises(ValueError, match=r"not the CIFAR-10 python archive: it lacks test_batch"):
-        archives.read_cifar10(write_archive(tmp_path / "a", files))
+        cifar10.read_cifar10(write_archive(tmp_path / "a", files))
     with pytest.raises(ValueError, match=r"not an extracted CIFAR-10 folder: it lacks test_batch"):
-        archives.check_cifar10(write_folder(tmp_path / "f", files))
+        cifar10.check_cifar10(write_folder(tmp_path / "f", files))
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
-        archives.check_cifar10(tmp_path / "absent.tar.gz")
+        cifar10.check_cifar10(tmp_path / "absent.tar.gz")
 
 
 def _with(batch: dict, **changes) -> dict:
@@ -328,7 +327,7 @@ def test_wrong_dtype_shape_or_labels(tmp_path, case):
         _with(pickle.loads(files["data_batch_2"], encoding="bytes"), **changes), protocol=2
     )
     with pytest.raises(ValueError, match=r"^data_batch_2: .*" + message):
-        archives.read_cifar10(write_archive(tmp_path, files))
+        cifar10.read_cifar10(write_archive(tmp_path, files))
 
 
 @pytest.mark.parametrize(
@@ -343,14 +342,14 @@ def test_wrong_meta(tmp_path, meta, message):
     files = official_files(10)
     files["batches.meta"] = pickle.dumps(meta, protocol=2)
     with pytest.raises(ValueError, match=message):
-        archives.read_cifar10(write_folder(tmp_path, files))
+        cifar10.read_cifar10(write_folder(tmp_path, files))
 
 
 def test_batch_that_is_not_a_dict(tmp_path):
     files = official_files(11)
     files["data_batch_5"] = pickle.dumps([1, 2, 3], protocol=2)
     with pytest.raises(ValueError, match="data_batch_5 holds a list, not a dict"):
-        archives.read_cifar10(write_folder(tmp_path, files))
+        cifar10.read_cifar10(write_folder(tmp_path, files))
 
 
 # --- download against a loopback server --------------------------------------------------------------
@@ -389,12 +388,12 @@ def test_download_right_checksum(tmp_path):
     md5 = hashlib.md5(payload).hexdigest()
     dest = tmp_path / "cache"
     with serve({"/c.tar.gz": payload}) as base:
-        got = archives.download_cifar10(dest, url=f"{base}/c.tar.gz", md5=md5, timeout=10)
-        assert got == dest / archives.CIFAR10_ARCHIVE and got.read_bytes() == payload
-        assert sorted(p.name for p in dest.iterdir()) == [archives.CIFAR10_ARCHIVE]
+        got = cifar10.download_cifar10(dest, url=f"{base}/c.tar.gz", md5=md5, timeout=10)
+        assert got == dest / cifar10.CIFAR10_ARCHIVE and got.read_bytes() == payload
+        assert sorted(p.name for p in dest.iterdir()) == [cifar10.CIFAR10_ARCHIVE]
         # A good copy is not fetched again: the server no longer has it.
-        assert archives.download_cifar10(dest, url=f"{base}/gone", md5=md5, timeout=10) == got
-    assert archives.read_cifar10(got)[2] == CLASSES
+        assert cifar10.download_cifar10(dest, url=f"{base}/gone", md5=md5, timeout=10) == got
+    assert cifar10.read_cifar10(got)[2] == CLASSES
 
 
 @pytest.mark.parametrize("route", ["wrong-checksum", "cut-short", "missing"])
@@ -410,14 +409,14 @@ def test_download_refused_leaves_nothing(tmp_path, route):
     dest = tmp_path / "cache"
     with serve(routes) as base:
         with pytest.raises(ValueError, match=message):
-            archives.download_cifar10(dest, url=f"{base}/{route}", md5=md5, timeout=10)
+            cifar10.download_cifar10(dest, url=f"{base}/{route}", md5=md5, timeout=10)
     assert list(dest.iterdir()) == []
 
 
 def test_download_to_archive_path(tmp_path):
     payload = b"tiny"
     with serve({"/x": payload}) as base:
-        got = archives.download_cifar10(
+        got = cifar10.download_cifar10(
             tmp_path / "d" / "mine.tar.gz", url=f"{base}/x", md5=hashlib.md5(payload).hexdigest(), timeout=10
         )
     assert got == tmp_path / "d" / "mine.tar.gz" and got.read_bytes() == payload

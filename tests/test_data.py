@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import gzip
 import struct
 from pathlib import Path
@@ -11,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mindscope import archives, shapes
-from mindscope.data import DATA_KINDS, ImageSet, Normalization, load_data
+import mindscope.data
+from mindscope.data import DATA_KINDS, ImageSet, Normalization, fashion_mnist, load_data, shapes10
 
 
 # --- the built-in dataset --------------------------------------------------------------------
@@ -29,12 +30,12 @@ def test_builtin_is_deterministic_from_its_seed():
 
 def test_builtin_prefix_property():
     # 270 crosses the generator's 256-image chunk boundary.
-    small, large = shapes.generate(270, seed=1), shapes.generate(300, seed=1)
+    small, large = shapes10.generate(270, seed=1), shapes10.generate(300, seed=1)
     for s, big in zip(small, large):
         np.testing.assert_array_equal(s, big[:270])
     data = load_data("builtin", seed=1, train_limit=20, test_limit=7)
     np.testing.assert_array_equal(data.train.images.numpy(), large[0][:20])
-    np.testing.assert_array_equal(data.test.images.numpy(), shapes.generate(7, seed=1, split=1)[0])
+    np.testing.assert_array_equal(data.test.images.numpy(), shapes10.generate(7, seed=1, split=1)[0])
 
 
 @pytest.fixture(scope="module")
@@ -275,4 +276,49 @@ def test_fashion_mnist_bad_files(tmp_path):
     with pytest.raises(ValueError, match=r"lacks t10k-labels-idx1-ubyte\[.gz\]"):
         load_data(f"fashion-mnist:{tmp_path}")
     with pytest.raises(ValueError, match="not a folder"):
-        archives.check_fashion_mnist(tmp_path / "train-images-idx3-ubyte")
+        fashion_mnist.check_fashion_mnist(tmp_path / "train-images-idx3-ubyte")
+
+
+# --- the package ---------------------------------------------------------------------------------------
+def test_public_names():
+    import mindscope.data as data
+
+    assert data.__all__ == sorted(data.__all__)
+    assert set(data.__all__) >= {"DataSplits", "ImageSet", "Normalization", "load_data", "parse_spec", "read_image"}
+    for name in data.__all__:
+        assert getattr(data, name) is not None
+    assert data.parse_spec("folder:~/x") == ("folder", Path("~/x").expanduser())
+
+
+def test_data_imports_only_itself_and_libraries():
+    """The data layer knows no looks, runs, training, figures, reports or CLI."""
+    package = Path(mindscope.data.__file__).parent
+    for path in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                if name.split(".")[0] == "mindscope":
+                    assert name.startswith("mindscope.data"), f"{path.name} imports {name}"
+        assert len(path.read_text().splitlines()) < 400, f"{path.name} has grown past 400 lines"
+
+
+def test_shapes10_images_are_unchanged():
+    """Pinned from the generator as it was first published: other work depends on these pixels.
+
+    Labels are exact; the pixel and mask sums allow a few one-unit roundings that a
+    different libm could flip, but no real change.
+    """
+    images, labels, masks = shapes10.generate(300, seed=0)
+    assert labels[:20].tolist() == [9, 1, 5, 4, 2, 8, 9, 8, 3, 1, 0, 6, 2, 4, 5, 3, 6, 5, 8, 6]
+    assert abs(int(images.astype(np.int64).sum()) - 115621236) <= 50
+    assert abs(int(masks.sum()) - 72239) <= 10
+    assert images[0, :, 0, :4].tolist() == [[160, 159, 146, 128], [96, 97, 113, 126], [155, 158, 137, 131]]
+    images, labels, masks = shapes10.generate(300, seed=3, split=1)
+    assert labels[:20].tolist() == [7, 5, 2, 0, 6, 9, 5, 6, 0, 4, 5, 5, 2, 4, 5, 7, 9, 9, 4, 9]
+    assert abs(int(images.astype(np.int64).sum()) - 117597833) <= 50
+    assert abs(int(masks.sum()) - 71353) <= 10

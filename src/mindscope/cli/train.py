@@ -95,7 +95,7 @@ def start_run(
         hint = f"or continue it with --resume {out}" if is_run(out) else "it is not a run; nothing was changed"
         raise FileExistsError(f"{out} already exists; choose a new --out ({hint})")
     if download:
-        from mindscope import archives
+        from mindscope.data import cifar10 as archives
 
         kind, _, path = data_spec.partition(":")
         if kind != "cifar10":

@@ -1,15 +1,14 @@
-"""Read the official CIFAR-10 and Fashion-MNIST files safely, and fetch CIFAR-10 on request.
+"""Read the official CIFAR-10 python archive safely, and fetch it on request.
 
 CIFAR-10's batches are Python pickles. They are read with an allow-list unpickler
 that admits only the few globals a numpy array needs, so a pickle naming anything
 else is refused before anything runs. Archives are read in memory, never extracted.
 Krizhevsky 2009 ("Learning Multiple Layers of Features from Tiny Images") describes
-the batches; Xiao et al. 2017 describe Fashion-MNIST and its idx files.
+the batches.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import http.client
 import io
@@ -23,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mindscope.data.images import as_labels
+
 CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -30,25 +31,6 @@ CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_FILES = (*CIFAR10_TRAIN, "test_batch", "batches.meta")
 CIFAR10_CLASSES = 10
-
-FASHION_CLASSES = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
-FASHION_FILES = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
 
 # Everything a pickled numpy array (numpy 1.x or 2.x, written by Python 2 or 3) names.
 _ALLOWED_GLOBALS = frozenset(
@@ -60,7 +42,6 @@ _ALLOWED_GLOBALS = frozenset(
         ("_codecs", "encode"),
     }
 )
-_GZIP_MAGIC = b"\x1f\x8b"
 
 
 def default_cache() -> Path:
@@ -180,21 +161,6 @@ def check_cifar10(path: Path) -> None:
     _cifar_source(Path(path))
 
 
-def _labels(raw: object, n: int, source: str, classes: int) -> np.ndarray:
-    labels = np.asarray(raw)
-    if labels.dtype.kind not in "iu" or labels.shape != (n,):
-        raise ValueError(
-            f"{source}: expected {n} integer labels, got {labels.dtype} of shape "
-            f"{labels.shape}; is this the official archive?"
-        )
-    if n and (labels.min() < 0 or labels.max() >= classes):
-        raise ValueError(
-            f"{source}: labels must lie in 0..{classes - 1}, got "
-            f"{labels.min()}..{labels.max()}; is this the official archive?"
-        )
-    return labels.astype(np.int64)
-
-
 def _cifar_batch(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     """One batch pickle -> uint8 images (n, 3, 32, 32) and int64 labels (n,)."""
     batch = safe_unpickle(data, name)
@@ -206,7 +172,7 @@ def _cifar_batch(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(
             f"{name}: expected uint8 images of shape (N, 3072), got {described}; is this the official archive?"
         )
-    labels = _labels(_key(batch, "labels", name), len(images), name, CIFAR10_CLASSES)
+    labels = as_labels(_key(batch, "labels", name), len(images), name, CIFAR10_CLASSES)
     # Each row is 1024 red, then 1024 green, then 1024 blue values, row-major.
     return images.reshape(-1, 3, 32, 32), labels  # (n, 3, 32, 32)
 
@@ -275,52 +241,3 @@ def _md5(path: Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _find(folder: Path, stem: str) -> Path:
-    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
-        if (folder / name).is_file():
-            return folder / name
-    raise ValueError(f"{folder} lacks {stem}[.gz]; expected the four Fashion-MNIST idx files")
-
-
-def _read_idx(path: Path, ndim: int) -> np.ndarray:
-    """An idx file of unsigned bytes (gzipped or not) -> uint8 array of its header's shape."""
-    try:
-        raw = path.read_bytes()
-        if raw[:2] == _GZIP_MAGIC:
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise ValueError(f"{path} is truncated or corrupt ({exc}); copy it again") from exc
-    header = 4 + 4 * ndim
-    if len(raw) < header or raw[:2] != b"\x00\x00" or raw[2] != 0x08 or raw[3] != ndim:
-        raise ValueError(
-            f"{path} is not an idx file of unsigned bytes with {ndim} dimensions (or its header is cut short)"
-        )
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    body = np.frombuffer(raw, np.uint8, offset=header)
-    if body.size != int(np.prod(shape)):
-        raise ValueError(
-            f"{path} holds {body.size} values, its header says {shape}: truncated or corrupt; copy it again"
-        )
-    return body.reshape(shape).copy()  # writable, so torch.from_numpy does not warn
-
-
-def check_fashion_mnist(folder: Path) -> None:
-    """Fail early unless `folder` holds the four Fashion-MNIST idx files."""
-    if not Path(folder).is_dir():
-        raise ValueError(f"{folder} is not a folder; give the folder with the Fashion-MNIST idx files")
-    for stem in FASHION_FILES.values():
-        _find(Path(folder), stem)
-
-
-def read_fashion_mnist(folder: Path):
-    """Return ((train_x, train_y), (test_x, test_y), class_names); images uint8 (N, 1, 28, 28)."""
-    folder = Path(folder)
-    arrays = {k: _read_idx(_find(folder, stem), 3 if k.endswith("images") else 1) for k, stem in FASHION_FILES.items()}
-    sets = []
-    for split in ("train", "test"):
-        x = arrays[f"{split}_images"][:, None]  # (N, 1, H, W)
-        y = _labels(arrays[f"{split}_labels"], len(x), f"Fashion-MNIST {split} labels", len(FASHION_CLASSES))
-        sets.append((x, y))
-    return sets[0], sets[1], FASHION_CLASSES
