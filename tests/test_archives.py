@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import _codecs as codecs
 import hashlib
 import http.server
 import io
 import os
 import pickle
 import struct
+import subprocess
+import sys
 import tarfile
 import threading
+import tracemalloc
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -308,13 +312,17 @@ _BAD_BATCHES = {
         r"expected uint8 images of shape \(N, 3072\), got int32",
     ),
     "float data": (dict(data=np.zeros((PER_BATCH, 3072), np.float64)), r"expected uint8 images .* got float64"),
-    "object data": (dict(data=np.zeros((PER_BATCH, 3072), object)), r"expected uint8 images .* got object"),
     "list data": (dict(data=[[0] * 3072] * PER_BATCH), r"expected uint8 images .* got list"),
     "short rows": (dict(data=np.zeros((PER_BATCH, 3000), np.uint8)), r"shape \(N, 3072\), got uint8 \(3, 3000\)"),
     "3-d data": (dict(data=np.zeros((PER_BATCH, 3, 1024), np.uint8)), r"got uint8 \(3, 3, 1024\)"),
     "label 10": (dict(labels=[0, 10, 1]), r"labels must lie in 0..9, got 0..10"),
     "label -1": (dict(labels=[0, -1, 1]), r"labels must lie in 0..9, got -1..1"),
-    "too few labels": (dict(labels=[0, 1]), r"expected 3 integer labels, got int64 of shape \(2,\)"),
+    "too few labels": (dict(labels=[0, 1]), r"expected 3 integer labels, got a list of 2"),
+    "too few labels as an array": (
+        dict(labels=np.array([0, 1])),
+        r"expected 3 integer labels, got int64 of shape \(2,\)",
+    ),
+    "nested labels": (dict(labels=[[0, 1]] * 3), r"expected 3 integer labels, got a list holding list"),
     "float labels": (dict(labels=[0.0, 1.5, 2.0]), r"expected 3 integer labels, got float64"),
 }
 
@@ -420,3 +428,191 @@ def test_download_to_archive_path(tmp_path):
             tmp_path / "d" / "mine.tar.gz", url=f"{base}/x", md5=hashlib.md5(payload).hexdigest(), timeout=10
         )
     assert got == tmp_path / "d" / "mine.tar.gz" and got.read_bytes() == payload
+
+
+# --- the safe unpickler against pickle itself ----------------------------------------------------------
+@pytest.mark.parametrize("protocol", [0, 1, 2, 3, 4])
+def test_safe_unpickler_matches_pickle_for_numeric_arrays(protocol):
+    rng = np.random.default_rng(14)
+    arrays = [
+        rng.integers(0, 256, (4, 3072), dtype=np.uint8),
+        rng.integers(-(2**40), 2**40, 7).astype(">i8"),  # big-endian
+        np.asfortranarray(rng.normal(size=(3, 5))),
+        rng.normal(size=(2, 3)).astype(np.float16),
+        rng.random(6) < 0.5,
+        np.zeros((0, 3072), np.uint8),
+        np.array(7, np.int32),  # 0-d
+    ]
+    data = pickle.dumps({b"arrays": arrays, b"shared": (arrays[0], arrays[0])}, protocol=protocol)
+    reference = pickle.loads(data, encoding="bytes")
+    got = cifar10.safe_unpickle(data, "test")
+    for a, b in zip(reference[b"arrays"], got[b"arrays"]):
+        assert type(b) is np.ndarray and a.dtype == b.dtype and a.shape == b.shape and a.strides == b.strides
+        np.testing.assert_array_equal(a, b)
+        assert b.flags.writeable
+    assert got[b"shared"][0] is got[b"shared"][1]  # one array, referenced twice
+
+
+# --- sizes and types the format never has ----------------------------------------------------------------
+class _Reduce:
+    """Pickles as `func(*args)`, with `state` for BUILD: a hand-made pickle in a few lines."""
+
+    def __init__(self, func, args, state=None) -> None:
+        self.func, self.args, self.state = func, args, state
+
+    def __reduce__(self):
+        return (self.func, self.args) if self.state is None else (self.func, self.args, self.state)
+
+
+def _reconstruct_with(state: tuple) -> _Reduce:
+    return _Reduce(np._core.multiarray._reconstruct, (np.ndarray, (0,), b"b"), state)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        # numpy.ndarray((150000, 3072), u1): 460 MB of uninitialised memory from a 180-byte file
+        (_Reduce(np.ndarray, ((150000, 3072), np.dtype("u1"))), r"uint8 array of shape \(150000, 3072\), 460,800,000"),
+        # numpy's own pickle form, declaring the same shape with no data behind it
+        (_reconstruct_with((1, (150000, 3072), np.dtype("u1"), False, b"")), r"shape \(150000, 3072\), 460,800,000"),
+        # a sub-array dtype of 10^9 bytes per element
+        (
+            _Reduce(np.ndarray, ((1,), np.dtype(("u1", (1000, 1000, 1000))))),
+            r"it declares an array of dtype \|V1000000000",
+        ),
+    ],
+    ids=["ndarray call", "reconstruct state", "sub-array dtype"],
+)
+def test_declared_arrays_larger_than_a_batch_are_refused_before_allocating(tmp_path, data, message):
+    files = official_files(15)
+    files["data_batch_1"] = pickle.dumps({b"data": data, b"labels": [0]}, protocol=2)
+    assert len(files["data_batch_1"]) < 400
+    path = write_folder(tmp_path, files)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"^refused to unpickle data_batch_1: .*" + message) as caught:
+            cifar10.read_cifar10(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "nothing in it was run or allocated. Use the official archive" in str(caught.value)
+    assert peak < 20e6  # bytes: the official files here are tiny; nothing was allocated from the declared shape
+
+
+_SHORT_OBJECT_ARRAY = """
+import pickle, sys, numpy as np
+from mindscope.data import cifar10
+state = (1, (100_000_000,), np.dtype(object), False, [1, 2])
+class Evil:
+    def __reduce__(self):
+        return (np._core.multiarray._reconstruct, (np.ndarray, (0,), b"b"), state)
+try:
+    cifar10.safe_unpickle(pickle.dumps({b"data": Evil()}, protocol=2), "data_batch_1")
+except ValueError as exc:
+    print(exc)
+"""
+
+
+def test_object_arrays_are_refused_without_reaching_numpy():
+    """numpy 2.4's ndarray.__setstate__ trusts an object array's shape: a short list segfaults it."""
+    done = subprocess.run(
+        [sys.executable, "-c", _SHORT_OBJECT_ARRAY],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("refused to unpickle data_batch_1: it declares an array of dtype object")
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (np.zeros((PER_BATCH, 3072), object), r"it declares an array of dtype object"),
+        (np.zeros((PER_BATCH, 3), "U4"), r"it declares an array of dtype <U4"),
+        (_Reduce(codecs.encode, ("x", "rot13")), r"it encodes a str as 'rot13', not latin1 text"),
+    ],
+    ids=["object", "unicode", "rot13"],
+)
+def test_arrays_of_other_than_numbers_are_refused(tmp_path, data, message):
+    files = official_files(16)
+    files["data_batch_4"] = pickle.dumps({b"data": data, b"labels": [0, 1, 2]}, protocol=2)
+    with pytest.raises(ValueError, match=r"^refused to unpickle data_batch_4: " + message):
+        cifar10.read_cifar10(write_folder(tmp_path, files))
+
+
+def test_many_calls_on_one_string_are_capped(tmp_path):
+    # One 1 MB string encoded 100 times: 100 MB built from a 1 MB file, unless it is counted.
+    text = "x" * 1_000_000
+    calls = [_Reduce(codecs.encode, (text, "latin1")) for _ in range(100)]
+    files = official_files(17)
+    files["test_batch"] = pickle.dumps({b"data": calls}, protocol=2)
+    assert len(files["test_batch"]) < 1_100_000  # pickle stores the shared string once
+    with pytest.raises(ValueError, match=r"^refused to unpickle test_batch: its arrays and strings come to more than"):
+        cifar10.read_cifar10(write_folder(tmp_path, files))
+
+
+class _Zeros(io.RawIOBase):
+    """n zero bytes, produced as they are read."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        k = min(len(buffer), self.n)
+        buffer[:k] = bytes(k)
+        self.n -= k
+        return k
+
+
+def _archive_with(path: Path, name: str, size: int) -> Path:
+    """A CIFAR-10 archive whose `name` is `size` zero bytes, the other files official (and tiny)."""
+    files = official_files(18)
+    with tarfile.open(path, mode="w:gz", compresslevel=1) as tar:
+        for member, data in files.items():
+            info = tarfile.TarInfo(f"{cifar10.CIFAR10_FOLDER}/{member}")
+            if member == name:
+                info.size = size
+                tar.addfile(info, io.BufferedReader(_Zeros(size)))
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_oversized_archive_member_is_refused_before_reading(tmp_path):
+    path = _archive_with(tmp_path / cifar10.CIFAR10_ARCHIVE, "data_batch_1", 100_000_000)
+    assert path.stat().st_size < 1_000_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"data_batch_1 is 100,000,000 bytes, more than the 67,108,864") as caught:
+            cifar10.read_cifar10(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(caught.value).endswith("nothing was read. Use the official archive")
+    assert peak < 20e6  # bytes
+
+
+def test_oversized_file_in_folder_is_refused_before_reading(tmp_path):
+    folder = write_folder(tmp_path, official_files(19))
+    with open(folder / "batches.meta", "r+b") as f:
+        f.truncate(2 << 20)  # sparse: 2 MiB on paper, nothing on disk
+    with pytest.raises(ValueError, match=r"batches.meta is 2,097,152 bytes, more than the 1,048,576"):
+        cifar10.read_cifar10(folder)
+
+
+def test_archive_that_unpacks_too_far_is_refused(tmp_path, monkeypatch):
+    # The real limits (512 MiB, 1000 entries) are lowered here so that the test stays small.
+    path = _archive_with(tmp_path / cifar10.CIFAR10_ARCHIVE, "readme.html", 3 << 20)
+    monkeypatch.setattr(cifar10, "MAX_ARCHIVE", 2 << 20)
+    with pytest.raises(ValueError, match=r"unpacks to more than 2,097,152 bytes; the CIFAR-10 python archive holds"):
+        cifar10.read_cifar10(path)
+    monkeypatch.setattr(cifar10, "MAX_ARCHIVE", 512 << 20)
+    monkeypatch.setattr(cifar10, "MAX_MEMBERS", 5)
+    with pytest.raises(ValueError, match=r"unpacks to more than 5 entries"):
+        cifar10.read_cifar10(path)

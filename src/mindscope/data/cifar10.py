@@ -1,27 +1,29 @@
 """Read the official CIFAR-10 python archive safely, and fetch it on request.
 
-CIFAR-10's batches are Python pickles. They are read with an allow-list unpickler
-that admits only the few globals a numpy array needs, so a pickle naming anything
-else is refused before anything runs. Archives are read in memory, never extracted.
-Krizhevsky 2009 ("Learning Multiple Layers of Features from Tiny Images") describes
-the batches.
+Krizhevsky 2009 ("Learning Multiple Layers of Features from Tiny Images") describes the
+batches: five training batches and one test batch of 10,000 images each, every image a row
+of 3072 bytes, pickled by Python 2. They are read with `safe_pickle`, which runs nothing
+and builds only numeric arrays no larger than a batch. Archives are read in memory, never
+extracted, and every size is checked against the format's before anything is read:
+a file of the archive holds about 31 MB, the whole archive unpacks to about 178 MB.
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.client
-import io
 import os
 import pickle
 import tarfile
 import tempfile
 import urllib.request
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from mindscope.data import safe_pickle
 from mindscope.data.images import as_labels
 
 CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
@@ -31,17 +33,17 @@ CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_FILES = (*CIFAR10_TRAIN, "test_batch", "batches.meta")
 CIFAR10_CLASSES = 10
+BATCH_IMAGES = 10_000  # images in every batch file, train and test
+IMAGE_BYTES = 3 * 32 * 32
 
-# Everything a pickled numpy array (numpy 1.x or 2.x, written by Python 2 or 3) names.
-_ALLOWED_GLOBALS = frozenset(
-    {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("_codecs", "encode"),
-    }
-)
+# The official batches are 31,035,xxx bytes and batches.meta 158; twice that leaves room
+# for a batch pickled again by Python 3 (its bytes grow by up to half).
+MAX_BATCH_FILE = 64 << 20  # bytes
+MAX_META_FILE = 1 << 20  # bytes
+MAX_ARCHIVE = 512 << 20  # bytes the archive may unpack to (the official one: 178 MiB)
+MAX_MEMBERS = 1000  # entries in the archive (the official one: 9)
+_MAX_ARRAY = BATCH_IMAGES * IMAGE_BYTES  # bytes: one batch's images, the largest array in the format
+_MAX_BUILT = 2 * (_MAX_ARRAY + BATCH_IMAGES * 8)  # bytes built per pickle: images and labels, as text and as arrays
 
 
 def default_cache() -> Path:
@@ -49,29 +51,18 @@ def default_cache() -> Path:
     return Path(os.environ.get("MINDSCOPE_CACHE", Path.home() / ".cache" / "mindscope"))
 
 
-class _Refused(pickle.UnpicklingError):
-    """A pickle named a global outside the allow-list."""
-
-
-class _AllowListUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
-        # Called for every GLOBAL/STACK_GLOBAL opcode, before any REDUCE can call it.
-        if (module, name) not in _ALLOWED_GLOBALS:
-            raise _Refused(f"it names {module}.{name}")
-        return super().find_class(module, name)
-
-
 def safe_unpickle(data: bytes, source: str) -> object:
-    """Unpickle bytes that may only hold plain containers and numpy arrays.
+    """Unpickle bytes that may only hold plain containers and numeric numpy arrays of batch size.
 
-    A pickle that names any other callable is refused before anything in it runs.
+    A pickle that names any other callable, or declares a larger array, is refused before
+    anything in it runs or is allocated.
     """
     try:
-        return _AllowListUnpickler(io.BytesIO(data), encoding="bytes").load()
-    except _Refused as exc:
+        return safe_pickle.load(data, max_array_bytes=_MAX_ARRAY, max_total_bytes=_MAX_BUILT)
+    except safe_pickle.Refused as exc:
         raise ValueError(
-            f"refused to unpickle {source}: {exc}, which a CIFAR-10 batch never does; "
-            "nothing in it was run. Use the official archive"
+            f"refused to unpickle {source}: {exc}; a CIFAR-10 batch never does that, "
+            "and nothing in it was run or allocated. Use the official archive"
         ) from exc
     except (
         pickle.UnpicklingError,
@@ -83,6 +74,7 @@ def safe_unpickle(data: bytes, source: str) -> object:
         AttributeError,
         OverflowError,
         MemoryError,
+        RecursionError,
     ) as exc:
         raise ValueError(
             f"{source} is truncated or corrupt ({type(exc).__name__}: {exc}); download the archive again"
@@ -128,32 +120,62 @@ def _cifar_source(path: Path) -> Path:
     return path
 
 
-def _cifar_members(path: Path) -> dict[str, bytes]:
-    """The raw bytes of each CIFAR-10 file, from the archive or the extracted folder."""
-    source = _cifar_source(path)
-    if source.is_dir():
-        return {f: (source / f).read_bytes() for f in CIFAR10_FILES}
-    found: dict[str, bytes] = {}
-    try:
-        with tarfile.open(source, "r:*") as tar:
-            for member in tar:
-                base = member.name.rsplit("/", 1)[-1]
-                if member.isfile() and base in CIFAR10_FILES:
-                    found[base] = tar.extractfile(member).read()
-            # tarfile stops quietly at a damaged header; reading the rest checks gzip's CRC.
-            while tar.fileobj.read(1 << 20):
-                pass
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+def _check_size(source: Path, name: str, size: int) -> None:
+    limit = MAX_META_FILE if name == "batches.meta" else MAX_BATCH_FILE
+    if size > limit:
         raise ValueError(
-            f"{source} is not a readable CIFAR-10 archive ({exc}); it may be truncated or corrupt: download it again"
-        ) from exc
+            f"{source}: {name} is {size:,} bytes, more than the {limit:,} a CIFAR-10 file can be "
+            "(a batch of 10,000 images is about 31 MB); nothing was read. Use the official archive"
+        )
+
+
+def _cifar_files(path: Path) -> Iterator[tuple[str, bytes]]:
+    """Yield (name, raw bytes) for each CIFAR-10 file, from the archive or the extracted folder.
+
+    Each size is checked before the file is read; then missing files are reported.
+    """
+    source = _cifar_source(path)
+    found: set[str] = set()
+    if source.is_dir():
+        for name in CIFAR10_FILES:
+            _check_size(source, name, (source / name).stat().st_size)
+            found.add(name)
+            yield name, (source / name).read_bytes()
+    else:
+        try:
+            with tarfile.open(source, "r:*") as tar:
+                for count, member in enumerate(tar, 1):
+                    _check_archive(source, count, member.offset_data + member.size)
+                    base = member.name.rsplit("/", 1)[-1]
+                    if member.isfile() and base in CIFAR10_FILES:
+                        _check_size(source, base, member.size)
+                        found.add(base)
+                        yield base, tar.extractfile(member).read()
+                # tarfile stops quietly at a damaged header; reading the rest checks gzip's CRC.
+                unpacked = tar.offset
+                while chunk := tar.fileobj.read(1 << 20):
+                    unpacked += len(chunk)
+                    _check_archive(source, 0, unpacked)
+        except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+            raise ValueError(
+                f"{source} is not a readable CIFAR-10 archive ({exc}); it may be truncated or corrupt: "
+                "download it again"
+            ) from exc
     missing = [f for f in CIFAR10_FILES if f not in found]
     if missing:
         raise ValueError(
             f"{source} is not the CIFAR-10 python archive: it lacks {', '.join(missing)} "
             "(or it is truncated or corrupt: download it again)"
         )
-    return found
+
+
+def _check_archive(source: Path, members: int, unpacked: int) -> None:
+    if members > MAX_MEMBERS or unpacked > MAX_ARCHIVE:
+        what = f"more than {MAX_MEMBERS:,} entries" if members > MAX_MEMBERS else f"more than {MAX_ARCHIVE:,} bytes"
+        raise ValueError(
+            f"{source} unpacks to {what}; the CIFAR-10 python archive holds 9 entries and about "
+            "178 MB. Use the official archive"
+        )
 
 
 def check_cifar10(path: Path) -> None:
@@ -167,7 +189,12 @@ def _cifar_batch(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(batch, dict):
         raise ValueError(f"{name} holds a {type(batch).__name__}, not a dict; is this the official CIFAR-10 archive?")
     images = _key(batch, "data", name)
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != 3072:
+    if (
+        not isinstance(images, np.ndarray)
+        or images.dtype != np.uint8
+        or images.ndim != 2
+        or images.shape[1] != IMAGE_BYTES
+    ):
         described = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
         raise ValueError(
             f"{name}: expected uint8 images of shape (N, 3072), got {described}; is this the official archive?"
@@ -177,13 +204,8 @@ def _cifar_batch(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     return images.reshape(-1, 3, 32, 32), labels  # (n, 3, 32, 32)
 
 
-def read_cifar10(path: Path):
-    """Return ((train_x, train_y), (test_x, test_y), class_names) from the official files."""
-    members = _cifar_members(Path(path))
-    parts = [_cifar_batch(members[f], f) for f in CIFAR10_TRAIN]
-    train = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
-    test = _cifar_batch(members["test_batch"], "test_batch")
-    meta = safe_unpickle(members["batches.meta"], "batches.meta")
+def _class_names(data: bytes) -> tuple[str, ...]:
+    meta = safe_unpickle(data, "batches.meta")
     if not isinstance(meta, dict):
         raise ValueError(
             f"batches.meta holds a {type(meta).__name__}, not a dict; is this the official CIFAR-10 archive?"
@@ -191,10 +213,23 @@ def read_cifar10(path: Path):
     raw_names = _key(meta, "label_names", "batches.meta")
     if not isinstance(raw_names, (list, tuple)) or not all(isinstance(n, (bytes, str)) for n in raw_names):
         raise ValueError("batches.meta: label_names must be a list of strings")
-    names = tuple(n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in raw_names)
-    if len(names) != CIFAR10_CLASSES:
-        raise ValueError(f"batches.meta names {len(names)} classes, CIFAR-10 has {CIFAR10_CLASSES}")
-    return train, test, names
+    if len(raw_names) != CIFAR10_CLASSES:
+        raise ValueError(f"batches.meta names {len(raw_names)} classes, CIFAR-10 has {CIFAR10_CLASSES}")
+    return tuple(n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in raw_names)
+
+
+def read_cifar10(path: Path):
+    """Return ((train_x, train_y), (test_x, test_y), class_names) from the official files."""
+    batches: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    names: tuple[str, ...] = ()
+    for name, raw in _cifar_files(Path(path)):  # each file is decoded as it arrives: one raw file in memory
+        if name == "batches.meta":
+            names = _class_names(raw)
+        else:
+            batches[name] = _cifar_batch(raw, name)
+    parts = [batches[f] for f in CIFAR10_TRAIN]
+    train = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+    return train, batches["test_batch"], names
 
 
 def download_cifar10(

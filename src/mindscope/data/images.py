@@ -125,7 +125,26 @@ class DataSplits:
 
 
 def as_labels(raw: object, n: int, source: str, classes: int) -> np.ndarray:
-    """Check the labels read from a file and return them as int64 (n,)."""
+    """Check the labels read from a file and return them as int64 (n,).
+
+    A list is checked for length and plain numbers before numpy sees it: a crafted
+    file could nest references to one big list and make numpy allocate their product.
+    """
+    if isinstance(raw, (list, tuple)):
+        if len(raw) != n:
+            raise ValueError(
+                f"{source}: expected {n} integer labels, got a list of {len(raw)}; is this the official archive?"
+            )
+        odd = next((v for v in raw if type(v) not in (int, float, bool)), None)
+        if odd is not None:
+            raise ValueError(
+                f"{source}: expected {n} integer labels, got a list holding {type(odd).__name__}; "
+                "is this the official archive?"
+            )
+    elif not isinstance(raw, np.ndarray):
+        raise ValueError(
+            f"{source}: expected {n} integer labels, got {type(raw).__name__}; is this the official archive?"
+        )
     labels = np.asarray(raw)
     if labels.dtype.kind not in "iu" or labels.shape != (n,):
         raise ValueError(
