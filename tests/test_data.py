@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import gzip
 import struct
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -277,6 +278,61 @@ def test_fashion_mnist_bad_files(tmp_path):
         load_data(f"fashion-mnist:{tmp_path}")
     with pytest.raises(ValueError, match="not a folder"):
         fashion_mnist.check_fashion_mnist(tmp_path / "train-images-idx3-ubyte")
+
+
+def _gzip_of_zeros(path: Path, header: bytes, zeros: int) -> None:
+    """A gzipped idx file: `header`, then `zeros` zero bytes, compressed as they are produced."""
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        f.write(header)
+        for start in range(0, zeros, 1 << 20):
+            f.write(bytes(min(1 << 20, zeros - start)))
+
+
+def test_fashion_mnist_gzip_bomb_stops_at_the_declared_size(tmp_path):
+    write_fashion(tmp_path, compress=True)
+    bomb = tmp_path / "train-images-idx3-ubyte.gz"
+    _gzip_of_zeros(bomb, bytes([0, 0, 8, 3]) + struct.pack(">3i", 12, 28, 28), 100_000_000)
+    assert bomb.stat().st_size < 1_000_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"holds more than 9408 values, its header says \(12, 28, 28\)"):
+            _ = load_data(f"fashion-mnist:{tmp_path}").train
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20e6  # bytes: the 100 MB behind the header were never unpacked
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_fashion_mnist_header_larger_than_the_file(tmp_path, compress):
+    write_fashion(tmp_path, compress=compress)
+    name = "train-images-idx3-ubyte" + (".gz" if compress else "")
+    header = bytes([0, 0, 8, 3]) + struct.pack(">3i", 60000, 28, 28)  # 47 MB declared, 784 bytes there
+    raw = header + bytes(784)
+    (tmp_path / name).write_bytes(gzip.compress(raw) if compress else raw)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"holds 784 values, its header says \(60000, 28, 28\): truncated"):
+            _ = load_data(f"fashion-mnist:{tmp_path}").train
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20e6  # bytes: nothing allocated from the header
+
+
+def test_fashion_mnist_header_over_the_limit(tmp_path):
+    write_fashion(tmp_path, compress=True)
+    header = bytes([0, 0, 8, 3]) + struct.pack(">3I", 2**32 - 1, 2**32 - 1, 2**32 - 1)  # 2^96 bytes
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(header))
+    with pytest.raises(ValueError, match=r"header declares \(4294967295, 4294967295, 4294967295\), .* more than the "):
+        _ = load_data(f"fashion-mnist:{tmp_path}").train
+
+
+def test_fashion_mnist_train_and_test_of_different_sizes(tmp_path):
+    write_fashion(tmp_path, compress=False)
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(_idx(np.zeros((5, 32, 32), np.uint8)))
+    with pytest.raises(ValueError, match=r"training images are 28x28 but test images 32x32"):
+        _ = load_data(f"fashion-mnist:{tmp_path}").train
 
 
 # --- the package ---------------------------------------------------------------------------------------
