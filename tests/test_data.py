@@ -6,6 +6,7 @@ import ast
 import gzip
 import struct
 import tracemalloc
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -333,6 +334,86 @@ def test_fashion_mnist_train_and_test_of_different_sizes(tmp_path):
     (tmp_path / "t10k-images-idx3-ubyte").write_bytes(_idx(np.zeros((5, 32, 32), np.uint8)))
     with pytest.raises(ValueError, match=r"training images are 28x28 but test images 32x32"):
         _ = load_data(f"fashion-mnist:{tmp_path}").train
+
+
+# --- image files that are too large, truncated or broken ---------------------------------------------
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose IHDR declares width x height (1-bit grey) and whose data is empty: tiny on disk."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def _two_classes(root: Path, per_class: int = 2) -> None:
+    _pictures(np.random.default_rng(2), ("a", "b"), per_class, root)
+
+
+@pytest.mark.parametrize(
+    "width, height, message",
+    [
+        (20000, 20000, r"too large \(Pillow refused it as a possible decompression bomb\)"),
+        (9000, 9000, r"too large \(9000x9000 pixels\)"),
+    ],
+)
+def test_image_too_large_names_the_file_and_the_limit(tmp_path, width, height, message):
+    _two_classes(tmp_path)
+    (tmp_path / "b" / "huge.png").write_bytes(_png_header(width, height))
+    with pytest.raises(
+        ValueError, match=r"b/huge.png is " + message + r"; an image may have at most 67,108,864 pixels"
+    ):
+        _ = load_data(f"folder:{tmp_path}").train
+
+
+def test_truncated_and_broken_images(tmp_path):
+    _two_classes(tmp_path)
+    good = (tmp_path / "a" / "0.png").read_bytes()
+    (tmp_path / "a" / "cut.png").write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match=r"a/cut.png is truncated or corrupt \(image file is truncated"):
+        _ = load_data(f"folder:{tmp_path}").train
+    (tmp_path / "a" / "cut.png").unlink()
+    for where, message in ((35, r"broken PNG file"), (11, r"Truncated IHDR chunk")):
+        broken = bytearray(good)
+        broken[where] = 0  # 35: the IDAT length (a SyntaxError in Pillow); 11: the IHDR length (a ValueError)
+        (tmp_path / "a" / "broken.png").write_bytes(bytes(broken))
+        with pytest.raises(ValueError, match=r"a/broken.png is truncated or corrupt \(" + message):
+            _ = load_data(f"folder:{tmp_path}").train
+
+
+# --- image folder layouts that would train the wrong thing ---------------------------------------------
+def test_image_folder_with_one_class(tmp_path):
+    _pictures(np.random.default_rng(3), ("cat",), 3, tmp_path)
+    with pytest.raises(ValueError, match=r"holds one class folder \(cat\); a classifier needs at least 2 classes"):
+        load_data(f"folder:{tmp_path}")
+
+
+def test_image_folder_test_classes_missing_from_train(tmp_path):
+    rng = np.random.default_rng(4)
+    _pictures(rng, ("cat", "dog"), 2, tmp_path / "train")
+    _pictures(rng, ("bird", "cat", "dog", "emu"), 1, tmp_path / "test")
+    with pytest.raises(ValueError, match=r"test has class folders that .*train lacks: bird, emu; the classes come"):
+        load_data(f"folder:{tmp_path}")
+
+
+def test_image_folder_with_train_but_no_test(tmp_path):
+    _pictures(np.random.default_rng(5), ("cat", "dog"), 2, tmp_path / "train")
+    with pytest.raises(ValueError, match=r"has train/ but no test/; give both, or put the class folders in"):
+        load_data(f"folder:{tmp_path}")
+
+
+def test_image_folder_given_a_file(tmp_path):
+    _two_classes(tmp_path)
+    with pytest.raises(ValueError, match=r"0.png is a file, not a folder; folder:PATH wants PATH/CLASS_NAME/\*.png"):
+        load_data(f"folder:{tmp_path / 'a' / '0.png'}")
+
+
+def test_image_folder_ignores_hidden_folders(tmp_path):
+    _two_classes(tmp_path)
+    _pictures(np.random.default_rng(6), (".ipynb_checkpoints",), 1, tmp_path)
+    data = load_data(f"folder:{tmp_path}")
+    assert data.classes == ("a", "b") and len(data.train) + len(data.test) == 4
 
 
 # --- the package ---------------------------------------------------------------------------------------

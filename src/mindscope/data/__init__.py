@@ -6,6 +6,8 @@ One spec string names a data source everywhere:
   fashion-mnist:PATH      a folder of the standard idx files, gzipped or not (`.fashion_mnist`)
   folder:PATH             PATH/class_name/*.png|jpg, with train/ and test/ inside or split 80/20 (`.folder`)
 Images stay uint8 (N, C, H, W) in memory; `DataSplits.inputs` makes normalised floats.
+Every reader checks sizes against its format before it allocates, and refuses damaged or
+crafted files with one ValueError that says what is wrong and what to do.
 """
 
 from __future__ import annotations
@@ -113,6 +115,7 @@ def load_data(
             from_both(lambda: _wrap(fashion_mnist.read_fashion_mnist(path))),
             normalization=normalization,
         )
+    folder.check_folder(path)
     return DataSplits(
         f"folder:{path.name}", spec, from_both(lambda: folder.read_folder(path, seed)), normalization=normalization
     )
