@@ -469,6 +469,26 @@ def _reconstruct_with(state: tuple) -> _Reduce:
 
 
 @pytest.mark.parametrize(
+    "dtype_state",
+    [
+        ("|", None, None, -1, -1),  # numpy before 1.0: no version number
+        (1, "|", None, None, -1, -1),  # no names
+        (2, "|", None, None, None, -1, -1),
+        (3, "|", None, None, None, -1, -1, 0),  # what the official batches hold
+        (4, "|", None, None, None, -1, -1, 0, None),  # numpy 1.7 on, with metadata
+    ],
+    ids=["v0", "v1", "v2", "v3", "v4"],
+)
+def test_every_numpy_dtype_state_is_read(dtype_state):
+    expected = np.arange(6, dtype=np.uint8).reshape(2, 3)
+    dtype = _Reduce(np.dtype, ("u1", 0, 1), dtype_state)
+    array = _reconstruct_with((1, (2, 3), dtype, False, expected.tobytes()))
+    got = cifar10.safe_unpickle(pickle.dumps({b"data": array}, protocol=2), "test")[b"data"]
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize(
     "data, message",
     [
         # numpy.ndarray((150000, 3072), u1): 460 MB of uninitialised memory from a 180-byte file

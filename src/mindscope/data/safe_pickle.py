@@ -7,7 +7,7 @@ every recorded array is checked (a numeric dtype, a shape within a byte limit, d
 exactly that size) and only then built with `np.frombuffer`. So a pickle cannot
 
 - run code (any other global is refused before anything in it is called),
-- allocate from a declared shape (`numpy.ndarray((150000, 3072), 'u1')` in a 250-byte file),
+- allocate from a declared shape (`numpy.ndarray((150000, 3072), 'u1')` in a 200-byte file),
 - reach numpy's own `ndarray.__setstate__`, which trusts a pickled object array's shape
   and reads past the end of a shorter list (a segfault in numpy 2.4),
 - multiply memory through references (many calls on one string are counted against a budget).
@@ -78,7 +78,7 @@ class _Unpickler(pickle.Unpickler):
 
     def encode(self, text: object, encoding: object = "utf-8", errors: object = "strict") -> bytes:
         """`_codecs.encode(str, 'latin1')`: how Python 3 pickles bytes at protocols 0 to 2."""
-        if not isinstance(text, str) or encoding not in ("latin1", "latin-1", b"latin1") or errors != "strict":
+        if not isinstance(text, str) or encoding not in ("latin1", "latin-1") or errors != "strict":
             raise Refused(f"it encodes a {type(text).__name__} as {encoding!r}, not latin1 text")
         self.spend(len(text))
         return text.encode("latin1")
@@ -134,9 +134,14 @@ class _DtypeStub:
         self.dtype = dtype
 
     def __setstate__(self, state: object) -> None:
-        # (version, endian, subarray, names, fields, elsize, alignment, flags[, metadata])
-        if not isinstance(state, tuple) or len(state) not in (8, 9):
-            raise ValueError(f"a dtype's state must be a tuple of 8 or 9 items, got {state!r:.80}")
+        # (version, endian, subarray, names, fields, elsize, alignment[, flags[, metadata]]);
+        # numpy before 1.0 wrote (endian, subarray, fields, elsize, alignment), with a version in front later.
+        if not isinstance(state, tuple) or not 5 <= len(state) <= 9:
+            raise ValueError(f"a dtype's state must be a tuple of 5 to 9 items, got {state!r:.80}")
+        if len(state) == 5:
+            state = (0, *state)
+        if len(state) == 6:
+            state = (*state[:3], None, *state[3:])
         endian = state[1].decode("latin1") if isinstance(state[1], bytes) else state[1]
         if endian not in _ENDIANS or state[2:5] != (None, None, None) or state[5:7] != (-1, -1):
             raise Refused(f"it declares a dtype with fields, a sub-array or a size of its own ({state!r:.80})")
