@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import mindscope.data
-from mindscope.data import DATA_KINDS, ImageSet, Normalization, fashion_mnist, load_data, shapes10
+from mindscope.data import DATA_KINDS, ImageSet, Normalization, fashion_mnist, load_data, read_image, shapes10
 
 
 # --- the built-in dataset --------------------------------------------------------------------
@@ -380,6 +380,11 @@ def test_truncated_and_broken_images(tmp_path):
         (tmp_path / "a" / "broken.png").write_bytes(bytes(broken))
         with pytest.raises(ValueError, match=r"a/broken.png is truncated or corrupt \(" + message):
             _ = load_data(f"folder:{tmp_path}").train
+
+
+def test_read_image_of_a_missing_file(tmp_path):
+    with pytest.raises(ValueError, match=r"cannot read .*absent.png \(No such file or directory\); check the path"):
+        read_image(tmp_path / "absent.png")
 
 
 # --- image folder layouts that would train the wrong thing ---------------------------------------------

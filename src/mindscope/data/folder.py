@@ -43,6 +43,8 @@ def read_image(path: Path | str, *, size: tuple[int, int] = (32, 32), channels: 
         raise _too_large(path, "Pillow refused it as a possible decompression bomb") from exc
     except MemoryError as exc:
         raise _too_large(path, "out of memory while decoding it") from exc
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        raise ValueError(f"cannot read {path} ({exc.strerror}); check the path") from exc
     except UnidentifiedImageError as exc:
         raise ValueError(f"{path} is not an image Pillow can read ({exc}); give a PNG or JPEG file") from exc
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as exc:
