@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import gzip
 import struct
+import tracemalloc
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mindscope import archives, shapes
-from mindscope.data import DATA_KINDS, ImageSet, Normalization, load_data
+import mindscope.data
+from mindscope.data import DATA_KINDS, ImageSet, Normalization, fashion_mnist, load_data, read_image, shapes10
 
 
 # --- the built-in dataset --------------------------------------------------------------------
@@ -29,12 +32,12 @@ def test_builtin_is_deterministic_from_its_seed():
 
 def test_builtin_prefix_property():
     # 270 crosses the generator's 256-image chunk boundary.
-    small, large = shapes.generate(270, seed=1), shapes.generate(300, seed=1)
+    small, large = shapes10.generate(270, seed=1), shapes10.generate(300, seed=1)
     for s, big in zip(small, large):
         np.testing.assert_array_equal(s, big[:270])
     data = load_data("builtin", seed=1, train_limit=20, test_limit=7)
     np.testing.assert_array_equal(data.train.images.numpy(), large[0][:20])
-    np.testing.assert_array_equal(data.test.images.numpy(), shapes.generate(7, seed=1, split=1)[0])
+    np.testing.assert_array_equal(data.test.images.numpy(), shapes10.generate(7, seed=1, split=1)[0])
 
 
 @pytest.fixture(scope="module")
@@ -275,4 +278,189 @@ def test_fashion_mnist_bad_files(tmp_path):
     with pytest.raises(ValueError, match=r"lacks t10k-labels-idx1-ubyte\[.gz\]"):
         load_data(f"fashion-mnist:{tmp_path}")
     with pytest.raises(ValueError, match="not a folder"):
-        archives.check_fashion_mnist(tmp_path / "train-images-idx3-ubyte")
+        fashion_mnist.check_fashion_mnist(tmp_path / "train-images-idx3-ubyte")
+
+
+def _gzip_of_zeros(path: Path, header: bytes, zeros: int) -> None:
+    """A gzipped idx file: `header`, then `zeros` zero bytes, compressed as they are produced."""
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        f.write(header)
+        for start in range(0, zeros, 1 << 20):
+            f.write(bytes(min(1 << 20, zeros - start)))
+
+
+def test_fashion_mnist_gzip_bomb_stops_at_the_declared_size(tmp_path):
+    write_fashion(tmp_path, compress=True)
+    bomb = tmp_path / "train-images-idx3-ubyte.gz"
+    _gzip_of_zeros(bomb, bytes([0, 0, 8, 3]) + struct.pack(">3i", 12, 28, 28), 100_000_000)
+    assert bomb.stat().st_size < 1_000_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"holds more than 9408 values, its header says \(12, 28, 28\)"):
+            _ = load_data(f"fashion-mnist:{tmp_path}").train
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20e6  # bytes: the 100 MB behind the header were never unpacked
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_fashion_mnist_header_larger_than_the_file(tmp_path, compress):
+    write_fashion(tmp_path, compress=compress)
+    name = "train-images-idx3-ubyte" + (".gz" if compress else "")
+    header = bytes([0, 0, 8, 3]) + struct.pack(">3i", 60000, 28, 28)  # 47 MB declared, 784 bytes there
+    raw = header + bytes(784)
+    (tmp_path / name).write_bytes(gzip.compress(raw) if compress else raw)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"holds 784 values, its header says \(60000, 28, 28\): truncated"):
+            _ = load_data(f"fashion-mnist:{tmp_path}").train
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20e6  # bytes: nothing allocated from the header
+
+
+def test_fashion_mnist_header_over_the_limit(tmp_path):
+    write_fashion(tmp_path, compress=True)
+    header = bytes([0, 0, 8, 3]) + struct.pack(">3I", 2**32 - 1, 2**32 - 1, 2**32 - 1)  # 2^96 bytes
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(header))
+    with pytest.raises(ValueError, match=r"header declares \(4294967295, 4294967295, 4294967295\), .* more than the "):
+        _ = load_data(f"fashion-mnist:{tmp_path}").train
+
+
+def test_fashion_mnist_train_and_test_of_different_sizes(tmp_path):
+    write_fashion(tmp_path, compress=False)
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(_idx(np.zeros((5, 32, 32), np.uint8)))
+    with pytest.raises(ValueError, match=r"training images are 28x28 but test images 32x32"):
+        _ = load_data(f"fashion-mnist:{tmp_path}").train
+
+
+# --- image files that are too large, truncated or broken ---------------------------------------------
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose IHDR declares width x height (1-bit grey) and whose data is empty: tiny on disk."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def _two_classes(root: Path, per_class: int = 2) -> None:
+    _pictures(np.random.default_rng(2), ("a", "b"), per_class, root)
+
+
+@pytest.mark.parametrize(
+    "width, height, message",
+    [
+        (20000, 20000, r"too large \(Pillow refused it as a possible decompression bomb\)"),
+        (9000, 9000, r"too large \(9000x9000 pixels\)"),
+    ],
+)
+def test_image_too_large_names_the_file_and_the_limit(tmp_path, width, height, message):
+    _two_classes(tmp_path)
+    (tmp_path / "b" / "huge.png").write_bytes(_png_header(width, height))
+    with pytest.raises(
+        ValueError, match=r"b/huge.png is " + message + r"; an image may have at most 67,108,864 pixels"
+    ):
+        _ = load_data(f"folder:{tmp_path}").train
+
+
+def test_truncated_and_broken_images(tmp_path):
+    _two_classes(tmp_path)
+    good = (tmp_path / "a" / "0.png").read_bytes()
+    (tmp_path / "a" / "cut.png").write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match=r"a/cut.png is truncated or corrupt \(image file is truncated"):
+        _ = load_data(f"folder:{tmp_path}").train
+    (tmp_path / "a" / "cut.png").unlink()
+    for where, message in ((35, r"broken PNG file"), (11, r"Truncated IHDR chunk")):
+        broken = bytearray(good)
+        broken[where] = 0  # 35: the IDAT length (a SyntaxError in Pillow); 11: the IHDR length (a ValueError)
+        (tmp_path / "a" / "broken.png").write_bytes(bytes(broken))
+        with pytest.raises(ValueError, match=r"a/broken.png is truncated or corrupt \(" + message):
+            _ = load_data(f"folder:{tmp_path}").train
+
+
+def test_read_image_of_a_missing_file(tmp_path):
+    with pytest.raises(ValueError, match=r"cannot read .*absent.png \(No such file or directory\); check the path"):
+        read_image(tmp_path / "absent.png")
+
+
+# --- image folder layouts that would train the wrong thing ---------------------------------------------
+def test_image_folder_with_one_class(tmp_path):
+    _pictures(np.random.default_rng(3), ("cat",), 3, tmp_path)
+    with pytest.raises(ValueError, match=r"holds one class folder \(cat\); a classifier needs at least 2 classes"):
+        load_data(f"folder:{tmp_path}")
+
+
+def test_image_folder_test_classes_missing_from_train(tmp_path):
+    rng = np.random.default_rng(4)
+    _pictures(rng, ("cat", "dog"), 2, tmp_path / "train")
+    _pictures(rng, ("bird", "cat", "dog", "emu"), 1, tmp_path / "test")
+    with pytest.raises(ValueError, match=r"test has class folders that .*train lacks: bird, emu; the classes come"):
+        load_data(f"folder:{tmp_path}")
+
+
+def test_image_folder_with_train_but_no_test(tmp_path):
+    _pictures(np.random.default_rng(5), ("cat", "dog"), 2, tmp_path / "train")
+    with pytest.raises(ValueError, match=r"has train/ but no test/; give both, or put the class folders in"):
+        load_data(f"folder:{tmp_path}")
+
+
+def test_image_folder_given_a_file(tmp_path):
+    _two_classes(tmp_path)
+    with pytest.raises(ValueError, match=r"0.png is a file, not a folder; folder:PATH wants PATH/CLASS_NAME/\*.png"):
+        load_data(f"folder:{tmp_path / 'a' / '0.png'}")
+
+
+def test_image_folder_ignores_hidden_folders(tmp_path):
+    _two_classes(tmp_path)
+    _pictures(np.random.default_rng(6), (".ipynb_checkpoints",), 1, tmp_path)
+    data = load_data(f"folder:{tmp_path}")
+    assert data.classes == ("a", "b") and len(data.train) + len(data.test) == 4
+
+
+# --- the package ---------------------------------------------------------------------------------------
+def test_public_names():
+    import mindscope.data as data
+
+    assert data.__all__ == sorted(data.__all__)
+    assert set(data.__all__) >= {"DataSplits", "ImageSet", "Normalization", "load_data", "parse_spec", "read_image"}
+    for name in data.__all__:
+        assert getattr(data, name) is not None
+    assert data.parse_spec("folder:~/x") == ("folder", Path("~/x").expanduser())
+
+
+def test_data_imports_only_itself_and_libraries():
+    """The data layer knows no looks, runs, training, figures, reports or CLI."""
+    package = Path(mindscope.data.__file__).parent
+    for path in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                if name.split(".")[0] == "mindscope":
+                    assert name.startswith("mindscope.data"), f"{path.name} imports {name}"
+        assert len(path.read_text().splitlines()) < 400, f"{path.name} has grown past 400 lines"
+
+
+def test_shapes10_images_are_unchanged():
+    """Pinned from the generator as it was first published: other work depends on these pixels.
+
+    Labels are exact; the pixel and mask sums allow a few one-unit roundings that a
+    different libm could flip, but no real change.
+    """
+    images, labels, masks = shapes10.generate(300, seed=0)
+    assert labels[:20].tolist() == [9, 1, 5, 4, 2, 8, 9, 8, 3, 1, 0, 6, 2, 4, 5, 3, 6, 5, 8, 6]
+    assert abs(int(images.astype(np.int64).sum()) - 115621236) <= 50
+    assert abs(int(masks.sum()) - 72239) <= 10
+    assert images[0, :, 0, :4].tolist() == [[160, 159, 146, 128], [96, 97, 113, 126], [155, 158, 137, 131]]
+    images, labels, masks = shapes10.generate(300, seed=3, split=1)
+    assert labels[:20].tolist() == [7, 5, 2, 0, 6, 9, 5, 6, 0, 4, 5, 5, 2, 4, 5, 7, 9, 9, 4, 9]
+    assert abs(int(images.astype(np.int64).sum()) - 117597833) <= 50
+    assert abs(int(masks.sum()) - 71353) <= 10

@@ -26,9 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "attribution": {"_util", "baselines", "layers", "quadrature"},
     "evaluation": {"_util", "attribution", "baselines", "layers", "quadrature"},
     "model": {"_util"},
-    "data": {"_util", "archives", "shapes"},  # until data/ is one package
-    "archives": {"_util"},
-    "shapes": set(),
+    "data": {"_util"},
     "training": {"_util", "data", "model"},
     "tensorboard": {"_util", "weights"},
     "render": {"_util", *LOOKS},

@@ -24,12 +24,12 @@ def echo_epoch(result: dict) -> None:
 
 def download(data_spec: str) -> str:
     """Fetch CIFAR-10 for --download; return the spec that points at the archive."""
-    from mindscope import archives
+    from mindscope.data import cifar10
 
     kind, _, path = data_spec.partition(":")
     if kind != "cifar10":
         raise ValueError("--download fetches CIFAR-10 only; use --data cifar10[:FOLDER]")
-    return f"cifar10:{archives.download_cifar10(Path(path).expanduser() if path else None)}"
+    return f"cifar10:{cifar10.download_cifar10(Path(path).expanduser() if path else None)}"
 
 
 @click.command("train")
