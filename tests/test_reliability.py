@@ -172,7 +172,7 @@ def test_a_malformed_config_is_one_line(tiny_run, tmp_path, capsys, config, phra
         config = json.loads((run / "config.json").read_text())
         del config["data"]
     (run / "config.json").write_text(json.dumps(config))
-    for command in (["layers", str(run)], ["weights", str(run)], ["train", "--resume", str(run)]):
+    for command in (["layers", str(run)], ["activations", str(run)], ["train", "--resume", str(run)]):
         assert main(command) == 2
         one_error_line(capsys, phrase)
 

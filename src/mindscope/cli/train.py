@@ -9,6 +9,7 @@ import click
 from mindscope.layers import describe_layers
 from mindscope.model import AllConvNet
 from mindscope.run import load_run, resume_run, train_run
+from mindscope.run.store import require
 from mindscope.training import TrainConfig
 
 DATA_HELP = "builtin | cifar10:PATH | fashion-mnist:PATH | folder:PATH"
@@ -111,6 +112,7 @@ def layers_command(run_dir, width) -> None:
         raise click.UsageError("give a RUN_DIR or --width W")
     if run_dir is not None:
         loaded = load_run(run_dir)
+        require(loaded.config, loaded.path, "data")
         model, shape = loaded.model, tuple(loaded.config["data"]["image_shape"])
     else:
         model, shape = AllConvNet(width=width), (3, 32, 32)

@@ -29,7 +29,7 @@ from mindscope._version import __version__
 from mindscope.data import DataSplits, load_data
 from mindscope.model import AllConvNet
 from mindscope.run.loaded import data_from_config, load_run
-from mindscope.run.store import CONFIG, Run, RunRecorder, atomic_write_bytes, is_run, load_state, read_metrics
+from mindscope.run.store import CONFIG, Run, RunRecorder, atomic_write_bytes, is_run, load_state, read_metrics, require
 from mindscope.training import TrainConfig, TrainingDiverged, initial_state, resolve_device, train
 from mindscope.weights import weight_histograms
 
@@ -209,6 +209,7 @@ def resume_run(
         raise FileNotFoundError(f"no run at {path} to resume; start one with 'mindscope train --out {path}'")
     run = Run.open(path, write=True)  # the only writer from here on; cleans what killed writers left
     try:
+        require(run.config, path, "model", "data", "train")
         last = run.last_checkpoint()
         if last is None:
             raise ValueError(f"run {path} was never started (no checkpoint); start it again with --out")

@@ -18,7 +18,7 @@ from torch import nn
 
 from mindscope.data import DataSplits, Normalization, load_data
 from mindscope.model import AllConvNet
-from mindscope.run.store import DATABASE, Run, read_metrics
+from mindscope.run.store import DATABASE, Run, read_metrics, require
 
 
 def build_model(config: Mapping[str, Any]) -> nn.Module:
@@ -51,12 +51,14 @@ class LoadedRun:
 
     @property
     def data(self) -> DataSplits:
+        require(self.config, self.path, "data", "train")
         if not hasattr(self, "_data"):
             self._data = data_from_config(self.config)
         return self._data
 
     @property
     def classes(self) -> tuple[str, ...]:
+        require(self.config, self.path, "data")
         return tuple(self.config["data"]["classes"])
 
     def state_dict_at(self, epoch: int) -> dict[str, torch.Tensor]:

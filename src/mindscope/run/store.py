@@ -89,31 +89,37 @@ def _cannot_create(path: Path, exc: OSError) -> OSError:
     return type(exc)(exc.errno, f"cannot create the run {path} ({reason}); choose another --out")
 
 
-# Keys config.json must hold, and their types: checked before anything reads them.
-REQUIRED: dict[str, tuple[type, ...]] = {
-    "model": (dict,),
-    "data": (dict,),
-    "train": (dict,),
-}
-REQUIRED_DATA: dict[str, tuple[type, ...]] = {
-    "spec": (str,),
-    "classes": (list,),
-    "image_shape": (list,),
-    "normalization": (dict,),
+# What config.json must hold, and the types: each reader checks the part it needs before use.
+REQUIRED: dict[str, dict[str, type]] = {
+    "model": {"width": int, "num_classes": int, "in_channels": int},
+    "data": {"spec": str, "classes": list, "image_shape": list, "normalization": dict},
+    "train": {},
 }
 
 
-def config_problem(config: object) -> str | None:
-    """What is wrong with a loaded config.json, in a few words, or None."""
+def config_problem(config: object, parts: tuple[str, ...] = ("model",)) -> str | None:
+    """What is wrong with the `parts` of a loaded config.json, in a few words, or None."""
     if not isinstance(config, dict):
         return f"holds a {type(config).__name__}, not an object of settings"
-    for key, types in REQUIRED.items():
-        if not isinstance(config.get(key), types):
-            return f"lacks '{key}'" if key not in config else f"has a malformed '{key}'"
-    for key, types in REQUIRED_DATA.items():
-        if not isinstance(config["data"].get(key), types):
-            return f"lacks 'data.{key}'" if key not in config["data"] else f"has a malformed 'data.{key}'"
+    for part in parts:
+        if part not in config:
+            return f"lacks '{part}'"
+        if not isinstance(config[part], dict):
+            return f"has a malformed '{part}'"
+        for key, kind in REQUIRED[part].items():
+            if not isinstance(config[part].get(key), kind):
+                return f"lacks '{part}.{key}'" if key not in config[part] else f"has a malformed '{part}.{key}'"
     return None
+
+
+def require(config: object, path: Path, *parts: str) -> None:
+    """Refuse a run whose config.json lacks what the caller is about to read."""
+    problem = config_problem(config, parts)
+    if problem:
+        raise ValueError(
+            f"{path} is not a readable mindscope run: its {CONFIG} {problem}; "
+            "give a directory written by 'mindscope train'"
+        )
 
 
 def is_run(path: Path) -> bool:
