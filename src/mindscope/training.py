@@ -7,6 +7,7 @@ writes them to a run directory, so a run can be resumed with no gap and no dupli
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
@@ -166,6 +167,7 @@ def train(
             desc=f"epoch {epoch + 1}/{config.epochs}",
             disable=None if progress is None else not progress,
             leave=False,
+            ncols=shutil.get_terminal_size((100, 24)).columns or 100,  # a terminal that reports 0 columns
         )
         for i in bar:
             idx = order[i * config.batch_size : (i + 1) * config.batch_size]
