@@ -136,10 +136,13 @@ def test_the_next_writer_removes_what_killed_writers_left(tiny_run, tmp_path):
     stale = tmp_path / ".run.k1.partial"
     stale.mkdir()
     (stale / ".writer.lock").write_text("123")
-    fresh = tmp_path / ".run.k2.partial"  # no lock file yet and young: a creation may be under way
+    fresh = tmp_path / ".run.k2.partial"  # young, no lock, not empty: not ours to judge yet
     fresh.mkdir()
+    (fresh / "config.json").write_text("{}")
+    empty = tmp_path / ".run.k3.partial"  # a creation killed right after making its folder
+    empty.mkdir()
     assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
-    assert not any(p.exists() for p in stale_tmp) and not stale.exists()
+    assert not any(p.exists() for p in stale_tmp) and not stale.exists() and not empty.exists()
     assert fresh.exists()
 
 

@@ -85,8 +85,8 @@ def remove_leftovers(run_dir: Path) -> list[Path]:
     """Delete what killed writers left: temp files in the run, staging folders beside it.
 
     Call it while holding the run's writer lock. A staging folder (".NAME.*.partial") goes
-    only when no process holds its lock and, if it has no lock file yet, once it is older
-    than STALE_AFTER_S. Returns what was removed.
+    only when no process holds its lock; one with no lock file yet goes if it is empty (a
+    creation killed right after making it) or older than STALE_AFTER_S. Returns what was removed.
     """
     run_dir = Path(run_dir)
     removed: list[Path] = []
@@ -97,7 +97,8 @@ def remove_leftovers(run_dir: Path) -> list[Path]:
     for staging in run_dir.parent.glob(f".{run_dir.name}.*.partial"):
         has_lock = (staging / LOCK).exists()
         old = time.time() - staging.stat().st_mtime > STALE_AFTER_S
-        if (has_lock and not is_locked(staging)) or (not has_lock and old):
+        empty = not any(staging.iterdir())
+        if (has_lock and not is_locked(staging)) or (not has_lock and (old or empty)):
             shutil.rmtree(staging, ignore_errors=True)
             removed.append(staging)
     return removed

@@ -156,12 +156,18 @@ class Run:
             raise FileExistsError(
                 f"{path} already exists and is {kind}; choose another --out, or continue a run with --resume"
             )
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
-        except OSError as exc:
-            raise _cannot_create(path, exc) from exc
-        lock = WriterLock(staging, name=str(path))
+        for attempt in range(3):  # a cleaner may take an empty staging folder before its lock exists
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+            except OSError as exc:
+                raise _cannot_create(path, exc) from exc
+            try:
+                lock = WriterLock(staging, name=str(path))
+                break
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
         try:
             (staging / CONFIG).write_text(json.dumps(dict(config), indent=2, sort_keys=True))
             with closing(sqlite3.connect(staging / DATABASE)) as db:
