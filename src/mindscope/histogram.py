@@ -68,7 +68,8 @@ def histograms(
             tau = 8 * torch.finfo(_work_dtype(x)).eps * (bins + 2 + bins * (abs(a) + abs(b)) / (b - a)) if b > a else 1
             big = torch.finfo(_work_dtype(x)).max  # neither x - first edge nor the scale may overflow
             even = edges is None and tau < 0.25 and abs(a) + abs(b) < big and bins / (b - a) < big
-            mean, var = (total / n, l2 * l2 / n - (total / n) ** 2) if lo < hi else (lo, 0.0)
+            mean = total / n if lo < hi else lo
+            var = l2 * l2 / n - mean * mean if lo < hi else 0.0  # (float ** raises on overflow; * gives inf)
             if lo < hi and not var >= 4 * mean * mean:  # sum of squares - n mean^2 would cancel: two passes
                 var = float(x.to(_acc_dtype(x.device)).var(correction=0))
             plans[i] = (a, b, tau if even else None, [n, mean, math.sqrt(var), lo, hi, l2, near, nans[i]])
