@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -41,24 +40,6 @@ def test_counts_sum_to_numel_for_every_parameter(model):
         assert h.counts.dtype == torch.int64 and h.counts.shape == (16,)
         assert h.edges.dtype == torch.float64 and h.edges.shape == (17,)
         assert int(h.counts.sum()) == params[name].numel() == h.stats.count
-
-
-def test_batching_tensors_together_changes_nothing(model, monkeypatch):
-    import mindscope.weights
-
-    state = model.state_dict()
-    state["features.0.weight"][0, 0, 0, :2] = torch.tensor([float("nan"), float("-inf")])
-    together = weight_histograms(state, bins=12)
-    monkeypatch.setattr(mindscope.weights, "BATCH_ELEMENTS", 100)  # most tensors alone
-    apart = weight_histograms(state, bins=12)
-    for name, h in together.items():
-        assert torch.equal(h.counts, apart[name].counts) and torch.equal(h.edges, apart[name].edges)
-        assert asdict(h.stats) == pytest.approx(asdict(apart[name].stats), rel=1e-12, abs=1e-15)
-        x = state[name].double().numpy().ravel()
-        x = x[np.isfinite(x)]
-        np.testing.assert_array_equal(h.counts.numpy(), np.histogram(x, bins=12)[0])
-        assert h.stats.mean == pytest.approx(x.mean(), rel=1e-12, abs=1e-15)
-        assert h.stats.std == pytest.approx(x.std(), rel=1e-12, abs=1e-15)
 
 
 def test_values_beyond_an_explicit_range_land_in_the_end_bins():
@@ -117,6 +98,134 @@ def test_all_nan_and_constant_tensors_do_not_crash():
     np.testing.assert_array_equal(zero.counts.numpy(), np.histogram(np.zeros(4), bins=4)[0])
     np.testing.assert_allclose(zero.edges.numpy(), np.histogram(np.zeros(4), bins=4)[1])
     assert zero.stats.std == 0.0 and zero.stats.near_zero_fraction == 1.0
+
+
+# --- exactness against numpy, at random edges ------------------------------------------
+
+
+def _numpy_reference(values: torch.Tensor, *, bins: int = 64, range=None, edges=None):
+    """numpy's answer for one tensor: its finite values in float64, those beyond the edges clipped into them."""
+    f = values.detach().double().numpy().ravel()
+    f = f[np.isfinite(f)]
+    if edges is None:  # no finite value and no range: -0.5..0.5, as shared_edges
+        edges = np.histogram_bin_edges(f, bins, range=range) if f.size or range else np.linspace(-0.5, 0.5, bins + 1)
+    return np.histogram(np.clip(f, edges[0], edges[-1]), bins=edges)[0], edges, f
+
+
+def _assert_like_numpy(h, values: torch.Tensor, **reference) -> None:
+    counts, edges, f = _numpy_reference(values, **reference)
+    np.testing.assert_array_equal(h.counts.numpy(), counts)
+    np.testing.assert_array_equal(h.edges.numpy(), edges)
+    x, s = values.detach().double().numpy(), h.stats
+    assert (s.count, s.nan_count, s.inf_count) == (x.size, np.isnan(x).sum(), np.isinf(x).sum())
+    if not f.size:
+        assert math.isnan(s.mean) and math.isnan(s.std) and s.l2 == 0.0
+        return
+    scale = np.abs(f).max()
+    assert (s.min, s.max) == (f.min(), f.max())
+    assert s.mean == pytest.approx(f.mean(), rel=1e-12, abs=1e-14 * scale)
+    assert s.std == pytest.approx(f.std(), rel=1e-11, abs=1e-14 * scale)
+    assert s.l2 == pytest.approx(np.sqrt(np.sum(f * f)), rel=1e-12)
+    assert s.near_zero_fraction == np.mean(np.abs(f) <= 1e-3)
+
+
+def _beside_edges(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """x plus, for every edge, the numbers of x's dtype just below, at (rounded) and just above it."""
+    at = edges.astype(x.dtype)
+    near = [np.nextafter(at, np.array(-np.inf, x.dtype)), at, np.nextafter(at, np.array(np.inf, x.dtype))]
+    return np.random.default_rng(0).permutation(np.concatenate([x, *near]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("seed", range(4))
+def test_values_beside_random_edges_are_binned_exactly_like_numpy(dtype, seed):
+    rng = np.random.default_rng(seed)
+    misplaced = 0  # values that rounded arithmetic in the tensor's dtype puts in the wrong bin: the data is hard
+    for bins in (1, 3, 64, 255, 300):
+        x = (rng.normal(size=3000) * 10.0 ** rng.uniform(-5, 2) + rng.normal() * rng.choice([0, 0.1, 30])).astype(dtype)
+        interior = np.histogram_bin_edges(x.astype(np.float64), bins)[1:-1]  # min and max unchanged below
+        x = _beside_edges(x, interior)
+        _assert_like_numpy(
+            weight_histograms({"w": torch.from_numpy(x)}, bins=bins)["w"], torch.from_numpy(x), bins=bins
+        )
+        naive = np.clip(np.floor((x - x.min()) * dtype(bins / (x.max() - x.min()))), 0, bins - 1).astype(int)
+        misplaced += np.abs(np.bincount(naive, minlength=bins) - np.histogram(x.astype(np.float64), bins)[0]).sum()
+    assert misplaced > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_explicit_range_and_edges_count_values_beyond_them_in_the_end_bins(dtype):
+    rng = np.random.default_rng(1)
+    even, uneven = np.linspace(-0.7, 1.3, 17), np.sort(rng.uniform(-1.0, 1.0, 9))
+    raw = rng.normal(0.0, 1.0, 4000).astype(np.float32 if dtype == torch.float32 else np.float64)
+    x = torch.from_numpy(_beside_edges(_beside_edges(raw, even), uneven))
+    _assert_like_numpy(weight_histograms({"w": x}, bins=16, range=(-0.7, 1.3))["w"], x, bins=16, range=(-0.7, 1.3))
+    for edges in (even, uneven):
+        _assert_like_numpy(weight_histograms({"w": x}, edges=torch.from_numpy(edges))["w"], x, edges=edges)
+    inside = x[(x >= -0.7) & (x <= 1.3)]  # the same edges given explicitly and implied by the data
+    _assert_like_numpy(
+        weight_histograms({"w": inside}, edges=torch.tensor([-0.7, 0.0, 1.3], dtype=torch.float64))["w"],
+        inside,
+        edges=[-0.7, 0.0, 1.3],
+    )
+
+
+def _awkward_tensors() -> dict[str, torch.Tensor]:
+    rng = np.random.default_rng(2)
+    holes = torch.from_numpy(rng.normal(0.0, 0.05, 40000)).float()
+    holes[rng.integers(0, 40000, 300)] = torch.tensor([math.nan, math.inf, -math.inf]).repeat(100)
+    small_holes = torch.tensor([0.5, math.nan, -0.25, math.inf, 1.0, -math.inf, 0.0])
+    offset = (1.0 + 0.01 * rng.normal(size=2000)).astype(np.float32)  # mean >> spread: the widest error bound
+    return {
+        "offset": torch.from_numpy(_beside_edges(offset, np.histogram_bin_edges(offset.astype(np.float64), 10))),
+        "empty": torch.zeros(0),
+        "constant": torch.full((7,), 0.3),
+        "zeros": torch.zeros(5, dtype=torch.float64),
+        "large constant": torch.full((30000,), -2.5),
+        "holes": holes,
+        "small holes": small_holes,
+        "nothing finite": torch.tensor([math.inf, -math.inf, math.nan]),
+        "one value": torch.tensor([1e-3]),
+        "tiny range": torch.tensor([1.0, 1.0 + 2**-23, 1.0 + 2**-22], dtype=torch.float32),
+        "huge values": torch.tensor([-3e38, 0.0, 3e38]),
+        "subnormal": torch.tensor([1e-45, 0.0, 3e-45, 1e-44]),
+    }
+
+
+@pytest.mark.parametrize("options", [{"bins": 10}, {"bins": 1}, {"bins": 10, "range": (-1.0, 1.0)}])
+def test_nan_inf_empty_and_constant_tensors_match_numpy(options):
+    tensors = _awkward_tensors()
+    hists = weight_histograms(tensors, **options)
+    for name, t in tensors.items():
+        _assert_like_numpy(hists[name], t, **options)
+
+
+def test_tensors_of_very_different_sizes_and_dtypes_at_once():
+    rng = np.random.default_rng(5)
+    dtypes = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+    tensors = {
+        f"t{i}": torch.from_numpy(rng.normal(rng.uniform(-1, 1), 10 ** rng.uniform(-4, 1), n)).to(dtypes[i % 4])
+        for i, n in enumerate([1, 2, 9, 300, 5000, 16383, 16384, 70000, 400000, 3])
+    }
+    hists = weight_histograms(tensors, bins=64)
+    assert list(hists) == list(tensors)
+    for name, t in tensors.items():
+        _assert_like_numpy(hists[name], t, bins=64)
+
+
+@pytest.mark.parametrize("small, batch", [(0, 1 << 20), (1 << 14, 1 << 20), (1 << 40, 1 << 40), (1 << 40, 1000)])
+def test_results_do_not_depend_on_how_tensors_are_batched(model, monkeypatch, small, batch):
+    import mindscope.histogram
+
+    monkeypatch.setattr(mindscope.histogram, "SMALL", small)  # 0: every tensor alone
+    monkeypatch.setattr(mindscope.histogram, "BATCH_ELEMENTS", batch)
+    state = model.state_dict()
+    state["features.0.weight"][0, 0, 0, :2] = torch.tensor([float("nan"), float("-inf")])
+    tensors = {**state, **_awkward_tensors()}
+    for options in ({"bins": 12}, {"bins": 7, "range": (-0.1, 0.2)}):
+        hists = weight_histograms(tensors, **options)
+        for name, t in tensors.items():
+            _assert_like_numpy(hists[name], t, **options)
 
 
 def test_shared_edges_are_shared_and_span_both_states(model):

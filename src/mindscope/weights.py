@@ -1,10 +1,10 @@
 """Per-tensor weight histograms and statistics, and what changed between two points in training.
 
 Every parameter tensor (weights and biases apart) gets a histogram and its statistics,
-computed where the tensor lives: all of a model's tensors go through one flat pass of a
-few dozen kernels, the counts stay on the device, and only eight numbers per tensor come
-back to the host, so a training loop can call this every few steps. NaN and Inf are
-counted, never binned and never allowed into the moments.
+computed where the tensor lives (`mindscope.histogram`): the counts agree exactly with
+numpy.histogram and stay on the device, five numbers per tensor come back to the host, and
+a recording costs about what a plain `torch.histc` loop does, so a training loop can call
+this every few steps. NaN and Inf are counted, never binned and never allowed into the moments.
 The walk-through's first look inside a network, after Springenberg et al. 2015
 ("Striving for Simplicity: The All Convolutional Net"): each layer's weights before and
 after training.
@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mindscope.histogram import histograms
 from mindscope.layers import resolve_layer
 
 NEAR_ZERO = 1e-3  # |w| <= NEAR_ZERO counts as "near zero"
-BATCH_ELEMENTS = 1 << 22  # tensors histogrammed together, at most this many elements a batch
 
 Source = nn.Module | Mapping[str, Tensor]
 
@@ -68,10 +68,6 @@ class WeightChange:
     max: tuple[float, float]
     l2: tuple[float, float]
     l2_change: float  # (|after| - |before|) / |before|; inf when before is 0 and after is not
-
-
-def _compute_dtype(device: torch.device) -> torch.dtype:
-    return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
 
 
 def select_tensors(source: Source, layers: str | int | Sequence[str | int] | None = None) -> dict[str, Tensor]:
@@ -151,99 +147,7 @@ def shared_edges(
     low, high = (min(lows), max(highs)) if lows else (0.0, 0.0)  # 0, 0: no finite value anywhere
     if low == high:  # numpy's convention for a constant input
         low, high = low - 0.5, high + 0.5
-    return _uniform_edges(torch.tensor(low, dtype=torch.float64), torch.tensor(high, dtype=torch.float64), bins)
-
-
-def _uniform_edges(lo: Tensor, hi: Tensor, bins: int) -> Tensor:
-    """`bins + 1` evenly spaced edges from lo to hi, (..., bins + 1), as numpy's linspace computes them."""
-    steps = torch.arange(bins + 1, dtype=lo.dtype, device=lo.device)
-    e = lo[..., None] + steps * ((hi - lo) / bins)[..., None]
-    e[..., -1] = hi
-    return e
-
-
-def _histograms(
-    group: list[Tensor], bins: int, edges: Tensor | None, range: tuple[float, float] | None
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Counts (T, bins), edges (T, bins + 1) and stats (T, 8) for T tensors on one device.
-
-    All T tensors go through one flat vector with a segment id per element, so the cost
-    is a fixed few dozen kernels whatever T is; the result stays on the device.
-    """
-    device, dtype = group[0].device, _compute_dtype(group[0].device)
-    sizes = [t.numel() for t in group]
-    count = len(group)
-    x = torch.cat([t.detach().reshape(-1) for t in group]).to(dtype)  # (n,)
-    numel = torch.tensor(sizes).to(device, non_blocking=True)  # (T,), no wait on the device
-    seg = torch.repeat_interleave(torch.arange(count, device=device), numel, output_size=x.numel())  # (n,)
-
-    def per_tensor(values: Tensor) -> Tensor:  # (n,) -> (T,) sums
-        return torch.segment_reduce(values.to(dtype), "sum", lengths=numel, unsafe=True, initial=0)
-
-    finite = torch.isfinite(x)
-    n_finite = per_tensor(finite)
-    mean = per_tensor(torch.where(finite, x, 0.0)) / n_finite.clamp_min(1)  # (T,)
-    # Non-finite values are replaced by their tensor's mean: a finite value inside [min, max]
-    # that adds nothing to the centred sums, so one filled vector serves every statistic.
-    mean_at = mean.index_select(0, seg)  # (n,); index_select, far faster than mean[seg]
-    filled = torch.where(finite, x, mean_at)  # (n,)
-    centred = filled - mean_at
-    var = per_tensor(centred * centred) / n_finite.clamp_min(1)
-    low = torch.full((count,), math.inf, dtype=dtype, device=device).scatter_reduce_(0, seg, filled, "amin")
-    high = torch.full((count,), -math.inf, dtype=dtype, device=device).scatter_reduce_(0, seg, filled, "amax")
-    near = per_tensor(filled.abs() <= NEAR_ZERO) - (numel - n_finite) * (mean.abs() <= NEAR_ZERO)
-    l2 = (n_finite * (var + mean * mean)).sqrt()  # sum of squares, no cancellation
-    stats = torch.stack([n_finite, mean, var.sqrt(), low, high, l2, near, per_tensor(torch.isnan(x))], 1)
-
-    stride = bins + 1  # slot of (tensor t, bin i): t * stride + i
-    base = seg * stride  # (n,)
-    if edges is not None:
-        e = edges.to(device, dtype).expand(count, stride)  # (T, bins + 1)
-        slot = base + torch.bucketize(filled, e[0, 1:-1].contiguous(), right=True)  # arbitrary edges
-    else:
-        if range is not None:
-            lo = torch.full((count,), float(range[0]), dtype=dtype, device=device)
-            hi = torch.full((count,), float(range[1]), dtype=dtype, device=device)
-        else:
-            empty = n_finite == 0
-            lo, hi = torch.where(empty, 0.0, low), torch.where(empty, 0.0, high)
-            flat = lo == hi  # numpy: widen by 0.5
-            lo, hi = torch.where(flat, lo - 0.5, lo), torch.where(flat, hi + 0.5, hi)
-        e = _uniform_edges(lo, hi, bins)  # (T, bins + 1)
-        # Uniform bins: scale, floor, then nudge by one where rounding crossed an edge
-        # (numpy's own method, and far cheaper than a binary search).
-        scale = bins / (hi - lo)
-        index = ((filled - lo.index_select(0, seg)) * scale.index_select(0, seg)).floor_()
-        index = index.clamp_(0, bins - 1).long()  # (n,)
-        slot = base + index
-        left = e.reshape(-1)  # left[slot]: bin's left edge
-        right = torch.cat([left[1:], left[-1:]])  # right[slot]: its right edge
-        down = ((filled < left.index_select(0, slot)) & (index > 0)).long()
-        slot -= down
-        index -= down
-        slot += ((filled >= right.index_select(0, slot)) & (index < bins - 1)).long()
-    slot = torch.where(finite, slot, count * stride)  # non-finite -> one spill slot
-    counts = torch.zeros(count * stride + 1, dtype=torch.int64, device=device)
-    counts.index_add_(0, slot, torch.ones(1, dtype=torch.int64, device=device).expand_as(slot))
-    counts = counts[:-1].view(count, stride)[:, :bins]
-    return counts, e, stats
-
-
-def _groups(tensors: list[Tensor]) -> list[list[int]]:
-    """Indices of tensors batched together: same device, at most BATCH_ELEMENTS elements a
-    batch (a larger tensor goes alone), so the temporaries stay a bounded multiple of the weights."""
-    limit = BATCH_ELEMENTS
-    groups: list[list[int]] = []
-    open_group: dict[torch.device, tuple[list[int], int]] = {}
-    for i, t in enumerate(tensors):
-        members, size = open_group.get(t.device, ([], 0))
-        if members and size + t.numel() > limit:
-            groups.append(members)
-            members, size = [], 0
-        members.append(i)
-        open_group[t.device] = (members, size + t.numel())
-    groups += [members for members, _ in open_group.values() if members]
-    return groups
+    return torch.from_numpy(np.linspace(low, high, bins + 1))
 
 
 def _stats_from(count: int, row: Sequence[float]) -> WeightStats:
@@ -283,8 +187,8 @@ def weight_histograms(
         layers: restrict to these parameter names, module names, prefixes or layer numbers.
         edges: explicit increasing bin edges shared by all tensors (see `shared_edges`).
     Returns:
-        {parameter name: WeightHistogram}, in registration order. Only the statistics,
-        eight numbers per tensor, are copied to the host, once per device.
+        {parameter name: WeightHistogram}, in registration order. The counts stay on each
+        tensor's device; five numbers per tensor come to the host, in one copy per device.
     """
     _check_bins(bins)
     _check_range(range)
@@ -304,20 +208,13 @@ def weight_histograms(
             )
         bins = edges.numel() - 1
     tensors = select_tensors(model_or_state_dict, layers)
-    names, values = list(tensors), list(tensors.values())
-    results: dict[str, tuple[Tensor, Tensor]] = {}
-    stats: dict[torch.device, list[tuple[list[str], Tensor]]] = {}
+    explicit = None if edges is None else edges.detach().to("cpu", torch.float64).numpy()
     with torch.no_grad():
-        for members in _groups(values):
-            counts, e, table = _histograms([values[i] for i in members], bins, edges, range)
-            group_names = [names[i] for i in members]
-            results.update({n: (counts[j], e[j]) for j, n in enumerate(group_names)})
-            stats.setdefault(table.device, []).append((group_names, table))
-        rows: dict[str, list[float]] = {}
-        for device_tables in stats.values():  # one host copy per device
-            host = torch.cat([t for _, t in device_tables]).cpu().double().tolist()
-            rows.update(zip([n for group_names, _ in device_tables for n in group_names], host))
-    return {n: WeightHistogram(results[n][0], results[n][1], _stats_from(tensors[n].numel(), rows[n])) for n in names}
+        results = histograms(list(tensors.values()), bins=bins, span=range, edges=explicit, near_zero=NEAR_ZERO)
+    return {
+        name: WeightHistogram(counts, e, _stats_from(t.numel(), row))
+        for (name, t), (counts, e, row) in zip(tensors.items(), results)
+    }
 
 
 def paired_histograms(
