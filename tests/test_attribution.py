@@ -343,7 +343,7 @@ def test_cli_interior_writes_gifs_and_saturation_curve(tiny_run, tmp_path, capsy
     from mindscope.cli import main
 
     assert main(["attribute", str(tiny_run), "--image", "3", "--method", "interior", "--out", str(tmp_path)]) == 0
-    assert (tmp_path / "interior_0.gif").stat().st_size > 0 and (tmp_path / "saturation.png").is_file()
+    assert (tmp_path / "interior_3.gif").stat().st_size > 0 and (tmp_path / "saturation.png").is_file()
     assert "predicted" in capsys.readouterr().out
 
 
