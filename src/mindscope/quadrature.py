@@ -187,22 +187,25 @@ class Panel:
 
 
 def _assess(
-    panels: list[Panel], weight: torch.Tensor, total: float, tolerance: float
+    panels: list[Panel], weight: torch.Tensor, total: float, scale: float, tolerance: float, check_map: bool
 ) -> tuple[torch.Tensor, float, list[Panel]]:
     """Return (integral, relative error estimate of weight * integral, panels to bisect, worst first)."""
     integrals = torch.stack([p.integral for p in panels]).flatten(1)  # (P, D)
     w = weight.flatten()  # (D,)
     integral = integrals.sum(0)
     norm = float((w * integral).norm()) or float("inf")
-    scale = abs(total) or float("inf")
+    scale = scale or float("inf")
     if any(p.change is None for p in panels):
         return integral, float("inf"), list(panels)
     known = abs(float((w * integral).sum()) - total) / scale  # measured, not estimated
     weighted = torch.stack([p.change for p in panels]).flatten(1) * w  # (P, D) estimated error per panel
     estimate = float(weighted.sum(0).norm()) / norm
-    if known < tolerance and estimate < tolerance:
+    if known < tolerance and (estimate < tolerance or not check_map):
         return integral, estimate, []
-    indicator = torch.maximum(weighted.sum(1).abs() / scale, weighted.norm(dim=1) / norm).cpu().numpy()
+    indicator = weighted.sum(1).abs() / scale
+    if check_map:
+        indicator = torch.maximum(indicator, weighted.norm(dim=1) / norm)
+    indicator = indicator.cpu().numpy()
     order = np.argsort(-indicator, kind="stable")
     return integral, estimate, [panels[q] for q in order if indicator[q] >= SPLIT_FRACTION * indicator[order[0]]]
 
@@ -215,18 +218,23 @@ def adaptive_simpson(
     tolerance: float,
     max_steps: int,
     start: Quadrature | None = None,
+    scales: Sequence[float] | None = None,
+    check_map: Sequence[bool] | None = None,
 ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """Integrate N vector functions f_i over [0, 1] by bisecting Simpson panels per function.
 
     `evaluate(i, a)` returns f_{i[j]}(a[j]) for arrays of function indices and nodes, (J, ...).
     `weights` (N, ...) and `totals` (N,) state what is known exactly: sum(weights_i *
     integral_i) = totals_i (for integrated gradients, x - x' and F(x) - F(x')). Each function
-    is refined until that sum is within `tolerance` of totals_i (relative) AND the estimated
-    relative L2 error of weights_i * integral_i is below `tolerance`, or `max_steps` values
-    were used. Returns (integrals (N, ...), steps (N,), error estimates (N,)).
+    is refined until |that sum - totals_i| < `tolerance` * scales_i (default |totals_i|) AND,
+    where check_map_i (default True), the estimated relative L2 error of weights_i *
+    integral_i is below `tolerance`; or until `max_steps` values were used.
+    Returns (integrals (N, ...), steps (N,), error estimates (N,)).
     """
     start = simpson(2) if start is None else start
     n, m = weights.shape[0], (len(start) - 1) // 2
+    scales = [abs(t) for t in totals] if scales is None else scales
+    check_map = [True] * n if check_map is None else check_map
     first = evaluate(np.repeat(np.arange(n), 2 * m + 1), np.tile(start.nodes, n))
     first = first.view(n, 2 * m + 1, *first.shape[1:])
     panels = [
@@ -240,7 +248,7 @@ def adaptive_simpson(
     touched = range(n)
     while True:
         for i in touched:
-            integral, estimate[i], worth = _assess(panels[i], weights[i], totals[i], tolerance)
+            integral, estimate[i], worth = _assess(panels[i], weights[i], totals[i], scales[i], tolerance, check_map[i])
             integrals[i] = integral.view(integrals.shape[1:])
             todo += [(i, p) for p in worth[: max(0, int(max_steps - steps[i]) // 2)]]
         if not todo:

@@ -5,11 +5,13 @@ return `InteriorGradients`, one map per alpha); results carry what is known of t
 """
 
 from mindscope.attribution.core import (
+    ILL_CONDITIONING_FLOOR,
     Attribution,
     InteriorGradients,
     check_batch,
     class_logit,
     class_probability,
+    completeness_scale,
     input_gradients_only,
     resolve_targets,
 )
@@ -22,12 +24,14 @@ from mindscope.attribution.methods import (
 )
 
 __all__ = [
+    "ILL_CONDITIONING_FLOOR",
     "WALKTHROUGH_ALPHAS",
     "Attribution",
     "InteriorGradients",
     "check_batch",
     "class_logit",
     "class_probability",
+    "completeness_scale",
     "gradients",
     "input_gradients_only",
     "integrated_gradients",

@@ -2,7 +2,8 @@
 
 `path_gradients` is the one generator behind gradients, interior gradients, fixed-rule
 and adaptive integrated gradients: it yields dF/dx at baseline + a (x - baseline) for any
-list of (example, a) points, in batches.
+list of (example, a) points, in batches. `completeness_scale` is the one rule for what a
+completeness error is measured against, and when there is nothing to explain.
 """
 
 from __future__ import annotations
@@ -41,10 +42,42 @@ class Attribution:
     output: Tensor | None = None  # (N,) F(x) for the target
     baseline_output: Tensor | None = None  # (N,) F(x') for the target
     completeness_error: Tensor | None = None  # (N,) |sum(attributions) - (F(x) - F(x'))|
-    relative_completeness_error: Tensor | None = None  # (N,) the above / |F(x) - F(x')|
+    # (N,) completeness_error / completeness_scale(F(x), F(x')): / |F(x) - F(x')| unless ill-conditioned,
+    # then / (ILL_CONDITIONING_FLOOR * max(|F(x)|, |F(x')|))
+    relative_completeness_error: Tensor | None = None
     map_error: Tensor | None = None  # (N,) estimated relative L2 error of the map (tolerance mode)
-    converged: Tensor | None = None  # (N,) bool: tolerance met before max_steps (tolerance mode only)
-    ill_conditioned: Tensor | None = None  # (N,) bool: |F(x) - F(x')| too small for a relative error
+    # (N,) bool, tolerance mode only: relative completeness error AND map error estimate below the
+    # tolerance before max_steps ran out; None for fixed rules, which promise no accuracy
+    converged: Tensor | None = None
+    # (N,) bool: |F(x) - F(x')| <= ILL_CONDITIONING_FLOOR * max(|F(x)|, |F(x')|): nothing to explain,
+    # the baseline already scores about F(x); the map then explains a near-zero change
+    ill_conditioned: Tensor | None = None
+
+
+# A change of F below 1% of F itself is nothing to explain: a baseline that the network
+# already scores like x (the black image called "square" with p = 1.000, x too). A relative
+# completeness error against such a change measures float rounding, not the quadrature, and
+# refining it spends the step budget for nothing; it is judged against 1% of F instead.
+ILL_CONDITIONING_FLOOR = 0.01
+
+
+def completeness_scale(output: Tensor, baseline_output: Tensor) -> tuple[Tensor, Tensor]:
+    """Return (scale, ill_conditioned), (N,) each: what a completeness error is relative to.
+
+    With dF = F(x) - F(x') and top = max(|F(x)|, |F(x')|):
+    ill_conditioned = |dF| <= ILL_CONDITIONING_FLOOR * top, and
+    scale = max(|dF|, ILL_CONDITIONING_FLOOR * top), so relative error = error / scale is the
+    usual error / |dF| wherever there is something to explain, and error / (1% of F) where
+    there is not. scale is 0 only where F(x) = F(x') = 0.
+    """
+    delta = (output - baseline_output).abs()
+    floor = ILL_CONDITIONING_FLOOR * torch.maximum(output.abs(), baseline_output.abs())
+    return torch.maximum(delta, floor), delta <= floor
+
+
+def relative_to(error: Tensor, scale: Tensor) -> Tensor:
+    """Return error / scale, with 0 / 0 = 0 (no error where there is nothing at all)."""
+    return torch.where(error == 0, torch.zeros_like(error), error / scale)
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,11 @@ from mindscope.attribution.core import (
     batched_logits,
     check_batch,
     class_probability,
+    completeness_scale,
     input_gradients_only,
     path_gradients,
     prepare,
+    relative_to,
     resolve_targets,
 )
 from mindscope.baselines import Baseline
@@ -140,6 +142,8 @@ def _integrate_adaptive(
     model: nn.Module,
     problem: Problem,
     baseline_output: Tensor,
+    scale: Tensor,
+    ill_conditioned: Tensor,
     start: Quadrature,
     tolerance: float,
     max_steps: int,
@@ -147,7 +151,11 @@ def _integrate_adaptive(
     output: Callable[[Tensor], Tensor],
     max_batch: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Return (integral of g per example, steps, map error estimate) from adaptive Simpson panels."""
+    """Return (integral of g per example, steps, map error estimate) from adaptive Simpson panels.
+
+    Completeness is judged against `scale`; an ill-conditioned example stops as soon as that is
+    met: its map explains a change of F too small to be worth the steps.
+    """
     x = problem.x
 
     def evaluate(example: np.ndarray, alpha: np.ndarray) -> Tensor:
@@ -167,6 +175,8 @@ def _integrate_adaptive(
         tolerance=tolerance,
         max_steps=max_steps,
         start=start,
+        scales=scale.tolist(),
+        check_map=(~ill_conditioned).tolist(),
     )
     return integral, torch.as_tensor(steps, device=x.device), torch.as_tensor(map_error, device=x.device)
 
@@ -197,13 +207,20 @@ def integrated_gradients(
     map error estimate are both below `tolerance`, or `max_steps` gradients were spent.
     Bisection nests Simpson's rule, so no gradient is thrown away.
 
+    Completeness is relative to `completeness_scale(F(x), F(baseline))`: |F(x) - F(baseline)|,
+    except where that is at most 1% (ILL_CONDITIONING_FLOOR) of max(|F(x)|, |F(baseline)|).
+    Such an example is `ill_conditioned` (nothing to explain: the baseline already scores
+    about F(x)); its error is judged against 1% of F, and tolerance mode refines it only
+    until that is met, not for the map, whose error estimate is still reported.
+
     Guarantees: `completeness_error` is measured, not estimated: sum(attributions) minus
     F(x) - F(baseline) from forward passes (exact up to floating point). It does not prove
     the map is right: errors in different pixels can cancel. `map_error` (tolerance mode
     only) estimates ||map - exact map|| / ||map|| from the change each panel showed when last
-    bisected; it is an estimate, usually pessimistic, not a bound. Examples that hit
-    `max_steps` report errors above `tolerance`: check them. Tolerance mode keeps each
-    example's gradients (steps x input size) until it is done.
+    bisected; it is an estimate, usually pessimistic, not a bound. `converged` (tolerance
+    mode only) says both were below `tolerance`; it is False where `max_steps` ran out
+    first, and for an ill-conditioned example whose map was not refined that far. Tolerance
+    mode keeps each example's gradients (steps x input size) until it is done.
     """
     if rule is not None and not isinstance(rule, Quadrature):
         raise TypeError(f"rule must be a Quadrature such as gauss_legendre(32), got {type(rule).__name__}")
@@ -220,7 +237,8 @@ def integrated_gradients(
         problem = prepare(model, x, target, baseline, output, max_batch)
         n = x.shape[0]
         baseline_output = baseline_outputs(model, problem, output=output, max_batch=max_batch)
-        map_error = None
+        scale, ill_conditioned = completeness_scale(problem.output, baseline_output)
+        map_error = converged = None
         if tolerance is None:
             rule = gauss_legendre(32) if rule is None else rule
             integral = _integrate_rule(model, problem, rule, output=output, max_batch=max_batch)
@@ -228,12 +246,22 @@ def integrated_gradients(
         else:
             start = simpson(2) if rule is None else rule
             integral, steps, map_error = _integrate_adaptive(
-                model, problem, baseline_output, start, float(tolerance), max_steps, output=output, max_batch=max_batch
+                model,
+                problem,
+                baseline_output,
+                scale,
+                ill_conditioned,
+                start,
+                float(tolerance),
+                max_steps,
+                output=output,
+                max_batch=max_batch,
             )
     attributions = problem.direction * integral  # (N, C, H, W)
-    delta_f = problem.output - baseline_output
-    error = (attributions.flatten(1).sum(1) - delta_f).abs()
-    relative = torch.where(error == 0, torch.zeros_like(error), error / delta_f.abs())  # 0/0: nothing to explain
+    error = (attributions.flatten(1).sum(1) - (problem.output - baseline_output)).abs()
+    relative = relative_to(error, scale)
+    if tolerance is not None:
+        converged = (relative < tolerance) & (map_error < tolerance)
     return Attribution(
         attributions,
         problem.targets,
@@ -245,6 +273,8 @@ def integrated_gradients(
         error,
         relative,
         map_error,
+        converged,
+        ill_conditioned,
     )
 
 

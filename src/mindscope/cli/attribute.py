@@ -1,8 +1,11 @@
 """`mindscope attribute`: gradients, interior gradients, integrated gradients or SmoothGrad.
 
-Prints, per image, the prediction, the completeness error and the steps used, and writes
+Prints, per image, the prediction, the completeness error and the steps used, with a
+warning on the image's line where there is nothing to explain (the baseline already scores
+what the image scores) or where --tolerance was not reached within --max-steps (exit status
+0 all the same: the map is computed and drawn, the line says how far to trust it). Writes
 the walk-through's figures: signed overlays and heat maps (panels), and for interior
-gradients one GIF per image over alpha and the saturation curve.
+gradients one GIF per image over alpha (named by test index or file) and the saturation curve.
 """
 
 from __future__ import annotations
@@ -50,20 +53,59 @@ def _baseline(name: str, normalization):
     }[name]
 
 
-def _describe(i: int, caption: str, result: Attribution, classes: tuple[str, ...]) -> str:
+def _image_names(specs: tuple[str, ...]) -> list[str]:
+    """Name each image in file names and legends: its test index, or its file's stem.
+
+    Different images that would share a name (a/x.png and b/x.png) get their position appended.
+    """
+    names = [s.strip() if s.strip().lstrip("-").isdigit() else Path(s).stem for s in specs]
+    clash = {n for n in names if len({s for s, m in zip(specs, names) if m == n}) > 1}
+    return [f"{n}_{i}" if n in clash else n for i, n in enumerate(names)]
+
+
+def _describe(
+    i: int,
+    caption: str,
+    result: Attribution,
+    classes: tuple[str, ...],
+    *,
+    score: str = "probability",
+    tolerance: float | None = None,
+    max_steps: int | None = None,
+) -> str:
     predicted, target = int(result.predictions[i]), int(result.targets[i])
     line = f"{caption}: predicted {classes[predicted]} ({float(result.probabilities[i]):.3f})"
     if target != predicted:
         line += f", target {classes[target]}"
+    ill = result.ill_conditioned is not None and bool(result.ill_conditioned[i])
     if result.relative_completeness_error is not None:
-        line += (
-            f"; completeness error {float(result.relative_completeness_error[i]):.3%} "
-            f"(abs {float(result.completeness_error[i]):.3g})"
-        )
+        relative, absolute = float(result.relative_completeness_error[i]), float(result.completeness_error[i])
+        against = " of 1% of F" if ill else ""
+        line += f"; completeness error {relative:.3%}{against} (abs {absolute:.3g})"
     line += f"; steps {int(result.steps[i])}"
     if result.map_error is not None:
         line += f"; map error estimate {float(result.map_error[i]):.3%}"
+    if ill:
+        value = float(result.baseline_output[i])
+        shown = f"p={value:.3f}" if score == "probability" else f"logit {value:.3g}"
+        line += f"; nothing to explain: the baseline already scores {shown} for '{classes[target]}'"
+    # Only an ill-conditioned image stops short of the tolerance by design: its map is not refined.
+    spent = max_steps is not None and int(result.steps[i]) + 2 > max_steps  # no room for a bisection (2 steps)
+    if result.converged is not None and not bool(result.converged[i]) and (spent or not ill):
+        line += (
+            f"; NOT CONVERGED: tolerance {tolerance:.2%} not reached in {int(result.steps[i])} steps "
+            f"(--max-steps {max_steps}); raise --max-steps"
+        )
     return line
+
+
+def _relabel(figure, names: list[str]) -> None:
+    """Name the saturation curve's lines by image (test index or file) instead of list position."""
+    for ax in figure.axes:
+        for i, line in enumerate(ax.get_lines()):
+            line.set_label(f"image {names[i]}: " + line.get_label().split(" ", 1)[-1])
+        if ax.get_legend() is not None:
+            ax.legend(fontsize=7)
 
 
 @click.command("attribute")
@@ -99,7 +141,13 @@ def _describe(i: int, caption: str, result: Attribution, classes: tuple[str, ...
     help="F: the target's softmax probability or its logit",
 )
 @click.option("--samples", type=int, default=16, show_default=True, help="noisy copies for smoothgrad")
-@click.option("--max-steps", type=int, default=2048, show_default=True, help="per-image cap with --tolerance")
+@click.option(
+    "--max-steps",
+    type=int,
+    default=2048,
+    show_default=True,
+    help="per-image cap with --tolerance; an image that reaches it unconverged is flagged NOT CONVERGED",
+)
 @click.option("--epoch", type=int, default=None, help="snapshot to load (default: the last)")
 @click.option(
     "--out", type=click.Path(path_type=Path), default=None, help="output folder (default RUN_DIR/attributions)"
@@ -139,6 +187,7 @@ def attribute(
     pixels = torch.cat([p for p, _ in loaded]).to(target_device)  # (N, C, H, W) in [0, 1]
     x = normalization.apply(pixels)
     captions = [c for _, c in loaded]
+    names = _image_names(images)
     classes = tuple(run.classes)
     output = class_probability if score == "probability" else class_logit
     base = _baseline(baseline, normalization)
@@ -157,8 +206,10 @@ def attribute(
                 f"steps {result.alphas.numel()}"
             )
             frames = interior_frames(result, x, classes, index=i, to_pixels=normalization.invert)
-            save_gif(frames, out / f"interior_{i}.gif", duration_ms=600)
-        saturation_curve(result, classes).savefig(out / "saturation.png", dpi=120)
+            save_gif(frames, out / f"interior_{names[i]}.gif", duration_ms=600)
+        curve = saturation_curve(result, classes)
+        _relabel(curve, names)
+        curve.savefig(out / "saturation.png", dpi=120)
         click.echo(f"wrote {len(captions)} GIF(s) and saturation.png to {out}")
         return
 
@@ -175,7 +226,7 @@ def attribute(
             model, x, baseline=base, rule=quadrature, tolerance=tolerance, max_steps=max_steps, output=output
         )
     for i, caption in enumerate(captions):
-        click.echo(_describe(i, caption, result, classes))
+        click.echo(_describe(i, caption, result, classes, score=score, tolerance=tolerance, max_steps=max_steps))
     figure = attribution_panels(normalization.invert(x).cpu(), result, classes, title=f"{method} ({score})")
     figure.savefig(out / f"{method}.png", dpi=120)
     click.echo(f"wrote {out / f'{method}.png'}")
