@@ -12,7 +12,7 @@ import mindscope
 
 SRC = Path(mindscope.__file__).parent
 
-LOOKS = {"activations", "attribution", "baselines", "evaluation", "layers", "quadrature", "weights"}
+LOOKS = {"activations", "attribution", "baselines", "evaluation", "histogram", "layers", "quadrature", "weights"}
 EVERYTHING = {"*"}
 # component -> the mindscope components it may import (itself always allowed).
 ALLOWED: dict[str, set[str]] = {
@@ -22,7 +22,8 @@ ALLOWED: dict[str, set[str]] = {
     "quadrature": {"_util"},
     "baselines": {"_util"},
     "activations": {"_util", "layers"},
-    "weights": {"_util", "layers"},
+    "histogram": {"_util"},
+    "weights": {"_util", "histogram", "layers"},
     "attribution": {"_util", "baselines", "layers", "quadrature"},
     "evaluation": {"_util", "attribution", "baselines", "layers", "quadrature"},
     "model": {"_util"},
