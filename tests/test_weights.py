@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -283,9 +284,10 @@ def test_change_table_on_a_hand_made_pair():
     table = format_change_table(changes.values()).splitlines()
     assert table[0].split()[:2] == ["tensor", "mean"]
     assert table[1].startswith("a ") and "+0 -> +1" in table[1] and "+41.4%" in table[1]
-    assert "+inf" in table[2] and "-100.0%" in table[3]
-    # the same table from histograms and from a model pair
-    assert weight_changes(weight_histograms(before), weight_histograms(after)) == list(changes.values())
+    assert "+5 (from 0)" in table[2] and "-100.0%" in table[3]
+    # the same statistics from histograms (which cannot know how far the weights moved)
+    from_histograms = weight_changes(weight_histograms(before), weight_histograms(after))
+    assert [replace(c, moved=None) for c in changes.values()] == from_histograms
     with pytest.raises(ValueError, match="different tensors"):
         weight_changes(before, {"a": after["a"]})
 
@@ -502,3 +504,27 @@ def test_cli_export_tensorboard(run_dir, tmp_path, capsys):
     assert [e.step for e in acc.Histograms("features.18/weight")] == [0, 4, 8]
     assert main(["export-tensorboard", str(run_dir), str(tmp_path / "tb")]) == 2
     assert "already holds TensorBoard event files" in capsys.readouterr().err
+
+
+def test_the_change_table_says_how_far_weights_moved_and_never_inf_for_zero_biases():
+    """A bias that starts at 0 gets absolute figures; 'moved' is |W_T - W_0| / |W_0| against numpy."""
+    rng = np.random.default_rng(0)
+    w0 = rng.normal(size=(4, 3)).astype(np.float32)
+    w1 = w0 + rng.normal(scale=0.1, size=w0.shape).astype(np.float32)
+    w1[0] *= -1  # same norm row, far away: the norm barely changes, the weights moved a lot
+    before = {"w": torch.from_numpy(w0), "b": torch.zeros(3)}
+    after = {"w": torch.from_numpy(w1), "b": torch.tensor([0.5, -0.5, 0.0])}
+    changes = {c.tensor: c for c in weight_changes(before, after)}
+    w = changes["w"]
+    expected = np.linalg.norm(w1.astype(np.float64) - w0) / np.linalg.norm(w0.astype(np.float64))
+    assert w.relative_move == pytest.approx(expected, rel=1e-6)
+    assert w.relative_move > 5 * abs(w.l2_change)
+    b = changes["b"]
+    assert b.relative_move is None and b.moved == pytest.approx(math.sqrt(0.5))
+    table = format_change_table(changes.values())
+    assert "inf" not in table
+    assert "(from 0)" in table.splitlines()[2] and f"{expected:.1%}" in table.splitlines()[1]
+    assert table.splitlines()[0].split()[-2:] == ["change", "moved"]
+    # from statistics alone the distance is unknown, and the table says so
+    stats_only = weight_changes(weight_histograms(before), weight_histograms(after))
+    assert all(c.moved is None for c in stats_only)

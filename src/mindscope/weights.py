@@ -21,7 +21,23 @@ import torch
 from torch import Tensor, nn
 
 from mindscope.histogram import histograms
-from mindscope.layers import resolve_layer
+from mindscope.layers import resolve_layer, split_specs
+
+__all__ = [
+    "Source",
+    "WeightChange",
+    "WeightHistogram",
+    "WeightStats",
+    "format_change",
+    "format_change_table",
+    "histogram_quantiles",
+    "histogram_rows",
+    "paired_histograms",
+    "select_tensors",
+    "shared_edges",
+    "weight_changes",
+    "weight_histograms",
+]
 
 NEAR_ZERO = 1e-3  # |w| <= NEAR_ZERO counts as "near zero"
 
@@ -67,7 +83,15 @@ class WeightChange:
     min: tuple[float, float]
     max: tuple[float, float]
     l2: tuple[float, float]
-    l2_change: float  # (|after| - |before|) / |before|; inf when before is 0 and after is not
+    l2_change: float  # (|after| - |before|) / |before|: how the norm grew; inf when before is 0 and after is not
+    moved: float | None = None  # |after - before|: how far the weights moved (None from statistics alone)
+
+    @property
+    def relative_move(self) -> float | None:
+        """|after - before| / |before|; None where unknown or where |before| is 0 (see `moved`)."""
+        if self.moved is None or self.l2[0] == 0:
+            return None
+        return self.moved / self.l2[0]
 
 
 def select_tensors(source: Source, layers: str | int | Sequence[str | int] | None = None) -> dict[str, Tensor]:
@@ -88,20 +112,20 @@ def select_tensors(source: Source, layers: str | int | Sequence[str | int] | Non
         )
     if layers is None:
         return tensors
-    if isinstance(layers, (str, int)):
-        layers = [s.strip() for s in layers.split(",") if s.strip()] if isinstance(layers, str) else [layers]
     chosen: dict[str, Tensor] = {}
-    for spec in layers:
-        is_number = isinstance(spec, int) or (isinstance(spec, str) and spec.lstrip("-").isdigit())
-        if isinstance(spec, str) and not is_number and spec in tensors:
+    for spec in split_specs(layers):
+        if isinstance(spec, str) and spec in tensors:  # a parameter's own name
             chosen[spec] = tensors[spec]
             continue
-        if is_number and not isinstance(source, nn.Module):
+        if isinstance(source, nn.Module):
+            prefix = resolve_layer(source, spec)  # the one parser: names, L3 numbers, module objects
+        elif isinstance(spec, str) and not spec.lstrip("Ll").lstrip("-").isdigit():
+            prefix = spec
+        else:
             raise ValueError(
                 f"layer number {spec} needs the model to be resolved; pass the model, "
                 f"or a name or prefix such as {next(iter(tensors), 'features.0')!r}"
             )
-        prefix = resolve_layer(source, spec) if isinstance(source, nn.Module) else str(spec)
         found = {k: v for k, v in tensors.items() if k.startswith(prefix + ".")}
         if not found:
             shown = ", ".join(list(tensors)[:12]) + (", ..." if len(tensors) > 12 else "")
@@ -263,12 +287,13 @@ def weight_changes(
     before: Source | Mapping[str, WeightHistogram | WeightStats],
     after: Source | Mapping[str, WeightHistogram | WeightStats],
 ) -> list[WeightChange]:
-    """Per tensor: mean, std, min, max and L2 norm before -> after, and the L2 norm's relative change.
-
-    Each side is a model, a state_dict, or the output of `weight_histograms` (or its stats).
+    """Per tensor: mean, std, min, max and L2 norm before -> after, how the norm changed, and how
+    far the weights moved, |after - before| (that needs the tensors: a model or a state_dict on
+    both sides; from histograms or statistics alone `moved` is None).
     """
     first, second = _as_stats(before), _as_stats(after)
     _check_same_names(first, second)
+    moved = _distances(before, after)
     changes = []
     for name, b in first.items():
         a = second[name]
@@ -277,28 +302,59 @@ def weight_changes(
         else:
             change = 0.0 if a.l2 == 0 else math.inf
         changes.append(
-            WeightChange(name, (b.mean, a.mean), (b.std, a.std), (b.min, a.min), (b.max, a.max), (b.l2, a.l2), change)
-        )
+            WeightChange(
+                name, (b.mean, a.mean), (b.std, a.std), (b.min, a.min), (b.max, a.max), (b.l2, a.l2), change,
+                moved.get(name),
+            )
+        )  # fmt: skip
     return changes
 
 
+def _distances(before: object, after: object) -> dict[str, float]:
+    """{name: |after - before|} for the floating-point tensors both sides hold (float64 sums)."""
+
+    def tensors(side: object) -> dict[str, Tensor]:
+        if isinstance(side, nn.Module):
+            return dict(side.named_parameters())
+        if isinstance(side, Mapping):
+            return {k: v for k, v in side.items() if isinstance(v, Tensor) and v.is_floating_point()}
+        return {}
+
+    first, second = tensors(before), tensors(after)
+    with torch.no_grad():
+        return {
+            k: float((second[k].detach().double() - first[k].detach().to(second[k].device).double()).norm())
+            for k in first
+            if k in second and first[k].shape == second[k].shape
+        }
+
+
+def format_change(change: WeightChange) -> tuple[str, str]:
+    """(norm change, distance moved) as text: relative where |before| > 0, absolute where it is 0."""
+    b, a = change.l2
+    norm = f"{change.l2_change:+.1%}" if b > 0 else f"{a - b:+.3g} (from 0)"
+    if change.moved is None:
+        moved = "-"
+    elif b > 0:
+        moved = f"{change.relative_move:.1%}"
+    else:
+        moved = f"{change.moved:.3g} (from 0)"
+    return norm, moved
+
+
 def format_change_table(changes: Iterable[WeightChange], *, before: str = "before", after: str = "after") -> str:
-    """Lay out `weight_changes` as a plain-text table, one tensor a line."""
+    """Lay out `weight_changes` as a plain-text table, one tensor a line.
+
+    "norm change" is (|after| - |before|) / |before|; "moved" is |after - before| / |before|,
+    how far the weights went. Where |before| is 0 (biases start at zero) both are absolute.
+    """
 
     def pair(v: tuple[float, float], sign: str = "+") -> str:
         return f"{v[0]:{sign}.3g} -> {v[1]:{sign}.3g}"
 
-    header = ("tensor", f"mean {before} -> {after}", "std", "min", "max", "L2 norm", "L2 change")
+    header = ("tensor", f"mean {before} -> {after}", "std", "min", "max", "L2 norm", "norm change", "moved")
     lines = [
-        (
-            c.tensor,
-            pair(c.mean),
-            pair(c.std, "-"),
-            pair(c.min),
-            pair(c.max),
-            pair(c.l2, "-"),
-            f"{c.l2_change:+.1%}" if math.isfinite(c.l2_change) else f"{c.l2_change:+}",
-        )
+        (c.tensor, pair(c.mean), pair(c.std, "-"), pair(c.min), pair(c.max), pair(c.l2, "-"), *format_change(c))
         for c in changes
     ]
     widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
