@@ -69,7 +69,8 @@ def weights(run_dir: Path, layers: str | None, out: Path | None, bins: int) -> N
         written.append(out / f"weights_{name}.png")
         plot(rows, tensors=drawn, time=time).savefig(written[-1], dpi=110)
 
-    click.echo(format_change_table(weight_changes(before, after), before=labels[0], after=labels[1]))
+    changes = weight_changes({n: before_sd[n] for n in names}, {n: after_sd[n] for n in names})
+    click.echo(format_change_table(changes, before=labels[0], after=labels[1]))
     for path in written:
         click.echo(f"wrote {path}")
 
