@@ -273,3 +273,13 @@ def test_report_checks_out_before_any_work(tiny_run, tmp_path, capsys, monkeypat
     one_error_line(capsys, "which is a file")
     assert main(["report", str(tiny_run), "--out", str(tmp_path)]) == 2
     one_error_line(capsys, "is a folder")
+
+
+def test_attribute_caps_what_it_is_asked_to_repeat(tiny_run, tmp_path, capsys):
+    out = tmp_path / "never"
+    command = ["attribute", str(tiny_run), "--image", "0", "--out", str(out)]
+    assert main([*command, "--method", "smoothgrad", "--samples", "100000000"]) == 2
+    one_error_line(capsys, "--samples must be at most 1,024")
+    assert main([*command, "--tolerance", "0.01", "--max-steps", "0"]) == 2
+    one_error_line(capsys, "--max-steps must be a positive integer, got 0")
+    assert not out.exists()  # nothing created before the options were checked

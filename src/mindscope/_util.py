@@ -16,10 +16,10 @@ from torch import nn
 def positive_int(value: object, name: str, *, maximum: int | None = None, hint: str = "") -> int:
     """Return `value` if it is an int in 1..maximum; otherwise raise one clear ValueError.
 
-    `hint` is appended to the message (e.g. "such as 16"). bool is not an int here.
+    `hint` is appended to the message (e.g. "a larger value costs ..."). bool is not an int here.
     """
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer{' ' + hint if hint else ''}, got {value!r}")
+        raise ValueError(f"{name} must be a positive integer, got {value!r}{'; ' + hint if hint else ''}")
     if maximum is not None and value > maximum:
         raise ValueError(f"{name} must be at most {maximum:,}, got {value:,}{'; ' + hint if hint else ''}")
     return value

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 import torch
 
+from mindscope._util import positive_int
 from mindscope.attribution import (
     Attribution,
     class_logit,
@@ -32,6 +33,9 @@ from mindscope.run import load_run
 from mindscope.training import resolve_device
 
 MAX_STEPS = 4096  # a fixed rule beyond this is slow and no more exact than --tolerance
+MAX_TOLERANCE_STEPS = 65536  # gradients kept per image in tolerance mode: 64k x a 32x32x3 image = 800 MB
+MAX_SAMPLES = 1024
+MAX_IMAGES = 64
 
 RULES = {
     "left": left,
@@ -177,6 +181,10 @@ def attribute(
         )
     if steps is not None and steps < 1:
         raise ValueError(f"--steps must be >= 1, got {steps}")
+    positive_int(samples, "--samples", maximum=MAX_SAMPLES, hint="each copy costs one gradient per image")
+    positive_int(max_steps, "--max-steps", maximum=MAX_TOLERANCE_STEPS, hint="tolerance mode keeps every gradient")
+    if len(images) > MAX_IMAGES:
+        raise ValueError(f"give at most {MAX_IMAGES} --image options, got {len(images)}; the figure draws a row each")
     if tolerance is not None and rule not in (None, "simpson"):
         raise ValueError(f"--tolerance refines Simpson panels; drop --rule {rule} or use --steps with it")
     run = load_run(run_dir, epoch=epoch)

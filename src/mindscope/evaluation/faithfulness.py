@@ -80,7 +80,7 @@ def deletion_insertion(
     example). All (4 x N x (steps + 1)) images are scored in batches of `max_batch`.
     """
     check_images(x)
-    positive_int(steps, "steps", hint="such as 16")
+    positive_int(steps, "steps", hint="16 is usual")
     positive_int(max_batch, "max_batch")
     n, _, h, w = x.shape
     x = x.detach()
