@@ -553,7 +553,11 @@ def test_cli_draws_grids_gif_stats_and_top(run_dir, tmp_path, capsys):
     for layer in ("features.5", "features.12", "features.18"):
         assert {f"grid_{layer}.png", f"stats_{layer}.png", f"top_{layer}_channel1.png"} <= names
     assert {"layers.gif", "stats_layers.png"} <= names
-    assert "channels dead" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "channels dead" in printed
+    assert "layer 3 (features.5): " in printed and "saturated (within 0.05 of -1)" in printed
+    assert "layer 9 (features.18): " in printed and "saturation n/a (no saturating activation)" in printed
+    assert "nan%" not in printed
 
 
 def test_cli_resizes_an_image_file_and_says_so(run_dir, tmp_path, capsys):

@@ -208,6 +208,9 @@ def layer_gif_frames(
 ) -> list[Image.Image]:
     """Return equal-sized frames: the input, then each layer's channel grid, each labelled.
 
+    Tiles carry their channel number, and "flat" where the channel is numerically flat (see
+    `flat_channels`), as in `channel_grid`.
+
     Args:
         image: (C, H, W) input pixels in [0, 1] or uint8.
         activations: {name: (C, H, W)} for the same example, in the order to show.
@@ -224,7 +227,8 @@ def layer_gif_frames(
         mosaic, corners = mosaic_tiles(tiles, max(1, min(columns, len(picked))), cell=cell, gap=4)
         rgb = colours(np.nan_to_num(mosaic))[..., :3]
         rgb[np.isnan(mosaic)] = 1.0
-        bodies.append((rgb, picked, corners))
+        flat = flat_channels(activation, picked) if per_channel else np.zeros(len(picked), bool)
+        bodies.append((rgb, [f"{c}{' flat' if f else ''}" for c, f in zip(picked, flat)], corners))
         captions.append(labels.get(name, name) + f"  ({channel_count(len(picked), _numpy(activation).shape[0])})")
     height = max(b[0].shape[0] if isinstance(b, tuple) else 0 for b in bodies) or 4 * cell
     width = max(b[0].shape[1] if isinstance(b, tuple) else 0 for b in bodies) or 4 * cell
@@ -245,9 +249,9 @@ def layer_gif_frames(
         frame.paste(tile, (left, top))
         draw = ImageDraw.Draw(frame)
         draw.text((8, 5), caption, fill="black", font=font)
-        for channel, (y, x) in zip(picked, corners):
+        for channel, (y, x) in zip(picked, corners):  # "5", or "5 flat" for a numerically flat channel
             draw.text(
-                (left + x + 2, top + y + 1), str(channel), fill="white", font=small, stroke_width=1, stroke_fill="black"
+                (left + x + 2, top + y + 1), channel, fill="white", font=small, stroke_width=1, stroke_fill="black"
             )
         frames.append(frame)
     return frames
