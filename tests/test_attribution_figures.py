@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pytest
 import torch
 
 from mindscope.attribution import Attribution, InteriorGradients
@@ -88,3 +89,21 @@ def test_overlay_stays_in_the_valid_range_on_white_images() -> None:
     attribution = np.random.default_rng(0).normal(size=(3, 8, 8))
     rgb = overlay(pixels, attribution)
     assert rgb.min() >= 0.0 and rgb.max() <= 1.0
+
+
+def test_the_saturation_curve_marks_added_alphas_and_the_flip() -> None:
+    from mindscope.render.attribution import saturation_curve
+
+    result, _ = synthetic_interior()  # the prediction changes between alpha 0.01 and 0.5
+    added = torch.tensor([False, True, False])
+    fig = saturation_curve(result, CLASSES, added=added)
+    prob_ax = fig.axes[0]
+    main, hollow = prob_ax.get_lines()[:2]
+    np.testing.assert_allclose(main.get_xdata(), [0.01, 0.5, 1.0])
+    assert list(main.get_markevery()) == [0, 2]  # the asked-for alphas, filled
+    np.testing.assert_allclose(hollow.get_xdata(), [0.5])
+    assert hollow.get_markerfacecolor() == "white" and hollow.get_label() == "added by bisection"
+    (band,) = prob_ax.patches
+    x0, x1 = band.get_x(), band.get_x() + band.get_width()
+    assert (x0, x1) == pytest.approx((0.01, 0.5))
+    assert prob_ax.get_xlabel().startswith("α")

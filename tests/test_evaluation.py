@@ -460,3 +460,22 @@ def test_the_chance_caption_says_which_way_is_better_and_who_beat_chance() -> No
     )
     assert f"good {area(rising):.3f} vs random {area(slow):.3f}: {area(rising) - area(slow):+.3f}, beats" in insertion
     assert "bad" in insertion and "worse than chance" in insertion.split("bad")[1]
+
+
+def test_the_completeness_summary_names_what_was_set_aside() -> None:
+    from mindscope.evaluation import CompletenessResult
+    from mindscope.report.methods import completeness_summary
+
+    comp = CompletenessResult(
+        np.array([1e-5, 3e-5, 2e-5]),
+        np.array([0.002, 19.0, 0.004]),
+        np.array([False, True, False]),
+        np.array([True, True, False]),
+    )
+    text = completeness_summary(comp, [7, 23, 40])
+    assert text.startswith("worst relative completeness error 0.400% over 2 well-conditioned images")
+    assert "1 set aside as ill-conditioned" in text
+    assert "image 23: nothing to explain: the baseline already scores F(x)" in text
+    assert "image 40: not converged" in text and "image 7" not in text
+    alone = CompletenessResult(np.array([1e-5]), np.array([19.0]), np.array([True]), np.array([True]))
+    assert completeness_summary(alone, [23]).startswith("no well-conditioned image")

@@ -264,7 +264,8 @@ def saturation_curve(
 ) -> Figure:
     """Plot the target's probability and the gradient norm against alpha, one line per example.
 
-    `added` (A,) bool marks alphas found by bisection (`refine_alphas`): drawn hollow.
+    `added` (A,) bool marks alphas found by bisection (`refine_alphas`): drawn hollow. A grey
+    band marks each pair of neighbouring alphas between which an example's prediction changes.
     """
     alphas = result.alphas.detach().cpu().numpy()
     extra = np.zeros(len(alphas), bool) if added is None else np.asarray(added, dtype=bool)
@@ -279,10 +280,15 @@ def saturation_curve(
             (line,) = ax.plot(alphas, values, marker="o", label=label)
             if extra.any():
                 line.set_markevery(np.flatnonzero(~extra).tolist())
-                ax.plot(alphas[extra], values[extra], "o", mfc="white", color=line.get_color(), label="_added")
+                hollow = "added by bisection" if i == 0 else "_added"
+                ax.plot(alphas[extra], values[extra], "o", mfc="white", color=line.get_color(), label=hollow)
+        predicted = result.predictions[:, i].cpu().numpy()
+        for j in np.flatnonzero(predicted[1:] != predicted[:-1]):
+            for ax in (prob_ax, norm_ax):
+                ax.axvspan(alphas[j], alphas[j + 1], color="0.6", alpha=0.5, lw=0, label="_flip")
     prob_ax.set(xlabel="α (fraction of the path from the baseline)", ylabel="target probability", ylim=(0, 1.02))
     norm_ax.set(xlabel="α", ylabel="gradient L2 norm", yscale="log")
-    prob_ax.set_title("prediction along the path", fontsize=9)
+    prob_ax.set_title("prediction along the path (grey: it changes)", fontsize=9)
     norm_ax.set_title("input-gradient norm along the path", fontsize=9)
     prob_ax.legend(fontsize=8)
     return fig

@@ -81,8 +81,11 @@ def completeness_summary(comp: CompletenessResult, images: Sequence[int]) -> str
     The one wording of this figure, wherever the report or the CLI shows it.
     """
     kept = len(images) - comp.set_aside
-    text = f"worst relative completeness error {HEADERS['completeness_error'][1].format(comp.worst_relative)} over "
-    text += f"{kept} well-conditioned image{'s' if kept != 1 else ''}"
+    if kept:
+        worst = HEADERS["completeness_error"][1].format(comp.worst_relative)
+        text = f"worst relative completeness error {worst} over {kept} well-conditioned image{'s' if kept != 1 else ''}"
+    else:
+        text = "no well-conditioned image to measure a relative completeness error on"
     notes = []
     for i, image in enumerate(images):
         flag = flag_text(bool(comp.ill_conditioned[i]), bool(comp.converged[i]))
