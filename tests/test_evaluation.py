@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from mindscope.attribution import gradients, integrated_gradients
+from mindscope.attribution import Attribution, gradients, integrated_gradients
 from mindscope.cli import main
 from mindscope.evaluation import (
     EvaluationTable,
@@ -237,7 +238,80 @@ def test_randomisation_of_chosen_layers_is_top_down_and_checked(centre_detector)
         randomisation_check(model, x, None, lambda m, x, t: torch.zeros(15, 1, 8, 8))
 
 
+def test_randomisation_compares_only_pixels_that_can_carry_attribution() -> None:
+    # Fashion-MNIST's failure: most pixels equal the black baseline, so a path method gives
+    # them exactly 0 under any weights, and those shared zeros alone keep rank correlation high.
+    g = torch.Generator().manual_seed(0)
+    n, size = 4, 8
+    model = nn.Sequential(Linear2(torch.randn(1, size, size, generator=g, dtype=torch.float64), 0.0))
+    x = torch.randn(n, 1, size, size, generator=g, dtype=torch.float64).sign()  # |x| = 1: |map| = |w|
+    x[:, :, :, : size * 6 // 10] = 0.0  # 60% of every image equals the baseline
+    maps: list[torch.Tensor] = []
+
+    def input_times_weight(m: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        maps.append((x * m[0].w).detach().clone())  # a linear model's IG from a zero baseline
+        return maps[-1]
+
+    result = randomisation_check(model, x, None, input_times_weight, baseline=torch.zeros_like(x), seed=3)
+    original, final = maps[0][:, 0].numpy(), maps[-1][:, 0].numpy()
+    carrying = (x[:, 0] != 0).numpy()
+    np.testing.assert_allclose(result.compared, carrying.reshape(n, -1).mean(1))
+    for e in range(n):
+        kept = scipy.stats.spearmanr(np.abs(original[e][carrying[e]]), np.abs(final[e][carrying[e]])).statistic
+        every = scipy.stats.spearmanr(np.abs(original[e]).ravel(), np.abs(final[e]).ravel()).statistic
+        signed = scipy.stats.spearmanr(original[e][carrying[e]], final[e][carrying[e]]).statistic
+        assert result.spearman_abs[-1, e] == pytest.approx(kept, abs=1e-12)
+        assert result.spearman_abs_all[-1, e] == pytest.approx(every, abs=1e-12)
+        assert result.spearman_signed[-1, e] == pytest.approx(signed, abs=1e-12)
+    assert result.final_abs_all > 0.5 > result.final_abs  # the zeros alone would fail it
+    assert result.passed == (result.final_abs < result.threshold)
+    # without a baseline every pixel is compared, as before
+    plain = randomisation_check(model, x, None, input_times_weight, seed=3)
+    assert plain.compared is None and plain.final_abs == pytest.approx(result.final_abs_all, abs=1e-12)
+
+
 # --- completeness and the table ------------------------------------------------------------
+
+
+def test_the_worst_completeness_error_sets_ill_conditioned_images_aside() -> None:
+    n = 4
+    relative = torch.tensor([0.002, 19.0, 0.0005, 0.004], dtype=torch.float64)
+    result = Attribution(
+        attributions=torch.zeros(n, 1, 2, 2),
+        targets=torch.zeros(n, dtype=torch.int64),
+        predictions=torch.zeros(n, dtype=torch.int64),
+        probabilities=torch.ones(n),
+        steps=torch.full((n,), 5),
+        completeness_error=relative * 1e-3,
+        relative_completeness_error=relative,
+        converged=torch.tensor([True, True, True, False]),
+        ill_conditioned=torch.tensor([False, True, False, False]),
+    )
+    collected = completeness(result)
+    well = ~np.array([False, True, False, False])
+    assert collected.worst_relative == pytest.approx(relative.numpy()[well].max())  # 0.004, not 19
+    assert collected.set_aside == 1 and collected.not_converged == 1
+    unflagged = completeness(replace(result, converged=None, ill_conditioned=None))  # None: nothing flagged
+    assert unflagged.worst_relative == pytest.approx(19.0) and unflagged.set_aside == 0
+    assert unflagged.not_converged == 0
+
+
+def test_the_trust_checks_run_the_report_s_integrated_gradients() -> None:
+    from mindscope.baselines import black
+    from mindscope.data import Normalization
+    from mindscope.report import standard_methods
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).double()
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    norm = Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    targets = torch.tensor([1, 2])
+    methods = standard_methods(norm, alpha=0.5, tolerance=0.01, samples=2, seed=0)
+    ours = methods["integrated"](model, x, targets)
+    section5 = integrated_gradients(model, x, targets, baseline=black(x, norm), tolerance=0.01)
+    torch.testing.assert_close(ours.attributions, section5.attributions, rtol=0, atol=0)
+    torch.testing.assert_close(ours.steps, section5.steps)
+    assert (ours.steps != 16).any() or ours.map_error is not None  # tolerance mode, not a 16-point rule
 
 
 def test_completeness_is_collected_where_it_exists() -> None:
@@ -295,8 +369,8 @@ def test_cli_evaluates_a_run(tiny_run, tmp_path, capsys) -> None:
                 "2",
                 "--methods",
                 "gradient,integrated",
-                "--ig-points",
-                "4",
+                "--tolerance",
+                "0.05",
                 "--steps",
                 "4",
                 "--out",
@@ -312,6 +386,19 @@ def test_cli_evaluates_a_run(tiny_run, tmp_path, capsys) -> None:
     assert len(numbers["methods"]["integrated"]["deletion"]["fractions"]) == 5
     assert len(numbers["methods"]["integrated"]["randomisation"]["layers"]) == 9
     assert numbers["methods"]["gradient"]["summary"]["completeness_error"] is None
+    # the same integrated gradients as the report's section 5: tolerance mode, same figure
+    from mindscope.baselines import black
+    from mindscope.run import load_run
+
+    run = load_run(tiny_run)
+    x = run.data.inputs(run.data.test, [0, 1])
+    reference = integrated_gradients(run.model, x, baseline=black(x, run.data.normalization), tolerance=0.05)
+    relative = reference.relative_completeness_error.numpy()
+    ill = np.zeros(2, bool) if reference.ill_conditioned is None else reference.ill_conditioned.numpy()
+    worst = relative[~ill].max()
+    assert f"integrated: worst relative completeness error {worst:.3%} over {int((~ill).sum())} " in printed
+    assert numbers["methods"]["integrated"]["summary"]["completeness_error"] == pytest.approx(worst, rel=1e-12)
+    assert "compares the maps on the pixels that can carry attribution, where the image differs" in printed
     for name in ("randomisation.png", "deletion.png", "localisation.png", "maps.png"):
         assert (out / name).stat().st_size > 0
 
@@ -322,6 +409,8 @@ def test_cli_evaluates_a_run(tiny_run, tmp_path, capsys) -> None:
         (["--methods", "gradient,occlusion"], "unknown method 'occlusion'"),
         (["--images", "0"], "--images must be at least 1"),
         (["--alpha", "1.5"], "--alpha must lie in"),
+        (["--tolerance", "2"], "--tolerance must lie in (0, 1)"),
+        (["--ig-points", "16"], "--ig-points is no longer used: integrated gradients refine each path to --tolerance"),
     ],
 )
 def test_cli_rejects_bad_input(tiny_run, tmp_path, capsys, args, message) -> None:
@@ -332,3 +421,61 @@ def test_cli_rejects_bad_input(tiny_run, tmp_path, capsys, args, message) -> Non
 def test_cli_rejects_a_missing_run(tmp_path, capsys) -> None:
     assert main(["evaluate", str(tmp_path / "nope")]) == 2
     assert "mindscope: error:" in capsys.readouterr().err
+
+
+# --- the captions say which way is better, from the numbers ----------------------------------
+
+
+def _row(name: str, deletion: np.ndarray, insertion: np.ndarray, random_del: np.ndarray, random_ins: np.ndarray):
+    from mindscope.evaluation import DeletionResult, MethodEvaluation, RandomisationResult
+
+    fractions = np.linspace(0, 1, deletion.shape[1])
+    rand = RandomisationResult(("0",), np.ones((2, 1)), np.ones((2, 1)), 0.5)
+    dele = DeletionResult(fractions, deletion, insertion, random_del, random_ins, np.zeros(1, dtype=np.int64))
+    return MethodEvaluation(name, torch.zeros(1, 1, 2, 2), rand, dele, None, None)
+
+
+def test_the_chance_caption_says_which_way_is_better_and_who_beat_chance() -> None:
+    from mindscope.report.methods import chance_verdicts
+
+    falling, flat = np.array([[1.0, 0.2, 0.0]]), np.array([[1.0, 0.6, 0.2]])  # deletion curves
+    rising, slow = np.array([[0.0, 0.9, 1.0]]), np.array([[0.0, 0.3, 0.9]])  # insertion curves
+    table = EvaluationTable(
+        (
+            _row("good", falling, rising, flat, slow),  # deletes faster and inserts faster than random
+            _row("bad", flat, slow, falling, rising),  # the demo's case: deletion area above random
+        ),
+        0.5,
+    )
+    text = chance_verdicts(table)
+    area = lambda c: float(np.trapezoid(c[0], np.linspace(0, 1, 3)))  # noqa: E731
+    assert "LOWER area is better" in text and "HIGHER area is better" in text
+    assert "negative is good" not in text
+    deletion, insertion = text.split("Insertion")
+    assert f"good {area(falling):.3f} vs random {area(flat):.3f}: {area(flat) - area(falling):+.3f}, beats chance" in (
+        deletion
+    )
+    assert f"bad {area(flat):.3f} vs random {area(falling):.3f}: {area(falling) - area(flat):+.3f}, worse than" in (
+        deletion
+    )
+    assert f"good {area(rising):.3f} vs random {area(slow):.3f}: {area(rising) - area(slow):+.3f}, beats" in insertion
+    assert "bad" in insertion and "worse than chance" in insertion.split("bad")[1]
+
+
+def test_the_completeness_summary_names_what_was_set_aside() -> None:
+    from mindscope.evaluation import CompletenessResult
+    from mindscope.report.methods import completeness_summary
+
+    comp = CompletenessResult(
+        np.array([1e-5, 3e-5, 2e-5]),
+        np.array([0.002, 19.0, 0.004]),
+        np.array([False, True, False]),
+        np.array([True, True, False]),
+    )
+    text = completeness_summary(comp, [7, 23, 40])
+    assert text.startswith("worst relative completeness error 0.400% over 2 well-conditioned images")
+    assert "1 set aside as ill-conditioned" in text
+    assert "image 23: nothing to explain: the baseline already scores F(x)" in text
+    assert "image 40: not converged" in text and "image 7" not in text
+    alone = CompletenessResult(np.array([1e-5]), np.array([19.0]), np.array([True]), np.array([True]))
+    assert completeness_summary(alone, [23]).startswith("no well-conditioned image")

@@ -28,6 +28,7 @@ __all__ = [
     "activation_statistics",
     "batches",
     "capture_activations",
+    "saturation_rule",
     "top_activating",
 ]
 
@@ -48,6 +49,22 @@ class Saturation:
     def __call__(self, a: Tensor) -> Tensor:
         return (a - self.level).abs() <= self.tolerance
 
+    def __str__(self) -> str:
+        return f"within {self.tolerance:g} of {self.level:g}"
+
+
+def saturation_rule(module: nn.Module) -> Saturation | None:
+    """Return the saturation rule of a layer whose output flattens out on one side, else None.
+
+    ELU and CELU flatten at -alpha, SELU at -scale * alpha. Other layers (a convolution, a
+    ReLU, which is 0 rather than saturated) have no floor to saturate at: None.
+    """
+    if isinstance(module, (nn.ELU, nn.CELU)):
+        return Saturation(-float(module.alpha))
+    if isinstance(module, nn.SELU):
+        return Saturation(-1.0507009873554805 * 1.6732632423543772)  # torch's SELU constants
+    return None
+
 
 @dataclass(frozen=True)
 class LayerSummary:
@@ -56,7 +73,7 @@ class LayerSummary:
     layer: str
     channels: int
     active: float  # fraction of values > 0
-    saturated: float  # fraction of values the saturation rule flags
+    saturated: float  # fraction of values the saturation rule flags (nan: no rule for this layer)
     dead: float  # fraction of channels never > 0 on any example
     mean: float
     std: float
@@ -75,8 +92,9 @@ class LayerStatistics:
     mean: np.ndarray
     std: np.ndarray
     active: np.ndarray  # fraction of values > 0
-    saturated: np.ndarray  # fraction of values flagged by the saturation rule
+    saturated: np.ndarray  # fraction of values flagged by the saturation rule (nan: the layer has none)
     maximum: np.ndarray  # largest value seen
+    saturation: str | None = None  # the rule applied, e.g. "within 0.05 of -1"; None: none applies
 
     @property
     def dead(self) -> np.ndarray:
@@ -240,7 +258,7 @@ class _Moments:
         self.mean, self.m2, self.active, self.saturated = z(), z(), z(), z()
         self.maximum = torch.full((channels,), -torch.inf, dtype=torch.float64, device=device)
 
-    def update(self, a: Tensor, saturation: Callable[[Tensor], Tensor]) -> None:
+    def update(self, a: Tensor, saturation: Callable[[Tensor], Tensor] | None) -> None:
         dims = [0, *range(2, a.dim())]  # all but the channel axis
         n = a.numel() // a.shape[1]
         var, mean = torch.var_mean(a, dim=dims, correction=0)  # one pass, no (C, M) copy
@@ -251,13 +269,16 @@ class _Moments:
         self.m2 += m2 + delta**2 * (self.count * n / total)
         self.count = total
         self.active += (a > 0).sum(dim=dims)
-        mask = saturation(a)
-        if not isinstance(mask, Tensor) or mask.shape != a.shape:
-            raise ValueError(
-                f"saturation must return a mask shaped like its input {tuple(a.shape)}, "
-                f"got {getattr(mask, 'shape', type(mask).__name__)}; apply it elementwise"
-            )
-        self.saturated += mask.sum(dim=dims)
+        if saturation is None:
+            self.saturated.fill_(torch.nan)
+        else:
+            mask = saturation(a)
+            if not isinstance(mask, Tensor) or mask.shape != a.shape:
+                raise ValueError(
+                    f"saturation must return a mask shaped like its input {tuple(a.shape)}, "
+                    f"got {getattr(mask, 'shape', type(mask).__name__)}; apply it elementwise"
+                )
+            self.saturated += mask.sum(dim=dims)
         self.maximum = torch.maximum(self.maximum, a.amax(dim=dims).double())
 
 
@@ -267,23 +288,27 @@ def activation_statistics(
     layers: LayerSpecs,
     *,
     batch_size: int = 256,
-    saturation: Callable[[Tensor], Tensor] = Saturation(),
+    saturation: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, LayerStatistics]:
     """Stream `data` through the model and return per-channel statistics for each layer.
 
     Memory is bounded by one batch of the requested layers plus a few (C,) float64
-    accumulators. `saturation` maps activations to a boolean mask of saturated values;
-    the default `Saturation()` flags ELU outputs within 0.05 of -1.
+    accumulators. `saturation` maps activations to a boolean mask of saturated values and
+    applies to every layer; by default each layer gets its own `saturation_rule` (ELU:
+    within 0.05 of -1), and a layer that has none (the last convolution, a ReLU) reports
+    `saturated` as nan rather than a fraction of a rule that does not apply to it.
 
     Returns:
         {name: LayerStatistics}; `.summary` of each gives the per-layer fractions.
     """
-    if not callable(saturation):
+    if saturation is not None and not callable(saturation):
         raise TypeError(
             f"saturation must be a callable Tensor -> bool Tensor, e.g. "
             f"Saturation(-1.0, tolerance=0.05), got {saturation!r}"
         )
     names = resolve_layers(model, layers, output=True)
+    modules = dict(model.named_modules())
+    rules = {name: saturation if saturation is not None else saturation_rule(modules[name]) for name in names}
     device = model_device(model)
     moments: dict[str, _Moments] = {}
     examples = 0
@@ -298,7 +323,7 @@ def activation_statistics(
                         f"layer {name!r} output has shape {tuple(a.shape)}; "
                         f"statistics need (N, C, ...) with a channel axis"
                     )
-                moments.setdefault(name, _Moments(a.shape[1], a.device)).update(a, saturation)
+                moments.setdefault(name, _Moments(a.shape[1], a.device)).update(a, rules[name])
             record.clear()
     if examples == 0:
         raise ValueError("data held no examples; pass at least one input")
@@ -315,8 +340,15 @@ def activation_statistics(
             as_np(m.active / m.count),
             as_np(m.saturated / m.count),
             as_np(m.maximum),
+            _describe(rules[name]),
         )
     return result
+
+
+def _describe(rule: Callable[[Tensor], Tensor] | None) -> str | None:
+    if rule is None:
+        return None
+    return str(rule) if isinstance(rule, Saturation) else getattr(rule, "__name__", type(rule).__name__)
 
 
 def top_activating(

@@ -186,8 +186,13 @@ def activations(
         for name, s in result.items():
             save(channel_statistics_figure(s, label=labels[name]), out / f"stats_{name}.png")
             summary = s.summary
+            saturated = (
+                f"{summary.saturated:.1%} saturated ({s.saturation})"
+                if s.saturation is not None
+                else "saturation n/a (no saturating activation)"
+            )
             click.echo(
-                f"{labels[name]}: {summary.active:.1%} active, {summary.saturated:.1%} saturated, "
+                f"{labels[name]}: {summary.active:.1%} active, {saturated}, "
                 f"{len(s.dead_channels)}/{summary.channels} channels dead"
             )
 

@@ -20,6 +20,7 @@ from mindscope.baselines import black
 from mindscope.evaluation import EvaluationTable, evaluate_methods, parameterised_layers
 from mindscope.render.evaluation import deletion_figure, localisation_figure, maps_figure, randomisation_figure
 from mindscope.report import METHOD_NAMES, format_table, standard_methods
+from mindscope.report.methods import RANDOMISED_MAX_STEPS, chance_verdicts, completeness_summary
 from mindscope.run import load_run
 from mindscope.training import resolve_device
 
@@ -59,8 +60,12 @@ def table_json(table: EvaluationTable, settings: dict[str, object]) -> dict[str,
             "summary": {k: _clean(v) for k, v in row.summary().items()},
             "randomisation": {
                 "layers": list(rand.layers),
+                "pixels": "all" if rand.compared is None else "where x differs from the baseline",
+                "compared": None if rand.compared is None else _clean(rand.compared),
                 "spearman_abs": _clean(rand.spearman_abs),
                 "spearman_signed": _clean(rand.spearman_signed),
+                "spearman_abs_all_pixels": _clean(rand.spearman_abs_all),
+                "spearman_signed_all_pixels": _clean(rand.spearman_signed_all),
                 "passed": rand.passed,
             },
             "deletion": {
@@ -79,7 +84,13 @@ def table_json(table: EvaluationTable, settings: dict[str, object]) -> dict[str,
             },
             "completeness": None
             if comp is None
-            else {"error": _clean(comp.error), "relative_error": _clean(comp.relative_error)},
+            else {
+                "error": _clean(comp.error),
+                "relative_error": _clean(comp.relative_error),
+                "ill_conditioned": _clean(comp.ill_conditioned),
+                "converged": _clean(comp.converged),
+                "worst_relative": _clean(comp.worst_relative),
+            },
         }
     return {"settings": settings, "randomisation_threshold": table.threshold, "methods": methods}
 
@@ -109,12 +120,27 @@ def _save(fig, path: Path) -> None:
     "--alpha", type=float, default=0.5, show_default=True, help="Interior gradients at black + alpha (x - black)."
 )
 @click.option(
-    "--ig-points",
-    type=int,
-    default=16,
+    "--tolerance",
+    type=float,
+    default=0.01,
     show_default=True,
-    help="Gauss-Legendre points for integrated gradients (each randomisation step re-runs it).",
+    help="Integrated gradients refine each path to this relative completeness error, as `mindscope report` does.",
 )
+@click.option(
+    "--max-steps",
+    type=int,
+    default=2048,
+    show_default=True,
+    help="Gradient steps per image at most for integrated gradients on the trained model.",
+)
+@click.option(
+    "--randomised-max-steps",
+    type=int,
+    default=RANDOMISED_MAX_STEPS,
+    show_default=True,
+    help="The same, on the randomised copies (their F barely changes along the path: no tolerance is reachable).",
+)
+@click.option("--ig-points", type=int, default=None, hidden=True, help="Removed: see --tolerance.")
 @click.option("--samples", type=int, default=16, show_default=True, help="SmoothGrad noisy copies.")
 @click.option(
     "--steps",
@@ -135,26 +161,53 @@ def _save(fig, path: Path) -> None:
     "--out", type=click.Path(path_type=Path), default=None, help="Output folder (default RUN_DIR/evaluation)."
 )
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda")
-def evaluate(run_dir, method_spec, images, alpha, ig_points, samples, steps, seed, epoch, out, device) -> None:
+def evaluate(
+    run_dir,
+    method_spec,
+    images,
+    alpha,
+    tolerance,
+    max_steps,
+    randomised_max_steps,
+    ig_points,
+    samples,
+    steps,
+    seed,
+    epoch,
+    out,
+    device,
+) -> None:
     """Check how far to trust each attribution method's maps; print a table, write figures."""
     for name, value, low in (
         ("--images", images, 1),
-        ("--ig-points", ig_points, 1),
+        ("--max-steps", max_steps, 1),
+        ("--randomised-max-steps", randomised_max_steps, 1),
         ("--samples", samples, 1),
         ("--steps", steps, 1),
     ):
         if value < low:
             raise ValueError(f"{name} must be at least {low}, got {value}")
-    for name, value, high in (("--ig-points", ig_points, 1024), ("--samples", samples, 1024), ("--steps", steps, 1024)):
+    for name, value, high in (("--samples", samples, 1024), ("--steps", steps, 1024)):
         if value > high:
             raise ValueError(f"{name} must be at most {high}, got {value}; the checks need far fewer")
+    if ig_points is not None:
+        if ig_points > 1024:
+            raise ValueError(f"--ig-points must be at most 1024, got {ig_points}; the checks need far fewer")
+        raise ValueError(
+            "--ig-points is no longer used: integrated gradients refine each path to --tolerance (default 0.01), "
+            "as `mindscope report` does, so that the checks judge the maps the report shows; drop --ig-points"
+        )
+    if not 0 < tolerance < 1:
+        raise ValueError(f"--tolerance must lie in (0, 1), such as 0.01, got {tolerance}")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"--alpha must lie in [0, 1] (0 = the black baseline, 1 = the image), got {alpha}")
     names = parse_methods(method_spec)
     device = resolve_device(device)
     run = load_run(run_dir, epoch=epoch)
     data = run.data
-    available = standard_methods(data.normalization, alpha=alpha, ig_points=ig_points, samples=samples, seed=seed)
+    settings = dict(alpha=alpha, tolerance=tolerance, samples=samples, seed=seed)
+    available = standard_methods(data.normalization, **settings, max_steps=max_steps)
+    budget = standard_methods(data.normalization, **settings, max_steps=randomised_max_steps)
     methods = {name: available[name] for name in names}
     test = data.test
     masks = test.masks
@@ -184,9 +237,14 @@ def evaluate(run_dir, method_spec, images, alpha, ig_points, samples, steps, see
             steps=steps,
             seed=seed,
             progress=progress,
+            randomised={"integrated": budget["integrated"]},
         )
     click.echo(f"{len(chosen)} test images of {run_dir} (epoch {run.epoch}), targets: the predicted classes")
     click.echo(format_table(table))
+    click.echo(chance_verdicts(table))
+    for row in table.rows:
+        if row.completeness is not None:
+            click.echo(f"{row.name}: {completeness_summary(row.completeness, chosen.tolist())}")
     if mask_batch is None:
         click.echo("this dataset has no object masks: localisation skipped")
     settings = {
@@ -194,7 +252,9 @@ def evaluate(run_dir, method_spec, images, alpha, ig_points, samples, steps, see
         "epoch": run.epoch,
         "images": chosen.tolist(),
         "alpha": alpha,
-        "ig_points": ig_points,
+        "tolerance": tolerance,
+        "max_steps": max_steps,
+        "randomised_max_steps": randomised_max_steps,
         "samples": samples,
         "steps": steps,
         "seed": seed,

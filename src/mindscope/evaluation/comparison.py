@@ -42,7 +42,8 @@ class MethodEvaluation:
             "random_mass_inside": loc.random_mass if loc else nan,
             "pointing": loc.pointing_rate if loc else nan,
             "random_pointing": loc.random_pointing_rate if loc else nan,
-            "completeness_error": comp.mean_relative if comp else nan,
+            "completeness_error": comp.worst_relative if comp else nan,
+            "completeness_set_aside": float(comp.set_aside) if comp else nan,
         }
 
 
@@ -80,13 +81,17 @@ def evaluate_methods(
     threshold: float = RANDOMISATION_THRESHOLD,
     max_batch: int = 128,
     progress: Progress | None = None,
+    randomised: Mapping[str, Method] | None = None,
 ) -> EvaluationTable:
     """Run every check for each method side by side; `masks` None skips localisation.
 
     Targets are fixed once from the model (its predictions when `target` is None).
     `baseline` is what removed pixels become in deletion/insertion (zeros of x's space unless
-    given); the methods carry their own baselines. `progress(label)` is called after each
-    of the len(methods) x (1 + layers) attributions.
+    given); given, the randomisation check compares maps only where x differs from it (None:
+    on all pixels). The methods carry their own baselines. `progress(label)` is called after each
+    of the len(methods) x (1 + layers) attributions. `randomised` may give, by name, the
+    function to run on the randomised copies instead (the same method on a smaller step
+    budget, say): the maps judged by every other check are always `methods`'.
     """
     check_images(x)
     if not isinstance(methods, Mapping) or not methods:
@@ -114,10 +119,11 @@ def evaluate_methods(
                     model,
                     x,
                     targets,
-                    method,
+                    (randomised or {}).get(name, method),
                     layers=layers,
                     seed=seed,
                     threshold=threshold,
+                    baseline=baseline,
                     reference=maps,
                     max_batch=max_batch,
                     progress=report,

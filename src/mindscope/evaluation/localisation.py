@@ -91,22 +91,51 @@ def localisation(attributions: Tensor, masks: Tensor, *, seed: int = 0) -> Local
 
 @dataclass(frozen=True, eq=False)
 class CompletenessResult:
-    """How far the maps' sums miss F(x) - F(baseline)."""
+    """How far the maps' sums miss F(x) - F(baseline), and which examples to set aside.
+
+    An ill-conditioned example has nothing to explain (F(x) and F(baseline) nearly agree),
+    so its relative error says nothing about the method: the worst error is taken over the
+    well-conditioned examples only, and the ones set aside are counted.
+    """
 
     error: np.ndarray  # (N,) |sum(map) - (F(x) - F(baseline))|
-    relative_error: np.ndarray  # (N,) error / |F(x) - F(baseline)|
+    relative_error: np.ndarray  # (N,) relative to F(x) - F(baseline), as the method reports it
+    ill_conditioned: np.ndarray  # (N,) bool: nothing to explain
+    converged: np.ndarray  # (N,) bool: the tolerance was met (True where the method has none)
 
     @property
-    def mean_relative(self) -> float:
-        return float(np.nanmean(self.relative_error))
+    def set_aside(self) -> int:
+        """How many ill-conditioned examples the worst error leaves out."""
+        return int(self.ill_conditioned.sum())
+
+    @property
+    def not_converged(self) -> int:
+        return int((~self.converged).sum())
+
+    @property
+    def worst_relative(self) -> float:
+        """The largest relative error over well-conditioned examples (nan if there are none)."""
+        kept = self.relative_error[~self.ill_conditioned]
+        return float(np.nanmax(kept)) if np.isfinite(kept).any() else float("nan")
 
 
 def completeness(result: Attribution | Tensor) -> CompletenessResult | None:
-    """Collect the completeness error of a result; None where the method has none (gradient, SmoothGrad)."""
+    """Collect the completeness error of a result; None where the method has none (gradient, SmoothGrad).
+
+    `ill_conditioned` and `converged` left None by the method flag nothing.
+    """
     if not isinstance(result, Attribution) or result.completeness_error is None:
         return None
-    relative = result.relative_completeness_error
     error = result.completeness_error.detach().double().cpu().numpy()
+    n = error.shape[0]
+
+    def flags(values: Tensor | None, default: bool) -> np.ndarray:
+        return np.full(n, default) if values is None else values.detach().cpu().numpy().astype(bool)
+
+    relative = result.relative_completeness_error
     return CompletenessResult(
-        error, np.full_like(error, np.nan) if relative is None else relative.detach().double().cpu().numpy()
+        error,
+        np.full_like(error, np.nan) if relative is None else relative.detach().double().cpu().numpy(),
+        flags(result.ill_conditioned, False),
+        flags(result.converged, True),
     )

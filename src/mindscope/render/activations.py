@@ -87,6 +87,23 @@ def scale_channels(
     return scaled, picked, (float(tiles.min()), float(tiles.max()))
 
 
+def channel_count(drawn: int, total: int) -> str:
+    """ "27 of 32 channels" where some are left out, "8 channels" where all are drawn."""
+    return f"{drawn} of {total} channels" if drawn < total else f"{total} channel{'s' if total != 1 else ''}"
+
+
+def flat_channels(activation: Array, picked: Sequence[int]) -> np.ndarray:
+    """Return (len(picked),) bool: the channel's range is numerically zero beside the layer's values.
+
+    A per-channel scale would stretch such a channel, float rounding and all, to full contrast;
+    the grid labels it "flat" instead. Numerically zero: at most 1e-6 of the largest |value|.
+    """
+    a = _numpy(activation).astype(np.float64)
+    a = a[:, None, None] if a.ndim == 1 else a
+    tiles = a[list(picked)].reshape(len(picked), -1)
+    return np.ptp(tiles, axis=1) <= 1e-6 * np.abs(a).max()
+
+
 def mosaic_tiles(tiles: np.ndarray, columns: int, cell: int, gap: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """Upscale tiles by a whole factor (nearest neighbour) into cells; NaN marks the background."""
     n, h, w = tiles.shape
@@ -150,7 +167,7 @@ def channel_grid(
         vmin=None if per_channel else low,
         vmax=None if per_channel else high,
     )
-    flat = np.ptp(tiles.reshape(len(tiles), -1), axis=1) == 0 if per_channel else np.zeros(len(tiles), bool)
+    flat = flat_channels(activation, picked) if per_channel else np.zeros(len(tiles), bool)
     for channel, (y, x), is_flat in zip(picked, corners, flat):
         ax.text(
             x + 1,
@@ -164,7 +181,8 @@ def channel_grid(
         )
     ax.set_axis_off()
     scale = "per-channel scale" if per_channel else f"shared scale {low:.3g} .. {high:.3g}"
-    ax.set_title(f"{title + ': ' if title else ''}{len(picked)} channels, {scale}", fontsize=9)
+    drawn = channel_count(len(picked), _numpy(activation).shape[0])
+    ax.set_title(f"{title + ': ' if title else ''}{drawn}, {scale}", fontsize=9)
     if not per_channel:
         fig.colorbar(shown, ax=ax, shrink=0.8, label="activation")
     return fig
@@ -190,6 +208,9 @@ def layer_gif_frames(
 ) -> list[Image.Image]:
     """Return equal-sized frames: the input, then each layer's channel grid, each labelled.
 
+    Tiles carry their channel number, and "flat" where the channel is numerically flat (see
+    `flat_channels`), as in `channel_grid`.
+
     Args:
         image: (C, H, W) input pixels in [0, 1] or uint8.
         activations: {name: (C, H, W)} for the same example, in the order to show.
@@ -206,8 +227,9 @@ def layer_gif_frames(
         mosaic, corners = mosaic_tiles(tiles, max(1, min(columns, len(picked))), cell=cell, gap=4)
         rgb = colours(np.nan_to_num(mosaic))[..., :3]
         rgb[np.isnan(mosaic)] = 1.0
-        bodies.append((rgb, picked, corners))
-        captions.append(labels.get(name, name) + f"  ({len(picked)} channels)")
+        flat = flat_channels(activation, picked) if per_channel else np.zeros(len(picked), bool)
+        bodies.append((rgb, [f"{c}{' flat' if f else ''}" for c, f in zip(picked, flat)], corners))
+        captions.append(labels.get(name, name) + f"  ({channel_count(len(picked), _numpy(activation).shape[0])})")
     height = max(b[0].shape[0] if isinstance(b, tuple) else 0 for b in bodies) or 4 * cell
     width = max(b[0].shape[1] if isinstance(b, tuple) else 0 for b in bodies) or 4 * cell
     header, font, small = 28, _font(16), _font(10)
@@ -227,9 +249,9 @@ def layer_gif_frames(
         frame.paste(tile, (left, top))
         draw = ImageDraw.Draw(frame)
         draw.text((8, 5), caption, fill="black", font=font)
-        for channel, (y, x) in zip(picked, corners):
+        for channel, (y, x) in zip(picked, corners):  # "5", or "5 flat" for a numerically flat channel
             draw.text(
-                (left + x + 2, top + y + 1), str(channel), fill="white", font=small, stroke_width=1, stroke_fill="black"
+                (left + x + 2, top + y + 1), channel, fill="white", font=small, stroke_width=1, stroke_fill="black"
             )
         frames.append(frame)
     return frames
@@ -242,29 +264,41 @@ def save_gif(frames: Sequence[Image.Image], path: str | Path, *, duration_ms: in
     return path
 
 
+def _saturation_label(stats: Mapping[str, LayerStatistics]) -> str:
+    rules = sorted({s.saturation for s in stats.values() if s.saturation is not None})
+    label = f"saturated (values {' / '.join(rules)})" if rules else "saturated (values)"
+    return label + (", n/a: no saturating activation" if any(s.saturation is None for s in stats.values()) else "")
+
+
 def layer_statistics_figure(stats: Mapping[str, LayerStatistics], *, labels: Mapping[str, str] | None = None) -> Figure:
-    """Bar chart of the active, saturated and dead fractions of each layer."""
+    """Bar chart of the active, saturated and dead fractions of each layer.
+
+    A layer without a saturation rule (no saturating activation) gets "n/a" instead of a bar.
+    Sized to be shown at full size on the report's page, so no text falls below 8 pt.
+    """
     labels = dict(labels or {})
     names = list(stats)
     summaries = [stats[n].summary for n in names]
-    fig = Figure(figsize=(max(4.0, 1.2 * len(names) + 2), 3.2), layout="constrained")
+    fig = Figure(figsize=(min(9.0, max(5.5, 0.8 * len(names) + 2)), 4.4), layout="constrained")
     ax = fig.add_subplot()
     x = np.arange(len(names))
-    for i, (field, colour) in enumerate((("active", "tab:green"), ("saturated", "tab:orange"), ("dead", "tab:red"))):
-        values = [getattr(s, field) for s in summaries]
-        ax.bar(
-            x + (i - 1) * 0.27,
-            values,
-            width=0.27,
-            color=colour,
-            label=f"{field} ({'channels' if field == 'dead' else 'values'})",
-        )
-    ax.set_xticks(x, [labels.get(n, n) for n in names], fontsize=8)
+    fields = (
+        ("active", "tab:green", "active (values > 0)"),
+        ("saturated", "tab:orange", _saturation_label(stats)),
+        ("dead", "tab:red", "dead (channels never > 0)"),
+    )
+    for i, (field, colour, label) in enumerate(fields):
+        values = np.array([getattr(s, field) for s in summaries], dtype=np.float64)
+        ax.bar(x + (i - 1) * 0.27, np.nan_to_num(values), width=0.27, color=colour, label=label)
+        for k in np.flatnonzero(np.isnan(values)):
+            ax.text(x[k] + (i - 1) * 0.27, 0.01, "n/a", rotation=90, ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, [labels.get(n, n) for n in names], fontsize=8, rotation=30 if len(names) > 6 else 0, ha="right")
     ax.set_ylim(0, 1)
-    ax.set_ylabel("fraction")
-    ax.legend(fontsize=7, loc="upper right")
+    ax.set_ylabel("fraction", fontsize=9)
+    ax.tick_params(axis="y", labelsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.25), frameon=False)
     examples = stats[names[0]].examples if names else 0
-    ax.set_title(f"activation statistics over {examples} examples", fontsize=9)
+    ax.set_title(f"activation statistics over {examples} examples", fontsize=10)
     return fig
 
 
@@ -280,18 +314,20 @@ def channel_statistics_figure(stats: LayerStatistics, *, label: str | None = Non
     top.axhline(0, color="grey", lw=0.5)
     top.set_ylabel("mean ± std")
     bottom.bar(c, stats.active, color="tab:green", label="active (> 0)")
-    bottom.bar(c, stats.saturated, bottom=stats.active, color="tab:orange", label="saturated")
+    if stats.saturation is not None:
+        bottom.bar(c, stats.saturated, bottom=stats.active, color="tab:orange", label=f"saturated ({stats.saturation})")
     bottom.set_ylim(0, 1)
     bottom.set_ylabel("fraction")
     bottom.set_xlabel("channel")
     for d in stats.dead_channels:
         for ax in (top, bottom):
             ax.axvspan(d - 0.5, d + 0.5, color="tab:red", alpha=0.25, lw=0)
-    bottom.legend(fontsize=7, loc="upper right")
+    bottom.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.35), ncols=2, frameon=False)
     s = stats.summary
+    saturated = f"{s.saturated:.0%} saturated" if stats.saturation is not None else "no saturating activation"
     top.set_title(
-        f"{label or stats.layer}: {s.channels} channels, {len(stats.dead_channels)} dead, "
-        f"{s.active:.0%} active, {s.saturated:.0%} saturated ({stats.examples} examples)",
+        f"{label or stats.layer}: {s.channels} channels, {len(stats.dead_channels)} dead\n"
+        f"{s.active:.0%} active, {saturated} ({stats.examples} examples)",
         fontsize=9,
     )
     return fig

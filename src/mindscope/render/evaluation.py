@@ -36,7 +36,9 @@ def randomisation_figure(results: Mapping[str, RandomisationResult]) -> Figure:
     _check(results, RandomisationResult, "randomisation_figure")
     first = next(iter(results.values()))
     labels = ["none"] + [f"+{name}" for name in first.layers]
-    fig = Figure(figsize=(max(7.0, 0.55 * len(labels) + 3), 4.2), layout="constrained")
+    # the rotated layer names take height below the axes: make room so the y-label keeps its own
+    longest = max(len(label) for label in labels)
+    fig = Figure(figsize=(max(7.0, 0.55 * len(labels) + 3), 3.6 + 0.06 * longest), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     for ax, field, title in ((axes[0], "spearman_abs", "|map|"), (axes[1], "spearman_signed", "signed map")):
         for colour, (name, result) in zip(_colours(len(results)), results.items()):
@@ -54,10 +56,12 @@ def randomisation_figure(results: Mapping[str, RandomisationResult]) -> Figure:
                 )
         ax.axhline(0.0, color="0.7", linewidth=0.8)
         ax.set_xticks(np.arange(len(labels)), labels, rotation=60, ha="right", fontsize=7)
-        ax.set_xlabel("layers randomised (cascading, from the output down)")
-        ax.set_title(f"rank correlation with the original, {title}")
+        ax.set_xlabel("layers randomised (cascading, from the output down)", fontsize=9)
+        ax.set_title(title)
+    fig.suptitle("rank correlation with the original map as layers are randomised")
     axes[0].axhline(first.threshold, **RANDOM_STYLE, label=f"pass threshold {first.threshold:g}")
-    axes[0].set_ylabel("Spearman rank correlation (mean, band 25-75%)")
+    pixels = "all pixels" if first.compared is None else "pixels where x differs from the baseline"
+    axes[0].set_ylabel(f"Spearman rank correlation\n(mean, band 25-75%; {pixels})", fontsize=9)
     axes[0].set_ylim(-1.05, 1.05)
     axes[0].legend(fontsize=8, loc="lower left")
     return fig

@@ -111,8 +111,9 @@ def weight_histogram_figures(
 ) -> list[Figure]:
     """Draw before vs after histograms, `per_figure` tensors to a figure (two panels each).
 
-    Both panels of a figure share one x-range, so a range that grew reads as such. The
-    legend gives each tensor's mean and std. Default tensors: every ".weight" present.
+    Both panels of a figure share one x-range and one y-range, so a range that grew or a
+    peak that fell reads as such. The legends, below the panels, give each tensor's mean
+    and std. Default tensors: every ".weight" present.
     """
     if isinstance(per_figure, bool) or not isinstance(per_figure, int) or per_figure < 1:
         raise ValueError(f"per_figure must be a positive integer, got {per_figure!r}")
@@ -121,8 +122,8 @@ def weight_histogram_figures(
     figures = []
     for start in range(0, len(chosen), per_figure):
         group = chosen[start : start + per_figure]
-        fig = Figure(figsize=(11, 3.8), layout="constrained")
-        axes = fig.subplots(1, 2, sharex=True)
+        fig = Figure(figsize=(9, 3.2 + 0.2 * len(group)), layout="constrained")
+        axes = fig.subplots(1, 2, sharex=True, sharey=True)
         for ax, side, label in zip(axes, (first, second), labels):
             for name in group:
                 p = side[name]
@@ -135,8 +136,10 @@ def weight_histogram_figures(
             ax.set_title(label)
             ax.locator_params(axis="x", nbins=6)
             ax.set_xlabel("weight value")
-            ax.set_ylabel(DENSITY_LABEL)
-            ax.legend(fontsize="small", loc="upper right")
+            # below the panel, where it cannot cover a peak
+            ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
+        axes[0].set_ylabel(DENSITY_LABEL)
+        axes[1].tick_params(labelleft=True)
         lows = [side[n].edges[0] for side in (first, second) for n in group]
         highs = [side[n].edges[-1] for side in (first, second) for n in group]
         axes[0].set_xlim(min(lows), max(highs))

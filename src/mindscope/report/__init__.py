@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from mindscope.report.attribution_sections import attribution_sections, trust_section
+from mindscope.report.attribution_sections import attribution_sections
 from mindscope.report.methods import METHOD_NAMES, format_table, standard_methods
 from mindscope.report.options import ReportOptions
 from mindscope.report.page import Section, render_page
 from mindscope.report.run_sections import activations_section, experiment_section, weights_section
+from mindscope.report.trust import trust_section
 from mindscope.run import LoadedRun, atomic_write_bytes, load_run
 
 __all__ = ["METHOD_NAMES", "ReportOptions", "build_sections", "format_table", "standard_methods", "write_report"]

@@ -1,19 +1,29 @@
-"""The report's attribution sections: interior gradients, integrated gradients, trust checks."""
+"""The report's attribution sections: interior gradients and integrated gradients."""
 
 from __future__ import annotations
 
 import torch
 
-from mindscope.attribution import integrated_gradients, interior_gradients
+from mindscope.attribution import WALKTHROUGH_ALPHAS, integrated_gradients, interior_gradients
+from mindscope.attribution.alphas import refine_alphas
 from mindscope.baselines import black
-from mindscope.evaluation import evaluate_methods
-from mindscope.render.attribution import attribution_panels, interior_frames, saturation_curve
-from mindscope.render.evaluation import deletion_figure, localisation_figure, randomisation_figure
+from mindscope.evaluation import completeness
+from mindscope.render.attribution import (
+    NUMERICALLY_ZERO,
+    attribution_flags,
+    attribution_panels,
+    figure_image,
+    interior_frame_figures,
+    percentile_scale,
+    saturation_curve,
+)
 from mindscope.render.html import gif_bytes
-from mindscope.report.methods import HEADERS, standard_methods
+from mindscope.report.methods import HEADERS, completeness_summary
 from mindscope.report.options import ReportOptions
 from mindscope.report.page import Section, Table, pct
 from mindscope.run import LoadedRun
+
+MAX_CHANGE = 0.1  # the largest step of the target probability between neighbouring alphas
 
 
 @torch.no_grad()
@@ -40,19 +50,22 @@ def interior_section(run: LoadedRun, options: ReportOptions) -> Section:
     index = options.interior_image if options.interior_image is not None else pick_images(run, 1)[0]
     device = next(model.parameters()).device
     x = data.inputs(data.test, [index]).to(device)
-    result = interior_gradients(model, x, baseline=black(x, data.normalization))
-    label = classes[int(data.test.labels[index])]
+    baseline = black(x, data.normalization)
+    grid = refine_alphas(model, x, alphas=WALKTHROUGH_ALPHAS, baseline=baseline, max_change=MAX_CHANGE)
+    result = interior_gradients(model, x, alphas=grid.alphas.tolist(), baseline=baseline)
+    label, target = classes[int(data.test.labels[index])], classes[int(result.targets[0])]
+    added = grid.added.tolist()
     sec = Section(
         "interior",
         "4. Interior gradients",
         f"The gradient of the predicted class's probability at scaled inputs α·x (black image at α = 0) "
-        f"for test image {index} (a {label}). Positive attributions are blue, negative red.",
+        f"for test image {index} (labelled {label}). Positive attributions are blue, negative red.",
     )
     rows = []
     for k, alpha in enumerate(result.alphas.tolist()):
         rows.append(
             [
-                f"{alpha:.2f}",
+                f"{alpha:.4g}{' +' if added[k] else ''}",
                 classes[int(result.predictions[k, 0])],
                 f"{float(result.probabilities[k, 0]):.3f}",
                 f"{float(result.target_probabilities[k, 0]):.3f}",
@@ -60,24 +73,47 @@ def interior_section(run: LoadedRun, options: ReportOptions) -> Section:
             ]
         )
     first, last = rows[0], rows[-1]
+    flips = grid.flips(0)
+    where = (
+        "the prediction changes between " + ", ".join(f"α = {lo:.4g} and {hi:.4g}" for lo, hi in flips)
+        if flips
+        else "the prediction does not change along the path"
+    )
+    found = (
+        f"{sum(added)} α values (marked +) were added to the walk-through's {len(WALKTHROUGH_ALPHAS)} by bisection, "
+        f"wherever neighbours predicted different classes or p({target}) moved by more than {MAX_CHANGE:g}"
+    )
     sec.tables.append(
         Table(
-            f"Prediction at each α: '{first[1]}' at α = {first[0]}, '{last[1]}' at α = 1.",
-            ["α", "predicted", "probability", f"p({classes[int(result.targets[0])]})", "|gradient|"],
+            f"Prediction at each α: '{first[1]}' at α = {result.alphas[0]:.4g}, '{last[1]}' at α = 1; "
+            f"{where}. {found}.",
+            ["α", "predicted", "probability", f"p({target})", "|gradient|"],
             rows,
         )
     )
-    frames = interior_frames(result, x, classes, to_pixels=data.normalization.invert)
+    figures = interior_frame_figures(result, x, classes, to_pixels=data.normalization.invert)
+    maps = result.gradients[:, 0].sum(1)  # (A, H, W) as drawn
+    scale = percentile_scale(maps.cpu().numpy(), 99.0)
+    norms = result.gradient_norms[:, 0]
+    zero = [f"{a:.4g}" for a, n in zip(result.alphas.tolist(), norms.tolist()) if n <= NUMERICALLY_ZERO * norms.max()]
+    zeros = (
+        f"; at α = {', '.join(zero)} the gradient is numerically zero (below {NUMERICALLY_ZERO:g} of the largest), "
+        "as those frames say"
+        if zero
+        else ""
+    )
     sec.add(
-        gif_bytes(frames, duration_ms=800),
-        f"Interior gradients over α = {', '.join(r[0] for r in rows)}, with the prediction on each frame.",
+        gif_bytes([figure_image(f) for f in figures], duration_ms=700),
+        f"Interior gradients at {len(rows)} values of α, with the prediction on each frame. One colour scale "
+        f"for every frame: ±{scale:.2g} (the 99th percentile of |gradient| over all frames; larger values "
+        f"saturate){zeros}.",
         gif=True,
     )
-    norms = result.gradient_norms[:, 0]
     sec.add(
-        saturation_curve(result, classes),
+        saturation_curve(result, classes, added=grid.added),
         f"Saturation: the gradient norm goes from {float(norms[0]):.3g} at α = {first[0]} to "
-        f"{float(norms[-1]):.3g} at α = 1 while p({classes[int(result.targets[0])]}) rises to {last[3]}.",
+        f"{float(norms[-1]):.3g} at α = 1 while p({target}) goes from {first[3]} to {last[3]}; "
+        f"hollow points are the α values added by bisection.",
     )
     return sec
 
@@ -96,6 +132,8 @@ def integrated_section(run: LoadedRun, options: ReportOptions) -> Section:
         f"the relative completeness error and the estimated map error are below {pct(options.tolerance)} "
         f"(or the step budget is spent). Blue: evidence for the predicted class; red: against.",
     )
+    flags = attribution_flags(result)
+    percent = HEADERS["completeness_error"][1]
     rows = []
     for i, idx in enumerate(indices):
         rows.append(
@@ -104,82 +142,29 @@ def integrated_section(run: LoadedRun, options: ReportOptions) -> Section:
                 classes[int(labels[i])],
                 classes[int(result.predictions[i])],
                 f"{float(result.probabilities[i]):.3f}",
-                f"{100 * float(result.relative_completeness_error[i]):.3f}%",
+                percent.format(float(result.relative_completeness_error[i])),
                 f"{100 * float(result.map_error[i]):.2f}%" if result.map_error is not None else "-",
                 int(result.steps[i]),
+                flags[i] or "-",
             ]
         )
-    worst = float(result.relative_completeness_error.max())
+    summary = completeness_summary(completeness(result), indices)
     sec.tables.append(
         Table(
-            f"Per image: worst relative completeness error {100 * worst:.3f}%, "
-            f"{int(result.steps.sum())} gradient steps in all.",
-            ["image", "label", "predicted", "probability", "completeness error", "map error", "steps"],
+            f"Per image: {summary}; {int(result.steps.sum())} gradient steps in all.",
+            ["image", "label", "predicted", "probability", "completeness error", "map error", "steps", "flag"],
             rows,
         )
     )
     pixels = data.normalization.invert(x.cpu())
     sec.add(
         attribution_panels(pixels, result, classes),
-        f"Image, signed overlay (blue +, red -) and |attribution| for test images {indices}; "
-        f"completeness errors ≤ {100 * worst:.3f}%, steps {int(result.steps.min())}–{int(result.steps.max())}.",
+        f"Image, signed overlay (blue +, red -) and |attribution| for test images {indices}, each row on its "
+        f"own colour scale (± the 99th percentile of its |attribution|, given in its titles); {summary}; "
+        f"steps {int(result.steps.min())}–{int(result.steps.max())}.",
     )
     return sec
 
 
 def attribution_sections(run: LoadedRun, options: ReportOptions) -> list[Section]:
     return [interior_section(run, options), integrated_section(run, options)]
-
-
-def _cell(key: str, value: float) -> str:
-
-    if value != value:  # nan: the check does not apply
-        return "-"
-    fmt = HEADERS[key][1]
-    return ("pass" if value else "FAIL") if fmt == "pass/FAIL" else fmt.format(value)
-
-
-def trust_section(run: LoadedRun, options: ReportOptions) -> Section:
-
-    model, data = run.model, run.data
-    indices = pick_images(run, options.evaluation_images)
-    device = next(model.parameters()).device
-    x = data.inputs(data.test, indices).to(device)
-    masks = None if data.test.masks is None else data.test.masks[indices].to(device)
-    baseline = black(x, data.normalization)
-    methods = standard_methods(data.normalization, alpha=0.5, ig_points=16, samples=16, seed=0)
-    table = evaluate_methods(model, x, None, masks, methods, baseline=baseline)
-
-    sec = Section(
-        "trust",
-        "6. How far to trust these maps",
-        "Sanity and faithfulness checks for each method on the same images: cascading randomisation of "
-        "the weights from the top layer down (a map that survives it does not explain the model), "
-        "deletion and insertion of pixels in attribution order against a random order, and, where the "
-        "data has object masks, how much positive attribution lands on the object.",
-    )
-    checks = table.checks
-    rows = [[r.name] + [_cell(key, value) for key, value in r.summary().items()] for r in table.rows]
-    sec.tables.append(
-        Table(
-            f"Methods × checks on {len(indices)} test images. Sanity passes when the rank correlation of |map| with "
-            f"the original falls below {table.threshold} once every layer is randomised; '+chance' is the margin of "
-            "the deletion/insertion area over a random pixel order (deletion: lower is better, so negative is good).",
-            ["method"] + [HEADERS[k][0] for k in checks],
-            rows,
-        )
-    )
-    sec.add(
-        randomisation_figure({r.name: r.randomisation for r in table.rows}),
-        "Similarity of each method's map to its original as layers are randomised, top down.",
-    )
-    sec.add(
-        deletion_figure({r.name: r.deletion for r in table.rows}),
-        "Target probability as pixels are deleted or inserted in attribution order, against a random order.",
-    )
-    if masks is not None:
-        sec.add(
-            localisation_figure({r.name: r.localisation for r in table.rows}),
-            "Share of positive attribution inside the object mask, and the pointing game, against a random map.",
-        )
-    return sec

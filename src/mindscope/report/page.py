@@ -50,6 +50,11 @@ def pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def count(n: int, noun: str) -> str:
+    """ "1 epoch", "4 epochs": the noun agrees with the number."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def render_page(title: str, subtitle: str, sections: list[Section]) -> str:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("mindscope", "templates"), autoescape=jinja2.select_autoescape(["html"])

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from mindscope.activations import activation_statistics, capture_activations
 from mindscope.layers import numbered_layers, resolve_layers
-from mindscope.render.activations import channel_grid, layer_gif_frames, layer_statistics_figure
+from mindscope.render.activations import channel_count, channel_grid, layer_gif_frames, layer_statistics_figure
 from mindscope.render.html import gif_bytes
 from mindscope.render.training import training_curves
 from mindscope.render.weights import weight_histogram_figures, weight_percentile_figure, weight_ridge_figure
 from mindscope.report.options import ReportOptions
-from mindscope.report.page import Section, Table, pct
+from mindscope.report.page import Section, Table, count, pct
 from mindscope.run import LoadedRun
 from mindscope.weights import paired_histograms, weight_changes
+
+GRID_CHANNELS = 27  # channels drawn per layer: three rows of nine
 
 
 def experiment_section(run: LoadedRun) -> Section:
@@ -24,13 +28,13 @@ def experiment_section(run: LoadedRun) -> Section:
     sec = Section(
         "experiment",
         "1. The experiment",
-        f"AllConvNet (width {model['width']}, nine convolutions with ELU, mean pooling after "
-        f"layers 3 and 6, global average pooling) trained for {max(run.epochs)} epochs on "
+        f"AllConvNet (width {model['width']}, nine convolutions, ELU after the first eight, mean pooling "
+        f"after layers 3 and 6, global average pooling) trained for {count(max(run.epochs), 'epoch')} on "
         f"{data['name']} ({data['train_size']} training and {data['test_size']} test images).",
     )
     acc = final.get(("test", "accuracy"))
     caption = (
-        f"Accuracy and cost for training and test over {max(run.epochs)} epochs; final test accuracy "
+        f"Accuracy and cost for training and test over {count(max(run.epochs), 'epoch')}; final test accuracy "
         f"{pct(acc)}, training accuracy {pct(final.get(('train', 'accuracy'), float('nan')))}."
         if acc is not None
         else "Accuracy and cost over training."
@@ -61,7 +65,7 @@ def weights_section(run: LoadedRun) -> Section:
                 f"{c.mean[0]:+.4f} → {c.mean[1]:+.4f}",
                 f"{c.std[0]:.4f} → {c.std[1]:.4f}",
                 f"[{c.min[0]:+.3f}, {c.max[0]:+.3f}] → [{c.min[1]:+.3f}, {c.max[1]:+.3f}]",
-                f"{100 * c.l2_change:+.1f}%",
+                f"{100 * c.l2_change:+.1f}%" if math.isfinite(c.l2_change) else "from 0",
             ]
         )
     sec.tables.append(
@@ -100,30 +104,39 @@ def activations_section(run: LoadedRun, options: ReportOptions) -> Section:
     acts = capture_activations(model, x, names)
     pixels = data.test.pixels([options.image])[0]
     label = run.classes[int(data.test.labels[options.image])]
-    sec = Section(
-        "activations",
-        "3. Activations",
-        f"Test image {options.image} (a {label}) after layers "
-        f"{', '.join(map(str, options.layers))}: the first channels of each, each scaled to its own range.",
-    )
+    sec = Section("activations", "3. Activations")
     number_of = {v: k for k, v in numbered_layers(model).items()}
-    labels = {}
+    labels, drawn = {}, []
     for spec, name in zip(options.layers, names):
         labels[name] = f"layer {spec} ({name})"
+        total, shape = acts[name].shape[1], "x".join(map(str, acts[name].shape[2:]))
+        shown = min(GRID_CHANNELS, total)
+        drawn.append(f"layer {spec}: {channel_count(shown, total)}")
         sec.add(
-            channel_grid(acts[name][0], image=pixels, title=labels[name]),
-            f"Layer {spec} ({name}): {acts[name].shape[1]} channels of {acts[name].shape[2]}x{acts[name].shape[3]}.",
+            channel_grid(acts[name][0], image=pixels, channels=GRID_CHANNELS, title=labels[name]),
+            f"Layer {spec} ({name}): {channel_count(shown, total)} of {shape} (channels 0–{shown - 1}), "
+            "each on its own colour scale; a channel whose range is numerically zero is labelled flat.",
         )
-    frames = layer_gif_frames(pixels, {n: acts[n][0] for n in names}, labels=labels)
+    sec.lead = (
+        f"Test image {options.image} (labelled {label}) after layers {', '.join(map(str, options.layers))}: "
+        f"{'; '.join(drawn)}, each channel scaled to its own range."
+    )
+    frames = layer_gif_frames(pixels, {n: acts[n][0] for n in names}, labels=labels, channels=GRID_CHANNELS)
     sec.add(gif_bytes(frames, duration_ms=1200), "Animated: input → " + " → ".join(labels.values()) + ".", gif=True)
-    all_layers = resolve_layers(model, sorted(number_of.values()), output=True)
+    numbers = sorted(number_of.values())
+    all_layers = resolve_layers(model, numbers, output=True)
     n_stats = min(options.statistics_images, len(data.test))
     stats = activation_statistics(model, data.inputs(data.test, torch.arange(n_stats)), all_layers)
-    dead = {name: int(s.dead.sum()) for name, s in stats.items()}
-    total_dead = sum(dead.values())
+    dead = sum(int(s.dead.sum()) for s in stats.values())
+    short = {name: f"L{n}" for n, name in zip(numbers, all_layers)}
+    rules = sorted({s.saturation for s in stats.values() if s.saturation is not None})
+    without = [short[name] for name, s in stats.items() if s.saturation is None]
+    saturation = f"saturated ({' / '.join(rules)}, the floor of the layer's activation)" if rules else "saturated"
+    if without:
+        saturation += f", which does not apply to {', '.join(without)} (no saturating activation: n/a)"
     sec.add(
-        layer_statistics_figure(stats),
-        f"Per layer over {n_stats} test images: fraction of positions active (> 0), saturated "
-        f"(ELU within 0.05 of -1) and channels dead (never active); {total_dead} dead channels in all.",
+        layer_statistics_figure(stats, labels={name: f"{short[name]}\n{name}" for name in stats}),
+        f"Per layer over {n_stats} test images: fraction of positions active (> 0), {saturation}, and "
+        f"channels dead (never active); {dead} dead channels in all.",
     )
     return sec
