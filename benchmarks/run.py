@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and smaller sizes")
     parser.add_argument("--skip-demo", action="store_true")
-    parser.add_argument("--run", default=None, help="reference run for the attribution benchmark")
+    parser.add_argument(
+        "--run", default=None, help="one run for the attribution benchmark (default: its cached demo, fashion, long)"
+    )
     args = parser.parse_args(argv)
     quick = args.quick
     suites = {
@@ -60,7 +62,8 @@ def main(argv: list[str] | None = None) -> None:
         ),
         "attribution (vs raw gradients, Captum)": (
             bench_attribution.main,
-            (["--run", args.run] if args.run else []) + ["--repeats", "1" if quick else "3"],
+            (["--run", args.run] if args.run else ["--runs", "demo" if quick else "demo,fashion-mnist,long"])
+            + ["--repeats", "1" if quick else "3"],
         ),
         "built-in dataset (vs linear classifier)": (
             bench_builtin.main,
