@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from mindscope.model import AllConvNet
+from mindscope.render.tables import format_change_table
 from mindscope.weights import (
-    format_change_table,
     histogram_quantiles,
     histogram_rows,
     paired_histograms,

@@ -108,7 +108,7 @@ _MOVED = {
     "resolve_layers": "mindscope.layers",
     "LayerSummary": "mindscope.activations",
     "WeightStats": "mindscope.weights",
-    "format_change_table": "mindscope.weights",
+    "format_change_table": "mindscope.render",
     "shared_edges": "mindscope.weights",
     "Run": "mindscope.run",
     "TensorBoardRecorder": "mindscope.tensorboard",

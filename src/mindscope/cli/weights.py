@@ -29,10 +29,10 @@ def _tensor_names(run, layers: str | None) -> list[str]:
 @click.option("--bins", type=int, default=64, show_default=True, help="Bins per before/after histogram.")
 def weights(run_dir: Path, layers: str | None, out: Path | None, bins: int) -> None:
     """Draw weight histograms before vs after training, their evolution, and print what changed."""
+    from mindscope.render.tables import format_change_table
     from mindscope.render.weights import weight_histogram_figures, weight_percentile_figure, weight_ridge_figure
     from mindscope.run import load_run
     from mindscope.weights import (
-        format_change_table,
         histogram_rows,
         paired_histograms,
         weight_changes,

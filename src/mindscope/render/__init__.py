@@ -22,10 +22,13 @@ from mindscope.render.attribution import (
     saturation_curve,
 )
 from mindscope.render.evaluation import deletion_figure, localisation_figure, randomisation_figure
+from mindscope.render.tables import format_change, format_change_table
 from mindscope.render.training import training_curves
 from mindscope.render.weights import weight_histogram_figures, weight_percentile_figure, weight_ridge_figure
 
 __all__ = [
+    "format_change",
+    "format_change_table",
     "attribution_panels",
     "channel_grid",
     "channel_statistics_figure",
