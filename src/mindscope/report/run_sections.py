@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from mindscope.activations import activation_statistics, capture_activations
 from mindscope.layers import numbered_layers, resolve_layers
 from mindscope.render.activations import channel_count, channel_grid, layer_gif_frames, layer_statistics_figure
 from mindscope.render.html import gif_bytes
+from mindscope.render.tables import format_change
 from mindscope.render.training import training_curves
 from mindscope.render.weights import weight_histogram_figures, weight_percentile_figure, weight_ridge_figure
 from mindscope.report.options import ReportOptions
@@ -48,9 +47,10 @@ def experiment_section(run: LoadedRun) -> Section:
 
 def weights_section(run: LoadedRun) -> Section:
     last = max(run.epochs)
-    before, after = paired_histograms(run.state_dict_at(0), run.state_dict_at(last))
+    first_state, last_state = run.state_dict_at(0), run.state_dict_at(last)
+    before, after = paired_histograms(first_state, last_state)
     weights = [n for n in before if n.endswith("weight")]
-    changes = weight_changes(before, after)
+    changes = weight_changes(first_state, last_state)  # from the tensors: how far each moved, too
     sec = Section(
         "weights",
         "2. Weights before and after training",
@@ -65,13 +65,15 @@ def weights_section(run: LoadedRun) -> Section:
                 f"{c.mean[0]:+.4f} → {c.mean[1]:+.4f}",
                 f"{c.std[0]:.4f} → {c.std[1]:.4f}",
                 f"[{c.min[0]:+.3f}, {c.max[0]:+.3f}] → [{c.min[1]:+.3f}, {c.max[1]:+.3f}]",
-                f"{100 * c.l2_change:+.1f}%" if math.isfinite(c.l2_change) else "from 0",
+                *format_change(c),
             ]
         )
     sec.tables.append(
         Table(
-            f"What changed between epoch 0 and epoch {last}.",
-            ["tensor", "mean", "std", "range", "L2 norm change"],
+            f"What changed between epoch 0 and epoch {last}: 'norm change' is (‖W_{last}‖ − ‖W_0‖) / ‖W_0‖, "
+            f"'moved' is ‖W_{last} − W_0‖ / ‖W_0‖, how far the weights went; both are absolute where "
+            "W_0 = 0 (biases start at zero).",
+            ["tensor", "mean", "std", "range", "norm change", "moved"],
             rows,
         )
     )
