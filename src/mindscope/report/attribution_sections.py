@@ -6,7 +6,6 @@ import torch
 
 from mindscope.attribution import WALKTHROUGH_ALPHAS, integrated_gradients, interior_gradients
 from mindscope.attribution.alphas import refine_alphas
-from mindscope.baselines import black
 from mindscope.evaluation import completeness
 from mindscope.render.attribution import (
     NUMERICALLY_ZERO,
@@ -18,6 +17,7 @@ from mindscope.render.attribution import (
     saturation_curve,
 )
 from mindscope.render.html import gif_bytes
+from mindscope.report.baseline import choose_baseline
 from mindscope.report.methods import HEADERS, completeness_summary
 from mindscope.report.options import ReportOptions
 from mindscope.report.page import Section, Table, pct
@@ -50,7 +50,8 @@ def interior_section(run: LoadedRun, options: ReportOptions) -> Section:
     index = options.interior_image if options.interior_image is not None else pick_images(run, 1)[0]
     device = next(model.parameters()).device
     x = data.inputs(data.test, [index]).to(device)
-    baseline = black(x, data.normalization)
+    chosen = choose_baseline(model, data.normalization, tuple(x.shape[1:]), classes)
+    baseline = chosen.make(x)
     grid = refine_alphas(model, x, alphas=WALKTHROUGH_ALPHAS, baseline=baseline, max_change=MAX_CHANGE)
     result = interior_gradients(model, x, alphas=grid.alphas.tolist(), baseline=baseline)
     label, target = classes[int(data.test.labels[index])], classes[int(result.targets[0])]
@@ -58,8 +59,9 @@ def interior_section(run: LoadedRun, options: ReportOptions) -> Section:
     sec = Section(
         "interior",
         "4. Interior gradients",
-        f"The gradient of the predicted class's probability at scaled inputs α·x (black image at α = 0) "
-        f"for test image {index} (labelled {label}). Positive attributions are blue, negative red.",
+        f"The gradient of the predicted class's probability at x' + α·(x − x'), from the baseline x' at α = 0 "
+        f"to test image {index} (labelled {label}) at α = 1. Positive attributions are blue, negative red. "
+        + chosen.describe(),
     )
     rows = []
     for k, alpha in enumerate(result.alphas.tolist()):
@@ -123,14 +125,15 @@ def integrated_section(run: LoadedRun, options: ReportOptions) -> Section:
     indices = pick_images(run, options.attribution_images)
     device = next(model.parameters()).device
     x = data.inputs(data.test, indices).to(device)
-    result = integrated_gradients(model, x, baseline=black(x, data.normalization), tolerance=options.tolerance)
+    chosen = choose_baseline(model, data.normalization, tuple(x.shape[1:]), classes)
+    result = integrated_gradients(model, x, baseline=chosen.make(x), tolerance=options.tolerance)
     labels = data.test.labels[indices]
     sec = Section(
         "integrated",
         "5. Integrated gradients",
-        f"Integrated gradients from a black image to {len(indices)} test images, refined per image until "
+        f"Integrated gradients from the {chosen.name} to {len(indices)} test images, refined per image until "
         f"the relative completeness error and the estimated map error are below {pct(options.tolerance)} "
-        f"(or the step budget is spent). Blue: evidence for the predicted class; red: against.",
+        f"(or the step budget is spent). Blue: evidence for the predicted class; red: against. " + chosen.describe(),
     )
     flags = attribution_flags(result)
     percent = HEADERS["completeness_error"][1]

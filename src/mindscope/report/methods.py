@@ -9,7 +9,7 @@ judge the maps the page shows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,16 +30,25 @@ RANDOMISED_MAX_STEPS = 128
 
 
 def standard_methods(
-    normalization: Normalization, *, alpha: float, tolerance: float, samples: int, seed: int, max_steps: int = 2048
+    normalization: Normalization,
+    *,
+    alpha: float,
+    tolerance: float,
+    samples: int,
+    seed: int,
+    max_steps: int = 2048,
+    baseline: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, Method]:
-    """The CLI's methods, all with black images as the baseline where they need one.
+    """The CLI's methods, with `baseline` (default: black images) where they need one.
 
     Integrated gradients refine each path until the relative completeness error and the
     map error estimate are below `tolerance` (or `max_steps` are spent), as in the report.
     """
 
-    def baseline(x: Tensor) -> Tensor:
-        return black(x, normalization)
+    if baseline is None:
+
+        def baseline(x: Tensor) -> Tensor:
+            return black(x, normalization)
 
     def gradient(model: nn.Module, x: Tensor, targets: Tensor):
         return gradients(model, x, targets)

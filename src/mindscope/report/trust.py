@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from mindscope.baselines import black
 from mindscope.evaluation import evaluate_methods
 from mindscope.render.attribution import flag_text
 from mindscope.render.evaluation import deletion_figure, localisation_figure, randomisation_figure
 from mindscope.report.attribution_sections import pick_images
+from mindscope.report.baseline import choose_baseline
 from mindscope.report.methods import (
     HEADERS,
     RANDOMISED_MAX_STEPS,
@@ -33,8 +33,9 @@ def trust_section(run: LoadedRun, options: ReportOptions) -> Section:
     device = next(model.parameters()).device
     x = data.inputs(data.test, indices).to(device)
     masks = None if data.test.masks is None else data.test.masks[indices].to(device)
-    baseline = black(x, data.normalization)
-    settings = dict(alpha=0.5, tolerance=options.tolerance, samples=16, seed=0)
+    chosen = choose_baseline(model, data.normalization, tuple(x.shape[1:]), classes)
+    baseline = chosen.make(x)
+    settings = dict(alpha=0.5, tolerance=options.tolerance, samples=16, seed=0, baseline=chosen.make)
     methods = standard_methods(data.normalization, **settings)
     budget = standard_methods(data.normalization, **settings, max_steps=RANDOMISED_MAX_STEPS)
     table = evaluate_methods(
@@ -49,7 +50,8 @@ def trust_section(run: LoadedRun, options: ReportOptions) -> Section:
         "deletion and insertion of pixels in attribution order against a random order, and, where the "
         "data has object masks, how much positive attribution lands on the object. Integrated gradients "
         f"are those of section 5 (tolerance {pct(options.tolerance)}); on the randomised copies, whose "
-        f"outputs barely change along the path, they get at most {RANDOMISED_MAX_STEPS} steps per image.",
+        f"outputs barely change along the path, they get at most {RANDOMISED_MAX_STEPS} steps per image. "
+        f"Deleted pixels take the baseline's value. " + chosen.describe(),
     )
     rows = [[r.name] + [_cell(key, value) for key, value in r.summary().items()] for r in table.rows]
     sec.tables.append(
