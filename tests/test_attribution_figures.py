@@ -107,3 +107,13 @@ def test_the_saturation_curve_marks_added_alphas_and_the_flip() -> None:
     x0, x1 = band.get_x(), band.get_x() + band.get_width()
     assert (x0, x1) == pytest.approx((0.01, 0.5))
     assert prob_ax.get_xlabel().startswith("α")
+
+
+def test_flags_say_why_an_image_did_not_converge() -> None:
+    from mindscope.render.attribution import flag_text
+
+    assert flag_text(False, True) == ""
+    assert flag_text(False, False) == "not converged: the step budget ran out before the tolerance"
+    assert flag_text(True, True) == "nothing to explain: the baseline already scores F(x)"
+    assert flag_text(True, False).endswith("(its map was not refined to the tolerance)")
+    assert "step budget" not in flag_text(True, False)  # stopping early on purpose is not running out

@@ -90,8 +90,14 @@ def _image(pixels: Tensor | np.ndarray) -> np.ndarray:
 
 
 def flag_text(ill_conditioned: bool, converged: bool) -> str:
-    """The words for an example's flags ("" when there are none)."""
-    return "; ".join(([NOTHING_TO_EXPLAIN] if ill_conditioned else []) + ([NOT_CONVERGED] if not converged else []))
+    """The words for an example's flags ("" when there are none).
+
+    An ill-conditioned example is refined only until its completeness is met, not its map:
+    not converging is then by design, not a spent budget, and is said so.
+    """
+    if ill_conditioned:
+        return NOTHING_TO_EXPLAIN + ("" if converged else " (its map was not refined to the tolerance)")
+    return "" if converged else NOT_CONVERGED
 
 
 def attribution_flags(result: Attribution) -> list[str]:
