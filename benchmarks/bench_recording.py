@@ -52,14 +52,16 @@ def recorders(model: nn.Module, bins: int, folder: Path) -> tuple[dict[str, Call
     run = Run.create(folder / "run", {"benchmark": "recording"}, model, {})
     recorder = RunRecorder(run, bins=bins)
     writer = SummaryWriter(str(folder / "tb"))
-    params = [(name, p.detach()) for name, p in model.named_parameters()]
+
+    def params():  # every column walks the model itself, as weight_histograms does
+        return ((name, p.detach()) for name, p in model.named_parameters())
 
     def tensorboard(step: int, **bins_arg) -> None:
-        for name, p in params:
+        for name, p in params():
             writer.add_histogram(name, p, step, **bins_arg)
 
     def histc_stats(step: int) -> None:
-        for _, p in params:
+        for _, p in params():
             torch.histc(p, bins=bins), p.mean(), p.std(), p.min(), p.max()
 
     calls = {
@@ -67,7 +69,7 @@ def recorders(model: nn.Module, bins: int, folder: Path) -> tuple[dict[str, Call
         "+SQLite": lambda step: recorder.log_weights(step, 0.0, model),
         f"tb bins={bins}": lambda step: tensorboard(step, bins=bins),
         "tb default": lambda step: tensorboard(step),
-        "histc": lambda step: [torch.histc(p, bins=bins) for _, p in params],
+        "histc": lambda step: [torch.histc(p, bins=bins) for _, p in params()],
         "histc+stats": histc_stats,
     }
 

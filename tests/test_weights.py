@@ -108,8 +108,13 @@ def _numpy_reference(values: torch.Tensor, *, bins: int = 64, range=None, edges=
     """numpy's answer for one tensor: its finite values in float64, those beyond the edges clipped into them."""
     f = values.detach().double().numpy().ravel()
     f = f[np.isfinite(f)]
-    if edges is None:  # no finite value and no range: -0.5..0.5, as shared_edges
-        edges = np.histogram_bin_edges(f, bins, range=range) if f.size or range else np.linspace(-0.5, 0.5, bins + 1)
+    if edges is None and not (f.size or range):  # no finite value and no range: -0.5..0.5, as shared_edges
+        edges = np.linspace(-0.5, 0.5, bins + 1)
+    elif edges is None:
+        try:
+            edges = np.histogram_bin_edges(f, bins, range=range)
+        except ValueError:  # numpy refuses bins narrower than its float64 step; np.linspace still defines them
+            edges = np.linspace(f.min(), f.max(), bins + 1)
     return np.histogram(np.clip(f, edges[0], edges[-1]), bins=edges)[0], edges, f
 
 
@@ -190,6 +195,7 @@ def _awkward_tensors() -> dict[str, torch.Tensor]:
         "tiny range": torch.tensor([1.0, 1.0 + 2**-23, 1.0 + 2**-22], dtype=torch.float32),
         "huge values": torch.tensor([-3e38, 0.0, 3e38]),
         "subnormal": torch.tensor([1e-45, 0.0, 3e-45, 1e-44]),
+        "zero step": torch.tensor([0.0, 5e-324, 1e-323], dtype=torch.float64),  # numpy's linspace steps 0 here
     }
 
 
@@ -214,12 +220,22 @@ def test_tensors_of_very_different_sizes_and_dtypes_at_once():
         _assert_like_numpy(hists[name], t, bins=64)
 
 
-@pytest.mark.parametrize("small, batch", [(0, 1 << 20), (1 << 14, 1 << 20), (1 << 40, 1 << 40), (1 << 40, 1000)])
-def test_results_do_not_depend_on_how_tensors_are_batched(model, monkeypatch, small, batch):
+@pytest.mark.parametrize(
+    "alone, tiny, batch",
+    [
+        (0, 0, 0),  # every tensor alone
+        (1 << 15, 1 << 10, 1 << 18),  # the defaults
+        (1 << 40, 0, 1 << 40),  # all in one batch, moments one tensor at a time
+        (1 << 40, 1 << 40, 1 << 40),  # all in one batch, moments by segment
+        (1 << 40, 0, 1000),  # small batches of each kind
+        (1 << 40, 1 << 40, 1000),
+    ],
+)
+def test_results_do_not_depend_on_how_tensors_are_batched(model, monkeypatch, alone, tiny, batch):
     import mindscope.histogram
 
-    monkeypatch.setattr(mindscope.histogram, "SMALL", small)  # 0: every tensor alone
-    monkeypatch.setattr(mindscope.histogram, "BATCH_ELEMENTS", batch)
+    for name, value in (("TINY", tiny), ("BATCH_ELEMENTS", batch)):
+        monkeypatch.setattr(mindscope.histogram, name, value)
     state = model.state_dict()
     state["features.0.weight"][0, 0, 0, :2] = torch.tensor([float("nan"), float("-inf")])
     tensors = {**state, **_awkward_tensors()}

@@ -1,18 +1,19 @@
 """Exact histograms and moments of many tensors at once, computed where the tensors live.
 
 `histograms` counts each tensor's finite values exactly as numpy.histogram counts them in
-float64: edges from np.linspace, bins half-open but the last, values beyond an explicit range
-in the end bins. It is the engine under `weights.weight_histograms`, cheap enough for a
-training loop to call every few steps:
+float64 (edges from np.linspace, bins half-open but the last, values beyond an explicit range
+in the end bins), at about the cost of a plain `torch.histc` loop. It is the engine under
+`weights.weight_histograms`, which a training loop calls every few steps.
 
-- one pass of whole-tensor reductions per large tensor (small ones are laid end to end and
-  reduced by segment), then one copy of five numbers per tensor to the host, per device;
-- a value's bin is the integer part of its position (x - first edge) * bins / width, computed
-  in the tensor's own float arithmetic, which is within `tau` (a few units in the last place)
-  of the exact position. Only values within tau of an edge can land in the wrong bin: they are
-  found by truncating position - tau and position + tau, and compared with the edge itself
-  (the least number of the tensor's dtype >= the float64 edge, which decides exactly as it does);
-- the counts are a bincount of small integer slots, and stay on the device.
+- Tensors go in batches: those of one size as the rows of a matrix (a large tensor is a batch
+  of one row), small ones of mixed sizes end to end, reduced by segment. A few kernels serve a
+  whole batch, and five numbers per tensor come to the host, in one copy per device.
+- A value's bin is the integer part of its position, x * bins / width + offset, computed in the
+  tensor's own float arithmetic, which is within `tau` (a few units in the last place) of its
+  exact position. Only values within tau of an edge can land in the wrong bin: they are found
+  by truncating position - tau and position + tau, and compared with the edge itself (rounded
+  up to the tensor's dtype, which decides exactly as the float64 edge does).
+- The counts are a bincount of small integer slots, and stay on the device.
 NaN and Inf are counted, never binned: a tensor holding them is redone on its finite values.
 Edges that are not evenly spaced, or a range too narrow for the float bound, are searched
 (`torch.bucketize`) instead.
@@ -22,17 +23,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from functools import partial
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-SMALL = 1 << 14  # tensors with fewer elements are histogrammed together, end to end ...
-BATCH_ELEMENTS = 1 << 20  # ... at most this many elements a batch
+TINY = 1 << 11  # tensors of fewer values are batched with the others of their device and dtype
+BATCH_ELEMENTS = 1 << 18  # at most this many values a batch (larger temporaries cost page faults)
 
+_LIMITS = {t: (torch.finfo(t).eps, torch.finfo(t).max) for t in (torch.float32, torch.float64)}
 Moments = list[float]  # finite count, mean, std (ddof 0), min, max, L2 norm, near-zero count, NaN count
+Plan = tuple[float, float, "float | None", Moments]  # first and last edge, tau (None: search), moments
 
 
+@torch.no_grad()
 def histograms(
     tensors: list[Tensor],
     *,
@@ -51,45 +57,132 @@ def histograms(
         bins = len(edges) - 1
         if np.array_equal(edges, np.linspace(edges[0], edges[-1], bins + 1)):  # evenly spaced: a span
             span, edges = (float(edges[0]), float(edges[-1])), None
-    values = [t.detach().reshape(-1) for t in tensors]
-    nans = [0] * len(values)
-    plans: dict[int, tuple[float, float, float | None, Moments]] = {}  # first and last edge, tau, moments
-    pending, filtered = [i for i, x in enumerate(values) if x.numel()], set()
-    while pending:  # a second round only for tensors holding NaN or Inf, on their finite values
-        retry = []
-        for i, (lo, hi, total, l2, near) in _moments(values, pending, near_zero).items():
-            x = values[i]
-            if not (math.isfinite(total) or i in filtered):  # (float64 sums can overflow, finite values or not)
-                nans[i], values[i] = int(torch.isnan(x).sum()), x[torch.isfinite(x)]
-                filtered.add(i)
-                retry += [i] if values[i].numel() else []
-                continue
-            n, (a, b) = x.numel(), _outer(lo, hi, span) if edges is None else (edges[0], edges[-1])
-            tau = 8 * torch.finfo(_work_dtype(x)).eps * (bins + 2 + bins * (abs(a) + abs(b)) / (b - a)) if b > a else 1
-            big = torch.finfo(_work_dtype(x)).max  # neither x - first edge nor the scale may overflow
-            even = edges is None and tau < 0.25 and abs(a) + abs(b) < big and bins / (b - a) < big
-            mean = total / n if lo < hi else lo
-            var = l2 * l2 / n - mean * mean if lo < hi else 0.0  # (float ** raises on overflow; * gives inf)
-            if lo < hi and not var >= 4 * mean * mean:  # sum of squares - n mean^2 would cancel: two passes
-                var = float(x.to(_acc_dtype(x.device)).var(correction=0))
-            plans[i] = (a, b, tau if even else None, [n, mean, math.sqrt(var), lo, hi, l2, near, nans[i]])
-        pending = retry
-    out: dict[int, tuple[Tensor, Tensor, Moments]] = {}
-    fast = [i for i in plans if plans[i][2] is not None]
-    for batch in _batches(values, fast) + [[i] for i in plans if plans[i][2] is None]:
-        first, last = (np.array([plans[i][k] for i in batch]) for k in (0, 1))
-        e = np.linspace(first, last, bins + 1, axis=-1) if edges is None else edges[None]  # numpy's own edges
-        x = _flat([values[i] for i in batch])
-        tau = None if plans[batch[0]][2] is None else max(plans[i][2] for i in batch)
-        counts = _bin(x, [values[i].numel() for i in batch], e, tau, span is not None)
-        device_edges = torch.from_numpy(np.ascontiguousarray(e)).to(x.device, _acc_dtype(x.device), non_blocking=True)
-        out.update({i: (c, row, plans[i][3]) for i, c, row in zip(batch, counts, device_edges)})
+    values = [t.reshape(-1) for t in tensors]
+    keys = [(x.device, _work_dtype(x), x.numel()) for x in values]  # read once: each read costs a dispatch
+    plans, ready, nans = _plan(values, keys, bins, span, edges, near_zero)
+    done = {i for batch in ready for i in batch.members}
+    rest = [i for i in plans if i not in done]
+    ready += [_batch(values, keys, members) for members in _group(keys, [i for i in rest if plans[i][2] is not None])]
+    ready += [_batch(values, keys, [i]) for i in rest if plans[i][2] is None]  # searched: one tensor a batch
+    out = _count_batches(ready, plans, bins, edges, span is not None)
     for i, x in enumerate(values):
         if i not in out:  # nothing finite
             e = edges if edges is not None else np.linspace(*_outer(0.0, 0.0, span), bins + 1)
             zeros = torch.zeros(bins, dtype=torch.int64, device=x.device)
             out[i] = (zeros, torch.from_numpy(e).to(x.device, _acc_dtype(x.device)), [0] * 7 + [nans[i]])
-    return [out[i] for i in sorted(out)]
+    return [out[i] for i in range(len(values))]
+
+
+def _plan(
+    values: list[Tensor],
+    keys: list[tuple],
+    bins: int,
+    span: tuple[float, float] | None,
+    edges: np.ndarray | None,
+    near_zero: float,
+) -> tuple[dict[int, Plan], list[_Batch], list[int]]:
+    """Moments and edges of every non-empty tensor, and the batches ready to be counted as they are.
+
+    A tensor holding NaN or Inf is replaced, in `values` and `keys`, by its finite values, and
+    planned in a second round; its NaN count is returned.
+    """
+    nans = [0] * len(values)
+    plans: dict[int, Plan] = {}
+    ready: list[_Batch] = []
+    pending, filtered = [i for i, key in enumerate(keys) if key[2]], set()
+    while pending:
+        retry = []
+        batches = [_batch(values, keys, members) for members in _group(keys, pending)]
+        for i, (lo, hi, mean, var, near, exact) in _moments(keys, batches, near_zero).items():
+            x = values[i]
+            if not (math.isfinite(mean) or i in filtered):  # (float64 sums can overflow, finite values or not)
+                nans[i], values[i] = int(torch.isnan(x).sum()), x[torch.isfinite(x)]
+                keys[i] = (*keys[i][:2], values[i].numel())
+                filtered.add(i)
+                retry += [i] if keys[i][2] else []
+                continue
+            n, (a, b) = keys[i][2], _outer(lo, hi, span) if edges is None else (edges[0], edges[-1])
+            eps, big = _LIMITS[keys[i][1]]  # big: neither the scale nor x - first edge may overflow
+            tau = _tau(a, b, bins, eps) if b > a and bins / (b - a) < big and abs(a) + abs(b) < big else 1
+            if lo == hi:
+                mean, var = lo, 0.0
+            elif not (exact or 16 * var >= mean * mean):  # sum of squares - n mean^2 cancelled: two passes
+                var = float(x.to(_acc_dtype(x.device)).var(correction=0))
+            l2 = math.sqrt(n * (var + mean * mean))  # (float ** raises on overflow; * gives inf)
+            even = edges is None and tau < 0.25
+            plans[i] = (a, b, tau if even else None, [n, mean, math.sqrt(var), lo, hi, l2, near, nans[i]])
+        ready += [b for b in batches if all(plans.get(i, (0, 0, None))[2] is not None for i in b.members)]
+        pending = retry
+    return plans, ready, nans
+
+
+def _count_batches(
+    batches: list[_Batch], plans: dict[int, Plan], bins: int, edges: np.ndarray | None, clamp: bool
+) -> dict[int, tuple[Tensor, Tensor, Moments]]:
+    """Count every batch, with one table of edges for all their tensors (rows in batch order)."""
+    order = [i for batch in batches for i in batch.members]
+    first, last = (np.array([plans[i][k] for i in order], dtype=np.float64) for k in (0, 1))
+    e = _linspace(first, last, bins) if edges is None else np.repeat(edges[None], len(order), 0)
+    inf = np.full((len(order), 1), np.inf)
+    bounds = np.concatenate([-inf, -inf, e[:, 1:-1], inf], 1)  # what slot k compares with (see `_bin`)
+    tables: dict[tuple[torch.device, torch.dtype, bool], Tensor] = {}
+
+    def table(device: torch.device, dtype: torch.dtype, ceil: bool) -> Tensor:  # one copy per device
+        if (device, dtype, ceil) not in tables:
+            rows = np.ascontiguousarray(_ceil(bounds, dtype) if ceil else e)
+            tables[device, dtype, ceil] = torch.from_numpy(rows).to(device, dtype, non_blocking=True)
+        return tables[device, dtype, ceil]
+
+    out: dict[int, tuple[Tensor, Tensor, Moments]] = {}
+    start = 0
+    for batch in batches:
+        x, rows = batch.x, slice(start, start + len(batch.members))
+        start = rows.stop
+        tau = None if plans[batch.members[0]][2] is None else max(plans[i][2] for i in batch.members)
+        counts = _bin(batch, e[rows], table(x.device, x.dtype, True)[rows].reshape(-1), tau, clamp)
+        device_edges = table(x.device, _acc_dtype(x.device), False)[rows]
+        out.update({i: (c, row, plans[i][3]) for i, c, row in zip(batch.members, counts, device_edges)})
+    return out
+
+
+class _Batch(NamedTuple):
+    members: list[int]  # indices of the tensors, laid end to end in x
+    sizes: list[int]  # their sizes
+    x: Tensor  # (n,) in the dtype their bins are computed in
+    seg: Tensor | None  # (n,) int32 index in members of each value, when sizes differ; else None (rows)
+    lengths: Tensor | None  # (T,) int32 sizes on x's device, when sizes differ
+
+
+def _batch(values: list[Tensor], keys: list[tuple], members: list[int]) -> _Batch:
+    sizes = [keys[i][2] for i in members]
+    x = (torch.cat([values[i] for i in members]) if len(members) > 1 else values[members[0]]).to(keys[members[0]][1])
+    if len(set(sizes)) == 1:
+        return _Batch(members, sizes, x, None, None)
+    lengths = torch.tensor(sizes, dtype=torch.int32).to(x.device, non_blocking=True)
+    index = torch.arange(len(members), dtype=torch.int32, device=x.device)
+    return _Batch(members, sizes, x, torch.repeat_interleave(index, lengths, output_size=sum(sizes)), lengths)
+
+
+def _tau(first: float, last: float, bins: int, eps: float) -> float:
+    """A bound, in bins, on how far `_bin`'s position of a value can lie from its exact position.
+
+    The position is fl(fl(x * fl(scale)) + fl(offset)), then + 2 tau: each rounding is within eps / 2
+    of its result, at most (|first| + |last|) * scale + bins + 2 in size; and numpy's float64 edges
+    are off the exact ones by a few float64 roundings of the larger of |first| and |last|. Doubled,
+    for margin.
+    """
+    ratio = (abs(first) + abs(last)) / (last - first)
+    return 2 * (eps / 2 * (2 * bins + 5 + 3 * bins * ratio) + 2**-53 * bins * (3 + ratio))
+
+
+def _linspace(first: np.ndarray, last: np.ndarray, bins: int) -> np.ndarray:
+    """(N, bins + 1): np.linspace(first[k], last[k], bins + 1) for each k, the edges numpy.histogram uses."""
+    step = (last - first) / bins
+    if np.all(step != 0):  # numpy's arithmetic, row by row (a zero step, a subnormal range, it does apart)
+        e = np.arange(bins + 1) * step[:, None] + first[:, None]
+        e[:, -1] = last
+        return e
+    return np.array([np.linspace(a, b, bins + 1) for a, b in zip(first, last)])
 
 
 def _work_dtype(x: Tensor) -> torch.dtype:
@@ -116,99 +209,119 @@ def _outer(lo: float, hi: float, span: tuple[float, float] | None) -> tuple[floa
 
 
 def _count(slots: Tensor, size: int) -> Tensor:
+    """(size,): how many of slots (n,) hold each value."""
     if slots.device.type == "cpu":
         return torch.bincount(slots, minlength=size)
     ones = torch.ones(1, dtype=torch.int64, device=slots.device).expand(slots.numel())
-    return torch.zeros(size, dtype=torch.int64, device=slots.device).index_add_(0, slots.long(), ones)  # no host wait
+    return torch.zeros(size, dtype=torch.int64, device=slots.device).index_add_(0, slots.int(), ones)  # no host wait
 
 
-def _batches(values: list[Tensor], chosen: Iterable[int]) -> list[list[int]]:
-    """Indices of the chosen tensors to histogram together: each large one alone (whole-tensor kernels
-    are the fastest), small ones of one device and dtype end to end, at most BATCH_ELEMENTS a batch."""
+def _group(keys: list[tuple], chosen: Iterable[int]) -> list[list[int]]:
+    """The chosen tensors in batches: by device, dtype and size, the small ones by device and dtype."""
     batches: list[list[int]] = []
-    open_batch: dict[tuple[torch.device, torch.dtype], tuple[list[int], int]] = {}
+    open_batch: dict[tuple[torch.device, torch.dtype, int], tuple[list[int], int]] = {}
     for i in chosen:
-        x, key = values[i], (values[i].device, _work_dtype(values[i]))
-        if x.numel() >= SMALL:
-            batches.append([i])
-            continue
+        device, dtype, n = keys[i]
+        key = (device, dtype, n if n >= TINY else 0)
         members, size = open_batch.get(key, ([], 0))
-        if members and size + x.numel() > BATCH_ELEMENTS:
+        if members and size + n > BATCH_ELEMENTS:
             batches.append(members)
             members, size = [], 0
-        open_batch[key] = ([*members, i], size + x.numel())
+        open_batch[key] = ([*members, i], size + n)
     return batches + [members for members, _ in open_batch.values()]
 
 
-def _flat(values: list[Tensor]) -> Tensor:
-    """The values end to end, (n,), in the dtype their bins are computed in."""
-    return (torch.cat(values) if len(values) > 1 else values[0]).to(_work_dtype(values[0]))
-
-
-def _moments(values: list[Tensor], chosen: list[int], near_zero: float) -> dict[int, list[float]]:
-    """Min, max, sum, L2 norm and near-zero count of each chosen tensor, in one copy to the host per device."""
-    tables: dict[torch.device, list[tuple[list[int], Tensor]]] = {}
-    for batch in _batches(values, chosen):
-        x = _flat([values[i] for i in batch])
-        acc = _acc_dtype(x.device)
+def _moments(keys: list[tuple], batches: list[_Batch], near_zero: float) -> dict[int, tuple]:
+    """Per tensor: min, max, mean, variance, near-zero count, and whether that variance is exact
+    (two passes) or one pass's, which may cancel. One copy to the host per device."""
+    parts: dict[torch.device, list[tuple[list[int], bool, Tensor]]] = {}
+    for b in batches:
+        x, acc, count = b.x, _acc_dtype(b.x.device), len(b.members)
         near = x.abs() <= float(-_ceil(np.array([-near_zero]), x.dtype)[0])  # the largest such number <= near_zero
-        if len(batch) == 1:
-            table = torch.stack(
-                [*torch.aminmax(x), x.sum(dtype=acc), torch.linalg.vector_norm(x, dtype=acc), near.sum()]
+        if b.seg is None:  # rows: min and max, sum and L2 norm in float64, in one pass each
+            rows = x.view(count, -1)
+            ext = rows.amin(1), rows.amax(1)  # (torch.aminmax along rows is many times slower)
+            sums = [rows.sum(1, dtype=acc), torch.linalg.vector_norm(rows, dim=1, dtype=acc)]
+            table = torch.stack([*ext, *sums, near.view(count, -1).sum(1)], 1)
+        else:  # by segment: two passes in float64
+            xd, per = x.to(acc), partial(torch.segment_reduce, lengths=b.lengths, unsafe=True)  # (n,) -> (T,)
+            mean = per(xd, "sum") / b.lengths
+            d = xd - mean.index_select(0, b.seg)
+            var = per(d * d, "sum") / b.lengths
+            table = torch.stack([per(x, "min"), per(x, "max"), mean, var, per(near.to(acc), "sum")], 1)
+        parts.setdefault(x.device, []).append((b.members, b.seg is not None, table.to(acc)))
+    rows: dict[int, tuple] = {}
+    for part in parts.values():
+        host = torch.cat([table for _, _, table in part]).tolist()
+        for i, exact, (lo, hi, a, b, near) in zip(
+            [i for members, _, _ in part for i in members],
+            [exact for members, exact, _ in part for _ in members],
+            host,
+        ):
+            n = keys[i][2]  # one pass: a is the sum, b the L2 norm
+            rows[i] = (
+                (lo, hi, a, b, near, True) if exact else (lo, hi, a / n, b * b / n - (a / n) * (a / n), near, False)
             )
-        else:
-            lengths = torch.tensor([values[i].numel() for i in batch]).to(x.device, non_blocking=True)
-            xd = x.to(acc)
-            ext = torch.segment_reduce(torch.stack([-x, x], 1), "max", lengths=lengths, axis=0, unsafe=True)
-            sums = torch.segment_reduce(
-                torch.stack([xd, xd * xd, near.to(acc)], 1), "sum", lengths=lengths, axis=0, unsafe=True
-            )
-            table = torch.stack([-ext[:, 0], ext[:, 1], sums[:, 0], sums[:, 1].sqrt(), sums[:, 2]], 1)
-        tables.setdefault(x.device, []).append((batch, table.to(acc).view(len(batch), 5)))
-    rows: dict[int, list[float]] = {}
-    for parts in tables.values():
-        rows.update(zip([i for batch, _ in parts for i in batch], torch.cat([t for _, t in parts]).tolist()))
     return rows
 
 
-def _bin(x: Tensor, sizes: list[int], edges: np.ndarray, tau: float | None, clamp: bool) -> Tensor:
-    """Counts (T, bins) of the T finite tensors laid end to end in x (n,), on their edges (T, bins + 1).
+def _bin(batch: _Batch, edges: np.ndarray, ceil: Tensor, tau: float | None, clamp: bool) -> Tensor:
+    """Counts (T, bins) of the T finite tensors of a batch, on their edges (T, bins + 1).
 
-    With `tau`, bins come from positions within tau of the exact ones, and the values within tau of
-    an edge are compared with the edge; without, the values of the one tensor are searched among the
-    edges. `clamp`: values beyond the edges go to the end bins.
+    Slot k of a tensor's counts holds bin k - 1 and `ceil` (T * (bins + 2),) gives what a value in
+    slot k is compared with: edge k - 1 rounded up to x's dtype, except the first and the last
+    edge, taken as -inf and inf, so that values beyond the edges go to the end bins and the last
+    bin is closed. With `tau`, slots come from positions within tau of the exact ones, and values
+    within tau of an edge are compared with it; without, one tensor's values are searched.
+    `clamp`: positions beyond the edges are clamped onto them.
     """
-    count, bins, device = len(sizes), edges.shape[1] - 1, x.device
-    stride = bins + 2  # slot 0: below the first edge; slot bins + 1: at or beyond the last
-    ceil = np.concatenate([np.full((count, 1), -np.inf), _ceil(edges, x.dtype)], 1)  # slot k: edge k - 1
-    ceil = torch.from_numpy(ceil).to(device, x.dtype, non_blocking=True).reshape(-1)
-    base = None
+    x, count, bins = batch.x, len(batch.members), edges.shape[1] - 1
+    stride = bins + 2  # slots 0 and bins + 1 stay empty
     if tau is None:
         k_lo = k_hi = torch.bucketize(x, ceil[2:-1], right=True) + 1
     else:
-        low, scale = edges[:, 0], bins / (edges[:, -1] - edges[:, 0])
-        if count == 1:
-            low, scale = float(low[0]), float(scale[0])  # Python numbers: rounded to x's dtype in the kernel
-        else:
-            numel = torch.tensor(sizes).to(device, non_blocking=True)
-            seg = torch.repeat_interleave(torch.arange(count, device=device), numel, output_size=x.numel())
-            low, scale = torch.from_numpy(np.stack([low, scale])).to(device, x.dtype, non_blocking=True)[:, seg]
-            base = seg * stride
-        t = torch.sub(x, low).mul_(scale)  # (n,) position in bins
+        scale = bins / (edges[:, -1] - edges[:, 0])
+        offset = 1.0 - tau - edges[:, 0] * scale
+        if count == 1:  # Python numbers: rounded to x's dtype in the kernel
+            t = torch.mul(x, float(scale[0])).add_(float(offset[0]))  # (n,) 1 + position in bins - tau
+        else:  # each row's, or each value's, scale and offset
+            params = torch.from_numpy(np.stack([scale, offset])).to(x.device, x.dtype, non_blocking=True)
+            if batch.seg is None:
+                t = torch.mul(x.view(count, -1), params[0, :, None]).add_(params[1, :, None]).view(-1)
+            else:
+                scale, offset = params.index_select(1, batch.seg)
+                t = torch.mul(x, scale).add_(offset)
         if clamp:
-            t.clamp_(-1.0, bins + 0.5)
+            t.clamp_(1.0 - tau, bins + 1.0 - tau)
         kind = torch.uint8 if stride <= 256 else torch.int32
-        k_lo = t.add_(1.0 - tau).to(kind)  # the slot of position - tau, and of position + tau
+        k_lo = t.to(kind)  # the slot of position - tau, and of position + tau
         k_hi = t.add_(2.0 * tau).to(kind)
-    counts = _count(k_lo if base is None else base + k_lo, count * stride)
+    if count == 1:
+        slots = k_lo
+    elif batch.seg is None:
+        first = torch.arange(0, count * stride, stride, dtype=torch.int32, device=x.device)[:, None]
+        slots = (k_lo.view(count, -1) + first).view(-1)
+    else:
+        slots = batch.seg * stride + k_lo
+    counts = _count(slots, count * stride)
     near = k_lo != k_hi
-    if device.type == "cpu":  # a few values in 10^4: pick them out (elsewhere that would wait for the device)
+    at = None
+    if x.device.type == "cpu":  # a few values in 10^4: pick them out (elsewhere that would wait for the device)
         at = near.nonzero()[:, 0]
-        x, k_hi, near, base = x[at], k_hi[at], True, None if base is None else base[at]
-    slot = k_hi.long() if base is None else base + k_hi
+        if not len(at):
+            return counts.view(count, stride)[:, 1:-1]
+        x, k_hi, near = x[at], k_hi[at], True
+    slot = k_hi.long() + _first_slot(batch, stride, at)
     up = ((x >= ceil[slot]) & near).long()
-    counts.index_add_(0, slot, up).index_add_(0, (slot - 1).clamp_(min=0), -up)
-    counts = counts.view(count, stride)
-    counts[:, 1] += counts[:, 0]
-    counts[:, bins] += counts[:, bins + 1]  # the last bin is closed
-    return counts[:, 1:-1]
+    counts.index_add_(0, slot, up).index_add_(0, slot - 1, -up)
+    return counts.view(count, stride)[:, 1:-1]
+
+
+def _first_slot(batch: _Batch, stride: int, at: Tensor | None) -> Tensor | int:
+    """The first slot of the tensor of each value at `at` (of every value where None)."""
+    if len(batch.members) == 1:
+        return 0
+    if batch.seg is not None:
+        return (batch.seg if at is None else batch.seg[at]) * stride
+    index = torch.arange(batch.x.numel(), device=batch.x.device) if at is None else at
+    return index // batch.sizes[0] * stride
