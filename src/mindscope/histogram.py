@@ -64,7 +64,7 @@ def histograms(
     rest = [i for i in plans if i not in done]
     ready += [_batch(values, keys, members) for members in _group(keys, [i for i in rest if plans[i][2] is not None])]
     ready += [_batch(values, keys, [i]) for i in rest if plans[i][2] is None]  # searched: one tensor a batch
-    out = _count_batches(ready, plans, bins, edges, span is not None)
+    out = _count_batches(ready, plans, bins, edges)
     for i, x in enumerate(values):
         if i not in out:  # nothing finite
             e = edges if edges is not None else np.linspace(*_outer(0.0, 0.0, span), bins + 1)
@@ -117,7 +117,7 @@ def _plan(
 
 
 def _count_batches(
-    batches: list[_Batch], plans: dict[int, Plan], bins: int, edges: np.ndarray | None, clamp: bool
+    batches: list[_Batch], plans: dict[int, Plan], bins: int, edges: np.ndarray | None
 ) -> dict[int, tuple[Tensor, Tensor, Moments]]:
     """Count every batch, with one table of edges for all their tensors (rows in batch order)."""
     order = [i for batch in batches for i in batch.members]
@@ -139,7 +139,7 @@ def _count_batches(
         x, rows = batch.x, slice(start, start + len(batch.members))
         start = rows.stop
         tau = None if plans[batch.members[0]][2] is None else max(plans[i][2] for i in batch.members)
-        counts = _bin(batch, e[rows], table(x.device, x.dtype, True)[rows].reshape(-1), tau, clamp)
+        counts = _bin(batch, e[rows], table(x.device, x.dtype, True)[rows].reshape(-1), tau)
         device_edges = table(x.device, _acc_dtype(x.device), False)[rows]
         out.update({i: (c, row, plans[i][3]) for i, c, row in zip(batch.members, counts, device_edges)})
     return out
@@ -243,7 +243,17 @@ def _moments(keys: list[tuple], batches: list[_Batch], near_zero: float) -> dict
             ext = rows.amin(1), rows.amax(1)  # (torch.aminmax along rows is many times slower)
             sums = [rows.sum(1, dtype=acc), torch.linalg.vector_norm(rows, dim=1, dtype=acc)]
             table = torch.stack([*ext, *sums, near.view(count, -1).sum(1)], 1)
-        else:  # by segment: two passes in float64
+        elif _host(x.device):  # small tensors on the host: numpy's reduceat, two passes in float64
+            with np.errstate(all="ignore"):  # NaN and Inf: redone on the finite values
+                xd, sizes = x.numpy().astype(np.float64), np.array(b.sizes)
+                per = partial(np.add.reduceat, indices=np.cumsum(sizes) - sizes)  # (n,) -> (T,)
+                mean = per(xd) / sizes
+                d = xd - np.repeat(mean, sizes)
+                ext = [how.reduceat(xd, np.cumsum(sizes) - sizes) for how in (np.minimum, np.maximum)]
+                table = torch.from_numpy(
+                    np.stack([*ext, mean, per(d * d) / sizes, per(near.numpy().astype(np.float64))], 1)
+                )
+        else:  # by segment on the device: two passes in float64
             xd, per = x.to(acc), partial(torch.segment_reduce, lengths=b.lengths, unsafe=True)  # (n,) -> (T,)
             mean = per(xd, "sum") / b.lengths
             d = xd - mean.index_select(0, b.seg)
@@ -265,7 +275,7 @@ def _moments(keys: list[tuple], batches: list[_Batch], near_zero: float) -> dict
     return rows
 
 
-def _bin(batch: _Batch, edges: np.ndarray, ceil: Tensor, tau: float | None, clamp: bool) -> Tensor:
+def _bin(batch: _Batch, edges: np.ndarray, ceil: Tensor, tau: float | None) -> Tensor:
     """Counts (T, bins) of the T finite tensors of a batch, on their edges (T, bins + 1).
 
     Slot k of a tensor's counts holds bin k - 1 and `ceil` (T * (bins + 2),) gives what a value in
@@ -273,9 +283,10 @@ def _bin(batch: _Batch, edges: np.ndarray, ceil: Tensor, tau: float | None, clam
     edge, taken as -inf and inf, so that values beyond the edges go to the end bins and the last
     bin is closed. With `tau`, slots come from positions within tau of the exact ones, and values
     within tau of an edge are compared with it; without, one tensor's values are searched.
-    `clamp`: positions beyond the edges are clamped onto them.
     """
     x, count, bins = batch.x, len(batch.members), edges.shape[1] - 1
+    if batch.seg is not None and tau is not None and _host(x.device):
+        return _bin_host(batch, edges)
     stride = bins + 2  # slots 0 and bins + 1 stay empty
     if tau is None:
         k_lo = k_hi = torch.bucketize(x, ceil[2:-1], right=True) + 1
@@ -291,8 +302,9 @@ def _bin(batch: _Batch, edges: np.ndarray, ceil: Tensor, tau: float | None, clam
             else:
                 scale, offset = params.index_select(1, batch.seg)
                 t = torch.mul(x, scale).add_(offset)
-        if clamp:
-            t.clamp_(1.0 - tau, bins + 1.0 - tau)
+        # Into slots 1 .. bins, which takes values beyond the outer edges to the end bins: only the
+        # interior edges are then near any value (the first and last, every tensor's min and max).
+        t.clamp_(1.0, bins + 1.0 - 4 * tau)
         kind = torch.uint8 if stride <= 256 else torch.int32
         k_lo = t.to(kind)  # the slot of position - tau, and of position + tau
         k_hi = t.add_(2.0 * tau).to(kind)
@@ -315,6 +327,24 @@ def _bin(batch: _Batch, edges: np.ndarray, ceil: Tensor, tau: float | None, clam
     up = ((x >= ceil[slot]) & near).long()
     counts.index_add_(0, slot, up).index_add_(0, slot - 1, -up)
     return counts.view(count, stride)[:, 1:-1]
+
+
+def _bin_host(batch: _Batch, edges: np.ndarray) -> Tensor:
+    """`_bin` for small tensors of mixed sizes on the host: numpy.histogram's own method, in float64."""
+    count, bins, sizes = len(batch.members), edges.shape[1] - 1, batch.sizes
+    first, x = np.repeat(edges[:, 0], sizes), batch.x.numpy().astype(np.float64)
+    x = np.clip(x, first, np.repeat(edges[:, -1], sizes))  # beyond the edges: the end bins
+    k = ((x - first) * np.repeat(bins / (edges[:, -1] - edges[:, 0]), sizes)).astype(np.intp)
+    k = np.minimum(k, bins - 1) + np.repeat(np.arange(count) * (bins + 1), sizes)  # (n,) into the edges, flat
+    compare = np.concatenate([edges[:, :-1], np.full((count, 1), np.inf)], 1).ravel()  # the last bin is closed
+    k -= x < compare[k]
+    k += x >= compare[k + 1]
+    return torch.from_numpy(np.bincount(k, minlength=count * (bins + 1)).reshape(count, bins + 1)[:, :bins])
+
+
+def _host(device: torch.device) -> bool:
+    """Whether small tensors of mixed sizes are reduced and binned by numpy (cheaper calls) rather than torch."""
+    return device.type == "cpu"
 
 
 def _first_slot(batch: _Batch, stride: int, at: Tensor | None) -> Tensor | int:
