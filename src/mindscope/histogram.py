@@ -316,16 +316,17 @@ def _bin(batch: _Batch, edges: np.ndarray, ceil: Tensor, tau: float | None) -> T
     else:
         slots = batch.seg * stride + k_lo
     counts = _count(slots, count * stride)
-    near = k_lo != k_hi
-    at = None
-    if x.device.type == "cpu":  # a few values in 10^4: pick them out (elsewhere that would wait for the device)
-        at = near.nonzero()[:, 0]
-        if not len(at):
-            return counts.view(count, stride)[:, 1:-1]
-        x, k_hi, near = x[at], k_hi[at], True
-    slot = k_hi.long() + _first_slot(batch, stride, at)
-    up = ((x >= ceil[slot]) & near).long()
-    counts.index_add_(0, slot, up).index_add_(0, slot - 1, -up)
+    near = k_lo != k_hi  # within tau of an edge: each such value moves up a slot if it is at or past the edge
+    if x.device.type == "cpu":  # a few values in 10^4: pick them out, with numpy on the tensors' memory
+        at = np.flatnonzero(near.numpy())
+        slot = k_hi.numpy()[at].astype(np.intp) + _first_slot(batch, stride, at)
+        up = slot[x.numpy()[at] >= ceil.numpy()[slot]]
+        np.add.at(counts.numpy(), up, 1)
+        np.add.at(counts.numpy(), up - 1, -1)
+    else:  # every value, masked: picking them out would wait for the device
+        slot = k_hi.long() + _first_slot(batch, stride, None)
+        up = ((x >= ceil[slot]) & near).long()
+        counts.index_add_(0, slot, up).index_add_(0, slot - 1, -up)
     return counts.view(count, stride)[:, 1:-1]
 
 
@@ -347,11 +348,11 @@ def _host(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
-def _first_slot(batch: _Batch, stride: int, at: Tensor | None) -> Tensor | int:
-    """The first slot of the tensor of each value at `at` (of every value where None)."""
+def _first_slot(batch: _Batch, stride: int, at: np.ndarray | None) -> Tensor | np.ndarray | int:
+    """The first slot of the tensor of each value at `at` (numpy, on the host), or of every value."""
     if len(batch.members) == 1:
         return 0
     if batch.seg is not None:
-        return (batch.seg if at is None else batch.seg[at]) * stride
+        return (batch.seg if at is None else batch.seg.numpy()[at]) * stride
     index = torch.arange(batch.x.numel(), device=batch.x.device) if at is None else at
     return index // batch.sizes[0] * stride
