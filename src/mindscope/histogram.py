@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-TINY = 1 << 11  # tensors of fewer values are batched with the others of their device and dtype
-BATCH_ELEMENTS = 1 << 18  # at most this many values a batch (larger temporaries cost page faults)
+TINY = 1 << 13  # tensors of fewer values are batched with the others of their device and dtype
+BATCH_ELEMENTS = 1 << 16  # at most this many values a batch: past that, batching saves no time
 
 _LIMITS = {t: (torch.finfo(t).eps, torch.finfo(t).max) for t in (torch.float32, torch.float64)}
 Moments = list[float]  # finite count, mean, std (ddof 0), min, max, L2 norm, near-zero count, NaN count
@@ -149,18 +149,20 @@ class _Batch(NamedTuple):
     members: list[int]  # indices of the tensors, laid end to end in x
     sizes: list[int]  # their sizes
     x: Tensor  # (n,) in the dtype their bins are computed in
-    seg: Tensor | None  # (n,) int32 index in members of each value, when sizes differ; else None (rows)
-    lengths: Tensor | None  # (T,) int32 sizes on x's device, when sizes differ
+    mixed: bool  # sizes differ (else the tensors are the rows of a matrix)
+    seg: Tensor | None  # (n,) int32 index in members of each value, for torch's segment kernels
+    lengths: Tensor | None  # (T,) int32 sizes on x's device, likewise
 
 
 def _batch(values: list[Tensor], keys: list[tuple], members: list[int]) -> _Batch:
     sizes = [keys[i][2] for i in members]
     x = (torch.cat([values[i] for i in members]) if len(members) > 1 else values[members[0]]).to(keys[members[0]][1])
-    if len(set(sizes)) == 1:
-        return _Batch(members, sizes, x, None, None)
+    mixed = len(set(sizes)) > 1
+    if not mixed or _host(x.device):
+        return _Batch(members, sizes, x, mixed, None, None)
     lengths = torch.tensor(sizes, dtype=torch.int32).to(x.device, non_blocking=True)
     index = torch.arange(len(members), dtype=torch.int32, device=x.device)
-    return _Batch(members, sizes, x, torch.repeat_interleave(index, lengths, output_size=sum(sizes)), lengths)
+    return _Batch(members, sizes, x, mixed, torch.repeat_interleave(index, lengths, output_size=sum(sizes)), lengths)
 
 
 def _tau(first: float, last: float, bins: int, eps: float) -> float:
@@ -238,7 +240,7 @@ def _moments(keys: list[tuple], batches: list[_Batch], near_zero: float) -> dict
     for b in batches:
         x, acc, count = b.x, _acc_dtype(b.x.device), len(b.members)
         near = x.abs() <= float(-_ceil(np.array([-near_zero]), x.dtype)[0])  # the largest such number <= near_zero
-        if b.seg is None:  # rows: min and max, sum and L2 norm in float64, in one pass each
+        if not b.mixed:  # rows: min and max, sum and L2 norm in float64, in one pass each
             rows = x.view(count, -1)
             ext = rows.amin(1), rows.amax(1)  # (torch.aminmax along rows is many times slower)
             sums = [rows.sum(1, dtype=acc), torch.linalg.vector_norm(rows, dim=1, dtype=acc)]
@@ -259,7 +261,7 @@ def _moments(keys: list[tuple], batches: list[_Batch], near_zero: float) -> dict
             d = xd - mean.index_select(0, b.seg)
             var = per(d * d, "sum") / b.lengths
             table = torch.stack([per(x, "min"), per(x, "max"), mean, var, per(near.to(acc), "sum")], 1)
-        parts.setdefault(x.device, []).append((b.members, b.seg is not None, table.to(acc)))
+        parts.setdefault(x.device, []).append((b.members, b.mixed, table.to(acc)))
     rows: dict[int, tuple] = {}
     for part in parts.values():
         host = torch.cat([table for _, _, table in part]).tolist()
@@ -285,7 +287,7 @@ def _bin(batch: _Batch, edges: np.ndarray, ceil: Tensor, tau: float | None) -> T
     within tau of an edge are compared with it; without, one tensor's values are searched.
     """
     x, count, bins = batch.x, len(batch.members), edges.shape[1] - 1
-    if batch.seg is not None and tau is not None and _host(x.device):
+    if batch.mixed and tau is not None and _host(x.device):
         return _bin_host(batch, edges)
     stride = bins + 2  # slots 0 and bins + 1 stay empty
     if tau is None:
@@ -297,7 +299,7 @@ def _bin(batch: _Batch, edges: np.ndarray, ceil: Tensor, tau: float | None) -> T
             t = torch.mul(x, float(scale[0])).add_(float(offset[0]))  # (n,) 1 + position in bins - tau
         else:  # each row's, or each value's, scale and offset
             params = torch.from_numpy(np.stack([scale, offset])).to(x.device, x.dtype, non_blocking=True)
-            if batch.seg is None:
+            if not batch.mixed:
                 t = torch.mul(x.view(count, -1), params[0, :, None]).add_(params[1, :, None]).view(-1)
             else:
                 scale, offset = params.index_select(1, batch.seg)
@@ -310,7 +312,7 @@ def _bin(batch: _Batch, edges: np.ndarray, ceil: Tensor, tau: float | None) -> T
         k_hi = t.add_(2.0 * tau).to(kind)
     if count == 1:
         slots = k_lo
-    elif batch.seg is None:
+    elif not batch.mixed:
         first = torch.arange(0, count * stride, stride, dtype=torch.int32, device=x.device)[:, None]
         slots = (k_lo.view(count, -1) + first).view(-1)
     else:
