@@ -221,21 +221,23 @@ def test_tensors_of_very_different_sizes_and_dtypes_at_once():
 
 
 @pytest.mark.parametrize(
-    "alone, tiny, batch",
+    "tiny, batch, host",
     [
-        (0, 0, 0),  # every tensor alone
-        (1 << 15, 1 << 10, 1 << 18),  # the defaults
-        (1 << 40, 0, 1 << 40),  # all in one batch, moments one tensor at a time
-        (1 << 40, 1 << 40, 1 << 40),  # all in one batch, moments by segment
-        (1 << 40, 0, 1000),  # small batches of each kind
-        (1 << 40, 1 << 40, 1000),
+        (0, 0, True),  # every tensor alone
+        (1 << 13, 1 << 16, True),  # the defaults: equal sizes as rows, small mixed ones by numpy
+        (1 << 13, 1 << 16, False),  # small mixed ones by torch, as on a GPU
+        (0, 1 << 40, True),  # every size its own batch of rows
+        (1 << 40, 1 << 40, True),  # all in one mixed batch
+        (1 << 40, 1 << 40, False),
+        (1 << 40, 1000, False),  # many small mixed batches
     ],
 )
-def test_results_do_not_depend_on_how_tensors_are_batched(model, monkeypatch, alone, tiny, batch):
+def test_results_do_not_depend_on_how_tensors_are_batched(model, monkeypatch, tiny, batch, host):
     import mindscope.histogram
 
     for name, value in (("TINY", tiny), ("BATCH_ELEMENTS", batch)):
         monkeypatch.setattr(mindscope.histogram, name, value)
+    monkeypatch.setattr(mindscope.histogram, "_host", lambda device: host and device.type == "cpu")
     state = model.state_dict()
     state["features.0.weight"][0, 0, 0, :2] = torch.tensor([float("nan"), float("-inf")])
     tensors = {**state, **_awkward_tensors()}

@@ -2,12 +2,15 @@
 
 `histograms` counts each tensor's finite values exactly as numpy.histogram counts them in
 float64 (edges from np.linspace, bins half-open but the last, values beyond an explicit range
-in the end bins), at about the cost of a plain `torch.histc` loop. It is the engine under
-`weights.weight_histograms`, which a training loop calls every few steps.
+in the end bins). It is the engine under `weights.weight_histograms`, which a training loop
+calls every few steps: on a model of millions of weights it costs about what a plain loop of
+torch.histc, mean, std, min and max does; on small models its fixed cost (a millisecond or
+so on two CPU cores) makes it up to about twice that.
 
 - Tensors go in batches: those of one size as the rows of a matrix (a large tensor is a batch
-  of one row), small ones of mixed sizes end to end, reduced by segment. A few kernels serve a
-  whole batch, and five numbers per tensor come to the host, in one copy per device.
+  of one row), small ones of mixed sizes end to end, reduced by segment (on the host by numpy,
+  whose calls cost less). A few kernels serve a whole batch, and five numbers per tensor come
+  to the host, in one copy per device.
 - A value's bin is the integer part of its position, x * bins / width + offset, computed in the
   tensor's own float arithmetic, which is within `tau` (a few units in the last place) of its
   exact position. Only values within tau of an edge can land in the wrong bin: they are found
@@ -30,8 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-TINY = 1 << 11  # tensors of fewer values are batched with the others of their device and dtype
-BATCH_ELEMENTS = 1 << 18  # at most this many values a batch (larger temporaries cost page faults)
+TINY = 1 << 13  # tensors of fewer values are batched with the others of their device and dtype
+BATCH_ELEMENTS = 1 << 16  # at most this many values a batch: past that, batching saves no time
 
 _LIMITS = {t: (torch.finfo(t).eps, torch.finfo(t).max) for t in (torch.float32, torch.float64)}
 Moments = list[float]  # finite count, mean, std (ddof 0), min, max, L2 norm, near-zero count, NaN count
@@ -64,12 +67,13 @@ def histograms(
     rest = [i for i in plans if i not in done]
     ready += [_batch(values, keys, members) for members in _group(keys, [i for i in rest if plans[i][2] is not None])]
     ready += [_batch(values, keys, [i]) for i in rest if plans[i][2] is None]  # searched: one tensor a batch
-    out = _count_batches(ready, plans, bins, edges, span is not None)
+    out = _count_batches(ready, plans, bins, edges)
     for i, x in enumerate(values):
         if i not in out:  # nothing finite
             e = edges if edges is not None else np.linspace(*_outer(0.0, 0.0, span), bins + 1)
             zeros = torch.zeros(bins, dtype=torch.int64, device=x.device)
-            out[i] = (zeros, torch.from_numpy(e).to(x.device, _acc_dtype(x.device)), [0] * 7 + [nans[i]])
+            e = torch.from_numpy(e).to(x.device, _acc_dtype(x.device), non_blocking=True)
+            out[i] = (zeros, e, [0] * 7 + [nans[i]])
     return [out[i] for i in range(len(values))]
 
 
@@ -117,7 +121,7 @@ def _plan(
 
 
 def _count_batches(
-    batches: list[_Batch], plans: dict[int, Plan], bins: int, edges: np.ndarray | None, clamp: bool
+    batches: list[_Batch], plans: dict[int, Plan], bins: int, edges: np.ndarray | None
 ) -> dict[int, tuple[Tensor, Tensor, Moments]]:
     """Count every batch, with one table of edges for all their tensors (rows in batch order)."""
     order = [i for batch in batches for i in batch.members]
@@ -139,7 +143,7 @@ def _count_batches(
         x, rows = batch.x, slice(start, start + len(batch.members))
         start = rows.stop
         tau = None if plans[batch.members[0]][2] is None else max(plans[i][2] for i in batch.members)
-        counts = _bin(batch, e[rows], table(x.device, x.dtype, True)[rows].reshape(-1), tau, clamp)
+        counts = _bin(batch, e[rows], table(x.device, x.dtype, True)[rows].reshape(-1), tau)
         device_edges = table(x.device, _acc_dtype(x.device), False)[rows]
         out.update({i: (c, row, plans[i][3]) for i, c, row in zip(batch.members, counts, device_edges)})
     return out
@@ -149,18 +153,20 @@ class _Batch(NamedTuple):
     members: list[int]  # indices of the tensors, laid end to end in x
     sizes: list[int]  # their sizes
     x: Tensor  # (n,) in the dtype their bins are computed in
-    seg: Tensor | None  # (n,) int32 index in members of each value, when sizes differ; else None (rows)
-    lengths: Tensor | None  # (T,) int32 sizes on x's device, when sizes differ
+    mixed: bool  # sizes differ (else the tensors are the rows of a matrix)
+    seg: Tensor | None  # (n,) int32 index in members of each value, for torch's segment kernels
+    lengths: Tensor | None  # (T,) int32 sizes on x's device, likewise
 
 
 def _batch(values: list[Tensor], keys: list[tuple], members: list[int]) -> _Batch:
     sizes = [keys[i][2] for i in members]
     x = (torch.cat([values[i] for i in members]) if len(members) > 1 else values[members[0]]).to(keys[members[0]][1])
-    if len(set(sizes)) == 1:
-        return _Batch(members, sizes, x, None, None)
+    mixed = len(set(sizes)) > 1
+    if not mixed or _host(x.device):
+        return _Batch(members, sizes, x, mixed, None, None)
     lengths = torch.tensor(sizes, dtype=torch.int32).to(x.device, non_blocking=True)
     index = torch.arange(len(members), dtype=torch.int32, device=x.device)
-    return _Batch(members, sizes, x, torch.repeat_interleave(index, lengths, output_size=sum(sizes)), lengths)
+    return _Batch(members, sizes, x, mixed, torch.repeat_interleave(index, lengths, output_size=sum(sizes)), lengths)
 
 
 def _tau(first: float, last: float, bins: int, eps: float) -> float:
@@ -238,18 +244,28 @@ def _moments(keys: list[tuple], batches: list[_Batch], near_zero: float) -> dict
     for b in batches:
         x, acc, count = b.x, _acc_dtype(b.x.device), len(b.members)
         near = x.abs() <= float(-_ceil(np.array([-near_zero]), x.dtype)[0])  # the largest such number <= near_zero
-        if b.seg is None:  # rows: min and max, sum and L2 norm in float64, in one pass each
+        if not b.mixed:  # rows: min and max, sum and L2 norm in float64, in one pass each
             rows = x.view(count, -1)
             ext = rows.amin(1), rows.amax(1)  # (torch.aminmax along rows is many times slower)
             sums = [rows.sum(1, dtype=acc), torch.linalg.vector_norm(rows, dim=1, dtype=acc)]
             table = torch.stack([*ext, *sums, near.view(count, -1).sum(1)], 1)
-        else:  # by segment: two passes in float64
+        elif _host(x.device):  # small tensors on the host: numpy's reduceat, two passes in float64
+            with np.errstate(all="ignore"):  # NaN and Inf: redone on the finite values
+                xd, sizes = x.numpy().astype(np.float64), np.array(b.sizes)
+                per = partial(np.add.reduceat, indices=np.cumsum(sizes) - sizes)  # (n,) -> (T,)
+                mean = per(xd) / sizes
+                d = xd - np.repeat(mean, sizes)
+                ext = [how.reduceat(xd, np.cumsum(sizes) - sizes) for how in (np.minimum, np.maximum)]
+                table = torch.from_numpy(
+                    np.stack([*ext, mean, per(d * d) / sizes, per(near.numpy().astype(np.float64))], 1)
+                )
+        else:  # by segment on the device: two passes in float64
             xd, per = x.to(acc), partial(torch.segment_reduce, lengths=b.lengths, unsafe=True)  # (n,) -> (T,)
             mean = per(xd, "sum") / b.lengths
             d = xd - mean.index_select(0, b.seg)
             var = per(d * d, "sum") / b.lengths
             table = torch.stack([per(x, "min"), per(x, "max"), mean, var, per(near.to(acc), "sum")], 1)
-        parts.setdefault(x.device, []).append((b.members, b.seg is not None, table.to(acc)))
+        parts.setdefault(x.device, []).append((b.members, b.mixed, table.to(acc)))
     rows: dict[int, tuple] = {}
     for part in parts.values():
         host = torch.cat([table for _, _, table in part]).tolist()
@@ -265,7 +281,7 @@ def _moments(keys: list[tuple], batches: list[_Batch], near_zero: float) -> dict
     return rows
 
 
-def _bin(batch: _Batch, edges: np.ndarray, ceil: Tensor, tau: float | None, clamp: bool) -> Tensor:
+def _bin(batch: _Batch, edges: np.ndarray, ceil: Tensor, tau: float | None) -> Tensor:
     """Counts (T, bins) of the T finite tensors of a batch, on their edges (T, bins + 1).
 
     Slot k of a tensor's counts holds bin k - 1 and `ceil` (T * (bins + 2),) gives what a value in
@@ -273,9 +289,10 @@ def _bin(batch: _Batch, edges: np.ndarray, ceil: Tensor, tau: float | None, clam
     edge, taken as -inf and inf, so that values beyond the edges go to the end bins and the last
     bin is closed. With `tau`, slots come from positions within tau of the exact ones, and values
     within tau of an edge are compared with it; without, one tensor's values are searched.
-    `clamp`: positions beyond the edges are clamped onto them.
     """
     x, count, bins = batch.x, len(batch.members), edges.shape[1] - 1
+    if batch.mixed and tau is not None and _host(x.device):
+        return _bin_host(batch, edges)
     stride = bins + 2  # slots 0 and bins + 1 stay empty
     if tau is None:
         k_lo = k_hi = torch.bucketize(x, ceil[2:-1], right=True) + 1
@@ -286,42 +303,62 @@ def _bin(batch: _Batch, edges: np.ndarray, ceil: Tensor, tau: float | None, clam
             t = torch.mul(x, float(scale[0])).add_(float(offset[0]))  # (n,) 1 + position in bins - tau
         else:  # each row's, or each value's, scale and offset
             params = torch.from_numpy(np.stack([scale, offset])).to(x.device, x.dtype, non_blocking=True)
-            if batch.seg is None:
+            if not batch.mixed:
                 t = torch.mul(x.view(count, -1), params[0, :, None]).add_(params[1, :, None]).view(-1)
             else:
                 scale, offset = params.index_select(1, batch.seg)
                 t = torch.mul(x, scale).add_(offset)
-        if clamp:
-            t.clamp_(1.0 - tau, bins + 1.0 - tau)
+        # Into slots 1 .. bins, which takes values beyond the outer edges to the end bins: only the
+        # interior edges are then near any value (the first and last, every tensor's min and max).
+        t.clamp_(1.0, bins + 1.0 - 4 * tau)
         kind = torch.uint8 if stride <= 256 else torch.int32
         k_lo = t.to(kind)  # the slot of position - tau, and of position + tau
         k_hi = t.add_(2.0 * tau).to(kind)
     if count == 1:
         slots = k_lo
-    elif batch.seg is None:
+    elif not batch.mixed:
         first = torch.arange(0, count * stride, stride, dtype=torch.int32, device=x.device)[:, None]
         slots = (k_lo.view(count, -1) + first).view(-1)
     else:
         slots = batch.seg * stride + k_lo
     counts = _count(slots, count * stride)
-    near = k_lo != k_hi
-    at = None
-    if x.device.type == "cpu":  # a few values in 10^4: pick them out (elsewhere that would wait for the device)
-        at = near.nonzero()[:, 0]
-        if not len(at):
-            return counts.view(count, stride)[:, 1:-1]
-        x, k_hi, near = x[at], k_hi[at], True
-    slot = k_hi.long() + _first_slot(batch, stride, at)
-    up = ((x >= ceil[slot]) & near).long()
-    counts.index_add_(0, slot, up).index_add_(0, slot - 1, -up)
+    near = k_lo != k_hi  # within tau of an edge: each such value moves up a slot if it is at or past the edge
+    if x.device.type == "cpu":  # a few values in 10^4: pick them out, with numpy on the tensors' memory
+        at = np.flatnonzero(near.numpy())
+        slot = k_hi.numpy()[at].astype(np.intp) + _first_slot(batch, stride, at)
+        up = slot[x.numpy()[at] >= ceil.numpy()[slot]]
+        np.add.at(counts.numpy(), up, 1)
+        np.add.at(counts.numpy(), up - 1, -1)
+    else:  # every value, masked: picking them out would wait for the device
+        slot = k_hi.long() + _first_slot(batch, stride, None)
+        up = ((x >= ceil[slot]) & near).long()
+        counts.index_add_(0, slot, up).index_add_(0, slot - 1, -up)
     return counts.view(count, stride)[:, 1:-1]
 
 
-def _first_slot(batch: _Batch, stride: int, at: Tensor | None) -> Tensor | int:
-    """The first slot of the tensor of each value at `at` (of every value where None)."""
+def _bin_host(batch: _Batch, edges: np.ndarray) -> Tensor:
+    """`_bin` for small tensors of mixed sizes on the host: numpy.histogram's own method, in float64."""
+    count, bins, sizes = len(batch.members), edges.shape[1] - 1, batch.sizes
+    first, x = np.repeat(edges[:, 0], sizes), batch.x.numpy().astype(np.float64)
+    x = np.clip(x, first, np.repeat(edges[:, -1], sizes))  # beyond the edges: the end bins
+    k = ((x - first) * np.repeat(bins / (edges[:, -1] - edges[:, 0]), sizes)).astype(np.intp)
+    k = np.minimum(k, bins - 1) + np.repeat(np.arange(count) * (bins + 1), sizes)  # (n,) into the edges, flat
+    compare = np.concatenate([edges[:, :-1], np.full((count, 1), np.inf)], 1).ravel()  # the last bin is closed
+    k -= x < compare[k]
+    k += x >= compare[k + 1]
+    return torch.from_numpy(np.bincount(k, minlength=count * (bins + 1)).reshape(count, bins + 1)[:, :bins])
+
+
+def _host(device: torch.device) -> bool:
+    """Whether small tensors of mixed sizes are reduced and binned by numpy (cheaper calls) rather than torch."""
+    return device.type == "cpu"
+
+
+def _first_slot(batch: _Batch, stride: int, at: np.ndarray | None) -> Tensor | np.ndarray | int:
+    """The first slot of the tensor of each value at `at` (numpy, on the host), or of every value."""
     if len(batch.members) == 1:
         return 0
     if batch.seg is not None:
-        return (batch.seg if at is None else batch.seg[at]) * stride
+        return (batch.seg if at is None else batch.seg.numpy()[at]) * stride
     index = torch.arange(batch.x.numel(), device=batch.x.device) if at is None else at
     return index // batch.sizes[0] * stride
