@@ -19,19 +19,7 @@ from mindscope.attribution import (
     integrated_gradients,
 )
 from mindscope.quadrature import composite, gauss_legendre
-
-
-def elu_net(classes: int = 5) -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1),
-        nn.ELU(),
-        nn.Conv2d(6, 6, 3, padding=1),
-        nn.ELU(),
-        nn.AvgPool2d(2),
-        nn.Conv2d(6, classes, 1),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-    ).double()
+from test_attribution import elu_net  # one small ELU net for both files
 
 
 def scores(model: nn.Module, z: torch.Tensor, targets: torch.Tensor, output=class_probability) -> torch.Tensor:

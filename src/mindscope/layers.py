@@ -19,6 +19,7 @@ __all__ = [
     "LayerInfo",
     "LayerSpec",
     "describe_layers",
+    "layer_number",
     "numbered_layers",
     "resolve_layer",
     "resolve_layers",
@@ -82,7 +83,7 @@ def split_specs(specs: LayerSpec | Sequence[LayerSpec]) -> list[LayerSpec]:
     return [s.strip() if isinstance(s, str) else s for s in specs]
 
 
-def _layer_number(spec: str | int) -> int | None:
+def layer_number(spec: str | int) -> int | None:
     """3, "3" and "L3" are layer numbers; anything else is not."""
     if isinstance(spec, bool):
         return None
@@ -112,7 +113,7 @@ def resolve_layer(model: nn.Module, spec: LayerSpec, *, output: bool = False) ->
         )
     if isinstance(spec, str) and spec in modules and spec != "":
         return spec
-    number = _layer_number(spec) if isinstance(spec, (str, int)) else None
+    number = layer_number(spec) if isinstance(spec, (str, int)) else None
     if number is not None:
         numbers = numbered_layers(model)
         if number not in numbers:

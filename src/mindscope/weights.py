@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from mindscope.histogram import histograms
-from mindscope.layers import resolve_layer, split_specs
+from mindscope.layers import layer_number, resolve_layer, split_specs
 
 __all__ = [
     "Source",
@@ -118,7 +118,7 @@ def select_tensors(source: Source, layers: str | int | Sequence[str | int] | Non
             continue
         if isinstance(source, nn.Module):
             prefix = resolve_layer(source, spec)  # the one parser: names, L3 numbers, module objects
-        elif isinstance(spec, str) and not spec.lstrip("Ll").lstrip("-").isdigit():
+        elif isinstance(spec, str) and layer_number(spec) is None:
             prefix = spec
         else:
             raise ValueError(

@@ -93,22 +93,18 @@ def demo_command(
     config = TrainConfig(epochs=epochs, batch_size=DEMO_BATCH, device=device)
     if run_dir.exists() and not is_run(run_dir):
         raise ValueError(f"{run_dir} exists and is not a mindscope run; move it away or choose another --out")
+
+    def train(where: Path) -> None:
+        train_run(where, config, data=data_spec, width=width, train_limit=train_limit, test_limit=test_limit,
+                  on_epoch=echo_epoch, say=click.echo)  # fmt: skip
+
     if retrain and is_run(run_dir):
         # Train beside the old run and swap only once the new one is complete.
         staging, old = out / "run.retrain", out / "run.old"
         for leftover in (staging, old):
             if leftover.exists():
                 shutil.rmtree(leftover)
-        train_run(
-            staging,
-            config,
-            data=data_spec,
-            width=width,
-            train_limit=train_limit,
-            test_limit=test_limit,
-            on_epoch=echo_epoch,
-            say=click.echo,
-        )
+        train(staging)
         os.replace(run_dir, old)
         os.replace(staging, run_dir)
         shutil.rmtree(old)
@@ -122,16 +118,7 @@ def demo_command(
         else:
             resume_run(run_dir, epochs=epochs, device=device, on_epoch=echo_epoch, say=click.echo)
     else:
-        train_run(
-            run_dir,
-            config,
-            data=data_spec,
-            width=width,
-            train_limit=train_limit,
-            test_limit=test_limit,
-            on_epoch=echo_epoch,
-            say=click.echo,
-        )
+        train(run_dir)
     click.echo("analysing:")
     report = write_report(run_dir, out / "report.html", options=options, progress=_say)
     click.echo(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mindscope._util import model_device
+from mindscope._util import eval_mode, model_device
 from mindscope.baselines import black, dataset_mean
 from mindscope.data import Normalization
 
@@ -49,14 +49,9 @@ def choose_baseline(model: nn.Module, normalization: Normalization, shape: tuple
     }
     probe = torch.zeros((1, *shape), device=model_device(model))
     scores = {}
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for name, make in candidates.items():
-                p, k = model(make(probe)).softmax(dim=-1)[0].max(dim=-1)
-                scores[name] = (classes[int(k)], float(p))
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        for name, make in candidates.items():
+            p, k = model(make(probe)).softmax(dim=-1)[0].max(dim=-1)
+            scores[name] = (classes[int(k)], float(p))
     name = "black image" if scores["black image"][1] <= CONFIDENT else min(scores, key=lambda n: scores[n][1])
     return ReportBaseline(name, candidates[name], scores)
