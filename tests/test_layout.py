@@ -12,7 +12,17 @@ import mindscope
 
 SRC = Path(mindscope.__file__).parent
 
-LOOKS = {"activations", "attribution", "baselines", "evaluation", "histogram", "layers", "quadrature", "weights"}
+LOOKS = {
+    "activations",
+    "attribution",
+    "baselines",
+    "evaluation",
+    "histogram",
+    "layers",
+    "quadrature",
+    "visualisation",
+    "weights",
+}
 EVERYTHING = {"*"}
 # component -> the mindscope components it may import (itself always allowed).
 ALLOWED: dict[str, set[str]] = {
@@ -26,13 +36,18 @@ ALLOWED: dict[str, set[str]] = {
     "weights": {"_util", "histogram", "layers"},
     "attribution": {"_util", "baselines", "layers", "quadrature"},
     "evaluation": {"_util", "attribution", "baselines", "layers", "quadrature"},
+    "visualisation": {"_util", "layers"},
     "model": {"_util"},
     "data": {"_util"},
     "training": {"_util", "data", "model"},
     "tensorboard": {"_util", "weights"},
     "render": {"_util", *LOOKS},
     "run": {"_util", "data", "model", "training", "layers", "weights", "tensorboard", "render"},
-    "report": {"_util", *LOOKS, "data", "model", "training", "run", "render", "tensorboard"},
+    "models": {"_util", "layers", "data", "model"},  # outside models -> nn.Module, and what they expect
+    "subject": {"_util", "layers", "data", "model", "models", "run"},  # a run or an outside model, with its data
+    "report": {"_util", *LOOKS, "data", "model", "models", "subject", "training", "run", "render", "tensorboard"},
+    "scan": {"_util", *LOOKS, "data", "model", "models", "subject", "run", "render"},
+    "serve": {"_util", *LOOKS, "data", "model", "models", "subject", "training", "run", "render", "report", "scan"},
     "cli": EVERYTHING,
     "__init__": EVERYTHING,
     "__main__": EVERYTHING,
