@@ -64,8 +64,14 @@ def load_data(
     test_limit: int | None = None,
     builtin_sizes: tuple[int, int] = (10000, 2000),
     normalization: Normalization | None = None,
+    image_shape: tuple[int, int, int] | None = None,
+    all_test: bool = False,
 ) -> DataSplits:
-    """Open a data source by its spec. Files are checked now; images load on first use."""
+    """Open a data source by its spec. Files are checked now; images load on first use.
+
+    `image_shape` (C, H, W) and `all_test` apply to folders, which are read at the size a
+    model expects and, for a model trained elsewhere, count wholly as its test set.
+    """
     kind, path = parse_spec(spec)
     for name, limit in (("train_limit", train_limit), ("test_limit", test_limit)):
         if limit is not None and limit < 1:
@@ -116,9 +122,14 @@ def load_data(
             normalization=normalization,
         )
     folder.check_folder(path)
-    return DataSplits(
-        f"folder:{path.name}", spec, from_both(lambda: folder.read_folder(path, seed)), normalization=normalization
-    )
+    channels, height, width = image_shape or (3, 32, 32)
+    if channels not in (1, 3):
+        raise ValueError(f"a folder of images can feed a model with 1 or 3 channels, not {channels}")
+
+    def read() -> tuple[ImageSet, ImageSet]:
+        return folder.read_folder(path, seed, size=(height, width), channels=channels, all_test=all_test)
+
+    return DataSplits(f"folder:{path.name}", spec, from_both(read), normalization=normalization)
 
 
 def _wrap(arrays: tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], tuple[str, ...]]):

@@ -1,6 +1,6 @@
 """Image folders: ROOT/CLASS_NAME/*.png|jpg, with train/ and test/ inside or split 80/20.
 
-Every image is read with Pillow and resized to 32x32. Its size is checked from the header
+Every image is read with Pillow and resized to 32x32 (or the size a model asks for). Its size is checked from the header
 before any pixel is decoded, so one huge file is a clear error, not a decompression bomb.
 Folders whose names start with a dot (.ipynb_checkpoints, .git) are not classes.
 """
@@ -55,7 +55,7 @@ def read_image(path: Path | str, *, size: tuple[int, int] = (32, 32), channels: 
 def _too_large(path: Path | str, detail: str) -> ValueError:
     return ValueError(
         f"{path} is too large ({detail}); an image may have at most {MAX_IMAGE_PIXELS:,} pixels: "
-        "shrink it (it is resized to 32x32 anyway) or remove it"
+        "shrink it (it is resized to the model's input size anyway) or remove it"
     )
 
 
@@ -101,28 +101,37 @@ def check_folder(root: Path) -> tuple[Path, Path | None, list[str]]:
     return base, root / "test", classes
 
 
-def _scan(folder: Path, classes: list[str]) -> tuple[list[np.ndarray], list[int]]:
+def _scan(folder: Path, classes: list[str], **shape: tuple[int, int] | int) -> tuple[list[np.ndarray], list[int]]:
     images, labels = [], []
     for label, name in enumerate(classes):
         for file in sorted((folder / name).iterdir()) if (folder / name).is_dir() else []:
             if file.suffix.lower() in IMAGE_SUFFIXES:
-                images.append(read_image(file))
+                images.append(read_image(file, **shape))
                 labels.append(label)
     return images, labels
 
 
-def read_folder(root: Path, seed: int) -> tuple[ImageSet, ImageSet]:
-    """Read every image of a folder as (train, test); without train/ and test/, split 80/20 by `seed`."""
+def read_folder(
+    root: Path, seed: int, *, size: tuple[int, int] = (32, 32), channels: int = 3, all_test: bool = False
+) -> tuple[ImageSet, ImageSet]:
+    """Read every image of a folder as (train, test); without train/ and test/, split 80/20 by `seed`.
+
+    With `all_test` (a model trained elsewhere, which has seen none of these images), a
+    folder without train/ and test/ is all test set, and its train split is the same images.
+    """
     base, test_folder, classes = check_folder(root)
-    images, labels = _scan(base, classes)
+    shape = {"size": size, "channels": channels}
+    images, labels = _scan(base, classes, **shape)
     if not images:
         raise ValueError(f"no .png or .jpg images under {base}/CLASS_NAME/")
     x, y = np.stack(images), np.asarray(labels, np.int64)
     if test_folder is not None:
-        test_images, test_labels = _scan(test_folder, classes)
+        test_images, test_labels = _scan(test_folder, classes, **shape)
         if not test_images:
             raise ValueError(f"no .png or .jpg images under {test_folder}/CLASS_NAME/")
         xt, yt = np.stack(test_images), np.asarray(test_labels, np.int64)
+    elif all_test:
+        xt, yt = x, y
     else:
         if len(y) < 2:
             raise ValueError(

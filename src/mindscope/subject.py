@@ -1,0 +1,160 @@
+"""What a command looks at: a training run of ours, or the user's own model, with data to look with.
+
+Every command, the report, the dashboard and a scan open their model here, so a run
+directory and an outside model (`torch:`, `python:`, `onnx:`, `keras:`; see
+`mindscope.models`) reach the looks in one shape:
+
+- `model` takes normalised (N, C, H, W) images. A channels-last model (Keras) gets a
+  forward pre-hook that permutes its input, so its layers keep their own names.
+- `normalization` maps pixels in [0, 1] to that input. A model card's pixel range and
+  mean/std (in that range's units) fold into one affine map, so a model trained on 0..255
+  values is fed 0..255 values.
+- `assumed` lists what no card, flag or file said, so the CLI and the report can print it:
+  a wrong guess here is silent everywhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor, nn
+
+from mindscope.data import DataSplits, Normalization, load_data
+from mindscope.run import LoadedRun, load_run
+
+if TYPE_CHECKING:
+    from mindscope.models import ModelCard
+
+__all__ = ["Subject", "normalization_from_card", "open_subject"]
+
+
+@dataclass
+class Subject:
+    """A model to look at, how to feed it, and (when given) the data to look at it with."""
+
+    source: str  # "run:DIR" or the model spec
+    model: nn.Module  # eval mode; takes normalised (N, C, H, W) input
+    normalization: Normalization
+    classes: tuple[str, ...]
+    image_shape: tuple[int, int, int] | None  # (C, H, W) as mindscope feeds it
+    data: DataSplits | None = None
+    run: LoadedRun | None = None  # the training history, when the source is a run
+    card: ModelCard | None = None
+    assumed: tuple[str, ...] = field(default=())
+
+    @property
+    def is_run(self) -> bool:
+        return self.run is not None
+
+    def require_data(self, what: str) -> DataSplits:
+        """The data, or a ValueError that says how to give it."""
+        if self.data is None:
+            raise ValueError(f"{what} needs images: give --data folder:PATH (class folders of PNG/JPEG files)")
+        return self.data
+
+    def inputs(self, pixels: Tensor) -> Tensor:
+        """(N, C, H, W) pixels in [0, 1] -> the model's (normalised) input."""
+        return self.normalization.apply(pixels)
+
+    def describe(self) -> list[str]:
+        """Lines that say what the model is and what mindscope assumed about its input."""
+        if self.run is not None:
+            return [f"model: run {self.run.path} at epoch {self.run.epoch}"]
+        card = self.card
+        lines = [f"model: {self.source}"]
+        if card is not None:
+            shape = "x".join(map(str, card.input_shape)) if card.input_shape else "unknown"
+            lo, hi = card.pixel_range
+            stats = f"mean {_fmt(card.mean)} std {_fmt(card.std)}" if card.mean else "no mean/std"
+            lines.append(f"input: {card.layout} {shape}, pixels scaled to {lo:g}..{hi:g}, {stats}")
+        if self.assumed:
+            lines.append(f"assumed (no card said): {', '.join(self.assumed)}; if wrong, pass the flags or a .card.json")
+        return lines
+
+
+def _fmt(values: tuple[float, ...] | None) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in values or ()) + ")"
+
+
+def normalization_from_card(card: ModelCard, channels: int) -> Normalization:
+    """One affine map from [0, 1] pixels to the model's input, from the card's range and mean/std.
+
+    The model wants (lo + (hi - lo) p - mean) / std; written as (p - m) / s that is
+    m = (mean - lo) / (hi - lo) and s = std / (hi - lo).
+    """
+    lo, hi = card.pixel_range
+    mean = card.mean or (0.0,) * channels
+    std = card.std or (1.0,) * channels
+    if len(mean) == 1:
+        mean, std = mean * channels, std * channels
+    return Normalization(tuple((m - lo) / (hi - lo) for m in mean), tuple(s / (hi - lo) for s in std))
+
+
+def _channels_last(model: nn.Module) -> None:
+    """Make a channels-last model take (N, C, H, W): permute its input in a pre-hook."""
+
+    def permute(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        x = args[0]
+        return (x.permute(0, 2, 3, 1) if x.dim() == 4 else x, *args[1:])
+
+    model.register_forward_pre_hook(permute)
+
+
+def open_subject(
+    run_dir: Path | str | None = None,
+    *,
+    model: str | None = None,
+    weights: Path | str | None = None,
+    card: Mapping[str, Any] | Path | str | None = None,
+    data: str | None = None,
+    epoch: int | None = None,
+    seed: int = 0,
+) -> Subject:
+    """Open a run directory or a model spec (`run:DIR`, `torch:`, `python:`, `onnx:`, `keras:`) with its data.
+
+    A run brings its own data; `data` replaces it. An outside model sees `data` (a spec such
+    as `folder:PATH`) read at its input size, all of it as its test set.
+    """
+    if run_dir is not None and model is not None:
+        raise ValueError(f"give a run directory or --model, not both (got {run_dir} and {model!r})")
+    if run_dir is None and model is None:
+        raise ValueError("give a run directory, or --model SPEC (run:DIR, torch:FILE, onnx:FILE, keras:FILE, ...)")
+    if model is not None and model.startswith("run:"):
+        run_dir = model[len("run:") :]
+    if run_dir is not None:
+        if weights is not None or card is not None:
+            raise ValueError("--weights and --card are for outside models; a run directory carries its own")
+        loaded = load_run(run_dir, epoch=epoch)
+        splits = loaded.data if data is None else load_data(data, seed=seed, normalization=loaded.data.normalization)
+        norm = loaded.data.normalization
+        return Subject(f"run:{run_dir}", loaded.model, norm, loaded.classes, splits.image_shape, splits, run=loaded)
+    if epoch is not None:
+        raise ValueError("--epoch is for run directories; an outside model has one set of weights")
+    from mindscope.models import load_model
+
+    outside = load_model(model, weights=weights, card=card)
+    c = outside.card
+    image_shape = _image_shape(c)
+    channels = image_shape[0] if image_shape else (len(c.mean) if c.mean else 3)
+    norm = normalization_from_card(c, channels)
+    if c.layout == "NHWC":
+        _channels_last(outside.model)
+    splits = None
+    if data is not None:
+        splits = load_data(data, seed=seed, normalization=norm, image_shape=image_shape, all_test=True)
+    classes = c.classes or (splits.classes if splits is not None else ())
+    return Subject(model, outside.model.eval(), norm, tuple(classes), image_shape, splits, card=c, assumed=c.assumed)
+
+
+def _image_shape(card: ModelCard) -> tuple[int, int, int] | None:
+    """(C, H, W) of an image model's input, whatever its own layout; None for other inputs."""
+    shape = card.input_shape
+    if shape is None or len(shape) != 3:
+        return None
+    if card.layout == "NHWC":
+        height, width, channels = shape
+        return channels, height, width
+    return tuple(shape) if card.layout == "NCHW" else None
