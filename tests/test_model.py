@@ -216,7 +216,7 @@ def test_layers_command_lists_every_module(capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["layers"], "give a RUN_DIR or --width W"),
+        (["layers"], "give a RUN_DIR, --model SPEC or --width W"),
         (["layers", "--width", "0"], "width must be a positive integer, got 0"),
     ],
 )

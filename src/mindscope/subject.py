@@ -15,14 +15,16 @@ directory and an outside model (`torch:`, `python:`, `onnx:`, `keras:`; see
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor, nn
 
-from mindscope.data import DataSplits, Normalization, load_data
+from mindscope.data import DataSplits, ImageSet, Normalization, load_data
 from mindscope.run import LoadedRun, load_run
 
 if TYPE_CHECKING:
@@ -33,17 +35,45 @@ __all__ = ["Subject", "normalization_from_card", "open_subject"]
 
 @dataclass
 class Subject:
-    """A model to look at, how to feed it, and (when given) the data to look at it with."""
+    """A model to look at, how to feed it, and (when given) the data to look at it with.
+
+    For a run, the data, normalisation, classes and image shape are read from the run when
+    first used, so a command that needs only the weights never opens the data set.
+    """
 
     source: str  # "run:DIR" or the model spec
     model: nn.Module  # eval mode; takes normalised (N, C, H, W) input
-    normalization: Normalization
-    classes: tuple[str, ...]
-    image_shape: tuple[int, int, int] | None  # (C, H, W) as mindscope feeds it
-    data: DataSplits | None = None
     run: LoadedRun | None = None  # the training history, when the source is a run
     card: ModelCard | None = None
-    assumed: tuple[str, ...] = field(default=())
+    assumed: tuple[str, ...] = ()
+    open_data: Callable[[], DataSplits | None] = field(default=lambda: None, repr=False)
+    given_normalization: Normalization | None = None
+    given_classes: tuple[str, ...] = ()
+    given_image_shape: tuple[int, int, int] | None = None
+
+    @cached_property
+    def data(self) -> DataSplits | None:
+        return self.open_data()
+
+    @property
+    def normalization(self) -> Normalization:
+        """Pixels in [0, 1] -> the model's input."""
+        if self.given_normalization is not None:
+            return self.given_normalization
+        return self.require_data("the model's input normalisation").normalization
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        if self.run is not None:
+            return self.run.classes
+        return self.given_classes or (self.data.classes if self.data is not None else ())
+
+    @property
+    def image_shape(self) -> tuple[int, int, int] | None:
+        """(C, H, W) as mindscope feeds the model; None for inputs that are not images."""
+        if self.given_image_shape is None and self.data is not None:
+            return self.data.image_shape
+        return self.given_image_shape
 
     @property
     def is_run(self) -> bool:
@@ -128,9 +158,13 @@ def open_subject(
         if weights is not None or card is not None:
             raise ValueError("--weights and --card are for outside models; a run directory carries its own")
         loaded = load_run(run_dir, epoch=epoch)
-        splits = loaded.data if data is None else load_data(data, seed=seed, normalization=loaded.data.normalization)
-        norm = loaded.data.normalization
-        return Subject(f"run:{run_dir}", loaded.model, norm, loaded.classes, splits.image_shape, splits, run=loaded)
+
+        def run_data() -> DataSplits:
+            if data is None:
+                return loaded.data
+            return load_data(data, seed=seed, normalization=loaded.data.normalization)
+
+        return Subject(f"run:{run_dir}", loaded.model, run=loaded, open_data=run_data)
     if epoch is not None:
         raise ValueError("--epoch is for run directories; an outside model has one set of weights")
     from mindscope.models import load_model
@@ -142,11 +176,23 @@ def open_subject(
     norm = normalization_from_card(c, channels)
     if c.layout == "NHWC":
         _channels_last(outside.model)
-    splits = None
-    if data is not None:
+
+    def outside_data() -> DataSplits | None:
+        if data is None:
+            return None
         splits = load_data(data, seed=seed, normalization=norm, image_shape=image_shape, all_test=True)
-    classes = c.classes or (splits.classes if splits is not None else ())
-    return Subject(model, outside.model.eval(), norm, tuple(classes), image_shape, splits, card=c, assumed=c.assumed)
+        return splits if not c.classes else _in_model_classes(splits, tuple(c.classes))
+
+    return Subject(
+        model,
+        outside.model.eval(),
+        card=c,
+        assumed=c.assumed,
+        open_data=outside_data,
+        given_normalization=norm,
+        given_classes=tuple(c.classes or ()),
+        given_image_shape=image_shape,
+    )
 
 
 def _image_shape(card: ModelCard) -> tuple[int, int, int] | None:
@@ -158,3 +204,20 @@ def _image_shape(card: ModelCard) -> tuple[int, int, int] | None:
         height, width, channels = shape
         return channels, height, width
     return tuple(shape) if card.layout == "NCHW" else None
+
+
+def _in_model_classes(splits: DataSplits, classes: tuple[str, ...]) -> DataSplits:
+    """Relabel a data set so its labels index the model's outputs, matched by class name."""
+
+    def relabel(split: str) -> ImageSet:
+        images: ImageSet = getattr(splits, split)
+        unknown = [name for name in images.classes if name not in classes]
+        if unknown:
+            raise ValueError(
+                f"the data's class {unknown[0]!r} is not one of the model's classes ({', '.join(classes)}); "
+                "rename the folder to the model's class name, or fix --classes / the card"
+            )
+        index = torch.tensor([classes.index(name) for name in images.classes], dtype=torch.int64)
+        return ImageSet(images.images, index[images.labels], classes, images.masks)
+
+    return DataSplits(splits.name, splits.spec, relabel, normalization=splits.normalization)

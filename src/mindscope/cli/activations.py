@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from mindscope.activations import activation_statistics, capture_activations, top_activating
+from mindscope.cli.source import default_out, model_source, open_source
 from mindscope.data import DataSplits, read_image
 from mindscope.layers import resolve_layer
 from mindscope.render.activations import (
@@ -24,7 +25,7 @@ from mindscope.render.activations import (
     save_gif,
     top_activating_figure,
 )
-from mindscope.run import load_run
+from mindscope.subject import Subject
 from mindscope.training import resolve_device
 
 
@@ -52,10 +53,10 @@ def parse_channels(spec: str) -> int | list[int]:
     return values[0] if "," not in spec else values
 
 
-def load_image(spec: str, data: DataSplits) -> tuple[torch.Tensor, str]:
+def load_image(spec: str, subject: Subject) -> tuple[torch.Tensor, str]:
     """Return (1, C, H, W) pixels in [0, 1] for a test-split index or an image file, and a caption."""
-    test = data.test
     if spec.strip().lstrip("-").isdigit():
+        test = subject.require_data(f"--image {spec} (a test-split index)").test
         index = int(spec)
         if not 0 <= index < len(test):
             raise ValueError(
@@ -66,10 +67,14 @@ def load_image(spec: str, data: DataSplits) -> tuple[torch.Tensor, str]:
         return test.pixels([index]), f"test image {index} ({label})"
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(
-            f"no image file {spec!r}; give a test-image index (0..{len(test) - 1}) or a PNG/JPEG path"
+        where = f"a test-image index (0..{len(subject.data.test) - 1}) or " if subject.data is not None else ""
+        raise FileNotFoundError(f"no image file {spec!r}; give {where}a PNG/JPEG path")
+    if subject.image_shape is None:
+        raise ValueError(
+            f"--image {spec}: the model's input is not an image of known size; "
+            "give --input-size CxHxW (or HxWxC with --layout NHWC)"
         )
-    channels, height, width = data.image_shape
+    channels, height, width = subject.image_shape
     array = read_image(path, size=(height, width), channels=channels)
     with Image.open(path) as img:
         original = img.size
@@ -90,7 +95,7 @@ def save(fig, path: Path) -> None:
 
 
 @click.command("activations")
-@click.argument("run_dir", type=click.Path(path_type=Path))
+@model_source
 @click.option(
     "--image",
     "image_spec",
@@ -132,7 +137,6 @@ def save(fig, path: Path) -> None:
 @click.option("--epoch", type=int, default=None, help="Snapshot to load (default: the last).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda")
 def activations(
-    run_dir,
     image_spec,
     layer_spec,
     channel_spec,
@@ -145,21 +149,21 @@ def activations(
     batch_size,
     epoch,
     device,
+    **source,
 ) -> None:
-    """Draw channel grids and a GIF of one image through the layers of a trained run."""
+    """Draw channel grids and a GIF of one image through the layers of a run or a model."""
     device = resolve_device(device)
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be at least 1, got {limit}")
-    run = load_run(run_dir, epoch=epoch)
-    model = run.model.to(device)
+    subject = open_source(source, epoch=epoch)
+    model = subject.model.to(device)
     labels = parse_layers(model, layer_spec)
     channels = parse_channels(channel_spec)
-    data = run.data
-    pixels, caption = load_image(image_spec, data)
-    out = Path(out) if out is not None else Path(run_dir) / "activations"
+    pixels, caption = load_image(image_spec, subject)
+    out = Path(out) if out is not None else default_out(subject, "activations")
     out.mkdir(parents=True, exist_ok=True)
 
-    acts = capture_activations(model, data.normalization.apply(pixels), list(labels))
+    acts = capture_activations(model, subject.inputs(pixels.to(device)), list(labels))
     flat = [n for n, a in acts.items() if a.dim() != 4]
     if flat:
         raise ValueError(
@@ -180,6 +184,7 @@ def activations(
     )
     click.echo(f"wrote {save_gif(frames, out / 'layers.gif')}")
 
+    data = subject.require_data("--stats and --top") if stats or top_channel is not None else None
     if stats:
         result = activation_statistics(model, test_inputs(data, limit, batch_size), list(labels), batch_size=batch_size)
         save(layer_statistics_figure(result, labels=labels), out / "stats_layers.png")

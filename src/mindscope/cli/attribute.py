@@ -27,9 +27,9 @@ from mindscope.attribution import (
 )
 from mindscope.baselines import black, blurred, dataset_mean, uniform_noise
 from mindscope.cli.activations import load_image
+from mindscope.cli.source import default_out, model_source, open_source
 from mindscope.quadrature import gauss_legendre, left, midpoint, right, simpson, trapezoid
 from mindscope.render.attribution import attribution_panels, interior_frames, saturation_curve, save_gif
-from mindscope.run import load_run
 from mindscope.training import resolve_device
 
 MAX_STEPS = 4096  # a fixed rule beyond this is slow and no more exact than --tolerance
@@ -55,6 +55,14 @@ def _baseline(name: str, normalization):
         "noise": lambda x: uniform_noise(x, normalization),
         "blur": blurred,
     }[name]
+
+
+def _numbered_classes(model: torch.nn.Module, x: torch.Tensor) -> tuple[str, ...]:
+    """Names for a model with no class names: "class 0", "class 1", ..."""
+    with torch.no_grad():
+        count = model(x[:1]).shape[-1]
+    click.echo(f"no class names given (--classes or a card): calling the {count} outputs class 0..{count - 1}")
+    return tuple(f"class {i}" for i in range(count))
 
 
 def _image_names(specs: tuple[str, ...]) -> list[str]:
@@ -113,7 +121,7 @@ def _relabel(figure, names: list[str]) -> None:
 
 
 @click.command("attribute")
-@click.argument("run_dir", type=click.Path(path_type=Path))
+@model_source
 @click.option(
     "--image", "images", multiple=True, required=True, help="test-image index or PNG/JPEG path; repeat for several"
 )
@@ -158,7 +166,6 @@ def _relabel(figure, names: list[str]) -> None:
 )
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda")
 def attribute(
-    run_dir: Path,
     images: tuple[str, ...],
     method: str,
     steps: int | None,
@@ -171,8 +178,9 @@ def attribute(
     epoch: int | None,
     out: Path | None,
     device: str,
+    **source,
 ) -> None:
-    """Attribute the predictions of RUN_DIR's model to the pixels of test images."""
+    """Attribute the predictions of a run's or a model's to the pixels of test images or image files."""
     if steps is not None and tolerance is not None:
         raise ValueError("give --steps N or --tolerance E, not both: a tolerance chooses the steps itself")
     if steps is not None and steps > MAX_STEPS:
@@ -187,19 +195,19 @@ def attribute(
         raise ValueError(f"give at most {MAX_IMAGES} --image options, got {len(images)}; the figure draws a row each")
     if tolerance is not None and rule not in (None, "simpson"):
         raise ValueError(f"--tolerance refines Simpson panels; drop --rule {rule} or use --steps with it")
-    run = load_run(run_dir, epoch=epoch)
+    subject = open_source(source, epoch=epoch)
     target_device = resolve_device(device)
-    model = run.model.to(target_device)
-    normalization = run.data.normalization
-    loaded = [load_image(spec, run.data) for spec in images]
+    model = subject.model.to(target_device)
+    normalization = subject.normalization
+    loaded = [load_image(spec, subject) for spec in images]
     pixels = torch.cat([p for p, _ in loaded]).to(target_device)  # (N, C, H, W) in [0, 1]
     x = normalization.apply(pixels)
     captions = [c for _, c in loaded]
     names = _image_names(images)
-    classes = tuple(run.classes)
+    classes = subject.classes or _numbered_classes(model, x)
     output = class_probability if score == "probability" else class_logit
     base = _baseline(baseline, normalization)
-    out = Path(out) if out is not None else Path(run_dir) / "attributions"
+    out = Path(out) if out is not None else default_out(subject, "attributions")
     out.mkdir(parents=True, exist_ok=True)
 
     if method == "interior":

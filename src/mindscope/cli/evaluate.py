@@ -17,11 +17,11 @@ import torch
 from tqdm import tqdm
 
 from mindscope.baselines import black
+from mindscope.cli.source import default_out, model_source, open_source
 from mindscope.evaluation import EvaluationTable, evaluate_methods, parameterised_layers
 from mindscope.render.evaluation import deletion_figure, localisation_figure, maps_figure, randomisation_figure
 from mindscope.report import METHOD_NAMES, format_table, standard_methods
 from mindscope.report.methods import RANDOMISED_MAX_STEPS, chance_verdicts, completeness_summary
-from mindscope.run import load_run
 from mindscope.training import resolve_device
 
 
@@ -101,7 +101,7 @@ def _save(fig, path: Path) -> None:
 
 
 @click.command("evaluate")
-@click.argument("run_dir", type=click.Path(path_type=Path))
+@model_source
 @click.option(
     "--methods",
     "method_spec",
@@ -162,7 +162,6 @@ def _save(fig, path: Path) -> None:
 )
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda")
 def evaluate(
-    run_dir,
     method_spec,
     images,
     alpha,
@@ -176,6 +175,7 @@ def evaluate(
     epoch,
     out,
     device,
+    **source,
 ) -> None:
     """Check how far to trust each attribution method's maps; print a table, write figures."""
     for name, value, low in (
@@ -203,22 +203,23 @@ def evaluate(
         raise ValueError(f"--alpha must lie in [0, 1] (0 = the black baseline, 1 = the image), got {alpha}")
     names = parse_methods(method_spec)
     device = resolve_device(device)
-    run = load_run(run_dir, epoch=epoch)
-    data = run.data
+    subject = open_source(source, epoch=epoch)
+    data = subject.require_data("mindscope evaluate")
+    norm = subject.normalization
     settings = dict(alpha=alpha, tolerance=tolerance, samples=samples, seed=seed)
-    available = standard_methods(data.normalization, **settings, max_steps=max_steps)
-    budget = standard_methods(data.normalization, **settings, max_steps=randomised_max_steps)
+    available = standard_methods(norm, **settings, max_steps=max_steps)
+    budget = standard_methods(norm, **settings, max_steps=randomised_max_steps)
     methods = {name: available[name] for name in names}
     test = data.test
     masks = test.masks
     candidates = torch.arange(len(test)) if masks is None else masks.flatten(1).any(1).nonzero().flatten()
     chosen = candidates[:images]
     if chosen.numel() == 0:
-        raise ValueError(f"the test split of {run_dir} has no image with an object mask to evaluate on")
-    model = run.model.to(device)
-    x = data.inputs(test, chosen).to(device)  # (N, C, H, W)
+        raise ValueError(f"the test split of {data.spec} has no image with an object mask to evaluate on")
+    model = subject.model.to(device)
+    x = subject.inputs(test.pixels(chosen)).to(device)  # (N, C, H, W)
     mask_batch = None if masks is None else masks[chosen].to(device)  # (N, H, W)
-    out = Path(run_dir) / "evaluation" if out is None else Path(out)
+    out = default_out(subject, "evaluation") if out is None else Path(out)
     out.mkdir(parents=True, exist_ok=True)
     total = len(methods) * (1 + len(parameterised_layers(model)))
     with tqdm(total=total, desc="evaluate", unit="map", leave=False, disable=None) as bar:
@@ -233,13 +234,14 @@ def evaluate(
             None,
             mask_batch,
             methods,
-            baseline=lambda z: black(z, data.normalization),
+            baseline=lambda z: black(z, norm),
             steps=steps,
             seed=seed,
             progress=progress,
             randomised={"integrated": budget["integrated"]},
         )
-    click.echo(f"{len(chosen)} test images of {run_dir} (epoch {run.epoch}), targets: the predicted classes")
+    of = f"run {subject.run.path} (epoch {subject.run.epoch})" if subject.run is not None else subject.source
+    click.echo(f"{len(chosen)} test images of {of}, targets: the predicted classes")
     click.echo(format_table(table))
     click.echo(chance_verdicts(table))
     for row in table.rows:
@@ -248,8 +250,8 @@ def evaluate(
     if mask_batch is None:
         click.echo("this dataset has no object masks: localisation skipped")
     settings = {
-        "run": str(run_dir),
-        "epoch": run.epoch,
+        "model": subject.source,
+        "epoch": None if subject.run is None else subject.run.epoch,
         "images": chosen.tolist(),
         "alpha": alpha,
         "tolerance": tolerance,
@@ -265,7 +267,7 @@ def evaluate(
     _save(deletion_figure({r.name: r.deletion for r in table.rows}), out / "deletion.png")
     _save(
         maps_figure(
-            data.normalization.invert(x).cpu().numpy(),
+            norm.invert(x).cpu().numpy(),
             {r.name: r.attributions.cpu().numpy() for r in table.rows},
             None if mask_batch is None else mask_batch.cpu().numpy(),
         ),

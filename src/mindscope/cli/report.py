@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from mindscope._util import positive_int
+from mindscope.cli.source import model_source, open_source
 from mindscope.cli.train import DATA_HELP, echo_epoch
 from mindscope.report import ReportOptions, write_report
 from mindscope.run import Run, is_run, resume_run, train_run
@@ -127,9 +128,12 @@ def demo_command(
 
 
 @click.command("report")
-@click.argument("run_dir", type=click.Path(path_type=Path))
+@model_source
 @click.option(
-    "--out", type=click.Path(path_type=Path), default=None, help="HTML file to write (default RUN_DIR/report.html)."
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="HTML file to write (default RUN_DIR/report.html, or mindscope-report.html for --model).",
 )
 @click.option("--image", type=int, default=0, show_default=True, help="Test image for the activations.")
 @click.option("--images", type=int, default=6, show_default=True, help="Test images for integrated gradients.")
@@ -148,13 +152,14 @@ def demo_command(
     help="Relative completeness error for integrated gradients.",
 )
 @click.option("--device", default="cpu", show_default=True)
-def report_command(run_dir, out, image, images, evaluation_images, tolerance, device) -> None:
-    """Write one self-contained HTML page that walks through a run."""
+def report_command(out, image, images, evaluation_images, tolerance, device, **source) -> None:
+    """Write one self-contained HTML page that walks through a run or a model trained elsewhere."""
     options = _options(image, images, evaluation_images, tolerance, device)
     if out is not None:
         check_writable_file(out)  # before minutes of work, not after
+    subject = open_source(source)
     click.echo("analysing:")
-    path = write_report(run_dir, out, options=options, progress=_say)
+    path = write_report(subject, out, options=options, progress=_say)
     click.echo(f"report: {path.resolve()} (self-contained; open it in a browser)")
 
 

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import click
 
+from mindscope.cli.source import model_source, open_source
 from mindscope.layers import describe_layers
 from mindscope.model import AllConvNet
-from mindscope.run import load_run, resume_run, train_run
+from mindscope.run import resume_run, train_run
 from mindscope.run.store import require
 from mindscope.training import TrainConfig
 
@@ -104,16 +105,20 @@ def train_command(
 
 
 @click.command("layers")
-@click.argument("run_dir", type=click.Path(path_type=Path), required=False)
+@model_source
 @click.option("--width", type=int, default=None, help="Describe a fresh AllConvNet of this width instead.")
-def layers_command(run_dir, width) -> None:
+def layers_command(width, **source) -> None:
     """List every module: dotted name, layer number, output shape, parameters."""
-    if (run_dir is None) == (width is None):
-        raise click.UsageError("give a RUN_DIR or --width W")
-    if run_dir is not None:
-        loaded = load_run(run_dir)
-        require(loaded.config, loaded.path, "data")
-        model, shape = loaded.model, tuple(loaded.config["data"]["image_shape"])
+    given = source["run_dir"] is not None or source["model_spec"] is not None
+    if given == (width is not None):
+        raise click.UsageError("give a RUN_DIR, --model SPEC or --width W")
+    if given:
+        subject = open_source(source)
+        model = subject.model
+        shape = subject.image_shape or (subject.card.input_shape if subject.card is not None else None)
+        if subject.run is not None:
+            require(subject.run.config, subject.run.path, "data")
+            shape = tuple(subject.run.config["data"]["image_shape"])
     else:
         model, shape = AllConvNet(width=width), (3, 32, 32)
     click.echo(f"{'name':<14} {'layer':>5}  {'type':<18} {'output shape':<18} {'parameters':>10}")

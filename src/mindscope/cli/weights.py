@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from mindscope._util import check_fits, positive_int
+from mindscope.cli.source import default_out, model_source, open_source
 
 MAX_BINS = 100_000
 
@@ -21,17 +22,16 @@ def _tensor_names(run, layers: str | None) -> list[str]:
 
 
 @click.command("weights")
-@click.argument("run_dir", type=click.Path(path_type=Path))
+@model_source
 @click.option("--layers", default=None, help=LAYERS_HELP)
 @click.option(
     "--out", type=click.Path(path_type=Path), default=None, help="Folder for the PNGs (default: RUN_DIR/weights)."
 )
 @click.option("--bins", type=int, default=64, show_default=True, help="Bins per before/after histogram.")
-def weights(run_dir: Path, layers: str | None, out: Path | None, bins: int) -> None:
+def weights(layers: str | None, out: Path | None, bins: int, **source) -> None:
     """Draw weight histograms before vs after training, their evolution, and print what changed."""
     from mindscope.render.tables import format_change_table
     from mindscope.render.weights import weight_histogram_figures, weight_percentile_figure, weight_ridge_figure
-    from mindscope.run import load_run
     from mindscope.weights import (
         histogram_rows,
         paired_histograms,
@@ -40,15 +40,19 @@ def weights(run_dir: Path, layers: str | None, out: Path | None, bins: int) -> N
     )
 
     positive_int(bins, "--bins", maximum=MAX_BINS, hint="a figure shows no more bins than it has pixels across")
-    run = load_run(run_dir)
-    names = _tensor_names(run, layers)
+    subject = open_source(source)
+    names = _tensor_names(subject, layers)
+    out = default_out(subject, "weights") if out is None else out
+    run = subject.run
+    if run is None:
+        _weights_as_loaded(subject, names, out, bins)
+        return
     # counts and edges (int64/float64) per tensor, for two states and the evolution figures
     check_fits(bins * len(names) * 8 * 2 * (2 + len(run.epochs)), f"--bins {bins:,}", "use fewer --bins")
     drawn = [n for n in names if n.endswith("weight")] or names
     first, last = run.epochs[0], run.epochs[-1]
     before_sd, after_sd = run.state_dict_at(first), run.state_dict_at(last)
     before, after = paired_histograms({n: before_sd[n] for n in names}, {n: after_sd[n] for n in names}, bins=bins)
-    out = run_dir / "weights" if out is None else out
     out.mkdir(parents=True, exist_ok=True)
     written = []
     labels = (f"epoch {first}", f"epoch {last}")
@@ -72,6 +76,23 @@ def weights(run_dir: Path, layers: str | None, out: Path | None, bins: int) -> N
     changes = weight_changes({n: before_sd[n] for n in names}, {n: after_sd[n] for n in names})
     click.echo(format_change_table(changes, before=labels[0], after=labels[1]))
     for path in written:
+        click.echo(f"wrote {path}")
+
+
+def _weights_as_loaded(subject, names: list[str], out: Path, bins: int) -> None:
+    """An outside model has one set of weights: draw them as they are, say why there is no before/after."""
+    from mindscope.render.weights import weight_histogram_figures
+    from mindscope.weights import select_tensors, weight_histograms
+
+    check_fits(bins * len(names) * 8 * 2, f"--bins {bins:,}", "use fewer --bins")
+    tensors = select_tensors(subject.model, None)
+    histograms = weight_histograms({n: tensors[n] for n in names}, bins=bins)
+    drawn = [n for n in names if n.endswith("weight")] or names
+    out.mkdir(parents=True, exist_ok=True)
+    click.echo(f"{subject.source} has no training history: the weights as loaded, with no before/after or change table")
+    for i, fig in enumerate(weight_histogram_figures(histograms, None, tensors=drawn, labels=("as loaded",)), 1):
+        path = out / f"weights_{i}.png"
+        fig.savefig(path, dpi=110)
         click.echo(f"wrote {path}")
 
 

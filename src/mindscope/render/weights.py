@@ -103,7 +103,7 @@ def _fmt(stats: Mapping[str, Any], key: str) -> str:
 
 def weight_histogram_figures(
     before: Snapshot,
-    after: Snapshot,
+    after: Snapshot | None,
     *,
     tensors: Sequence[str] | None = None,
     per_figure: int = 3,
@@ -113,18 +113,20 @@ def weight_histogram_figures(
 
     Both panels of a figure share one x-range and one y-range, so a range that grew or a
     peak that fell reads as such. The legends, below the panels, give each tensor's mean
-    and std. Default tensors: every ".weight" present.
+    and std. Default tensors: every ".weight" present. With `after=None` (a model with no
+    training history) each figure has one panel, titled `labels[0]`.
     """
     if isinstance(per_figure, bool) or not isinstance(per_figure, int) or per_figure < 1:
         raise ValueError(f"per_figure must be a positive integer, got {per_figure!r}")
-    first, second = _snapshot(before), _snapshot(after)
-    chosen = _choose([t for t in first if t in second], tensors)
+    first = _snapshot(before)
+    sides = [first] if after is None else [first, _snapshot(after)]
+    chosen = _choose([t for t in first if t in sides[-1]], tensors)
     figures = []
     for start in range(0, len(chosen), per_figure):
         group = chosen[start : start + per_figure]
-        fig = Figure(figsize=(9, 3.2 + 0.2 * len(group)), layout="constrained")
-        axes = fig.subplots(1, 2, sharex=True, sharey=True)
-        for ax, side, label in zip(axes, (first, second), labels):
+        fig = Figure(figsize=(4.5 * len(sides), 3.2 + 0.2 * len(group)), layout="constrained")
+        axes = fig.subplots(1, len(sides), sharex=True, sharey=True, squeeze=False)[0]
+        for ax, side, label in zip(axes, sides, labels):
             for name in group:
                 p = side[name]
                 ax.stairs(
@@ -139,11 +141,12 @@ def weight_histogram_figures(
             # below the panel, where it cannot cover a peak
             ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
         axes[0].set_ylabel(DENSITY_LABEL)
-        axes[1].tick_params(labelleft=True)
-        lows = [side[n].edges[0] for side in (first, second) for n in group]
-        highs = [side[n].edges[-1] for side in (first, second) for n in group]
+        axes[-1].tick_params(labelleft=True)
+        lows = [side[n].edges[0] for side in sides for n in group]
+        highs = [side[n].edges[-1] for side in sides for n in group]
         axes[0].set_xlim(min(lows), max(highs))
-        fig.suptitle(f"weights {labels[0]} vs {labels[1]}: {', '.join(group)}")
+        when = labels[0] if after is None else f"{labels[0]} vs {labels[1]}"
+        fig.suptitle(f"weights {when}: {', '.join(group)}")
         figures.append(fig)
     return figures
 
