@@ -113,7 +113,9 @@ def card_fields(values: Mapping[str, Any], where: str = "the card") -> dict[str,
         if key == "input_shape":
             dims = value if isinstance(value, (list, tuple)) else [value]
             if not dims or not all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
-                raise ValueError(f"input_shape in {where} must be a list of integers such as [3, 32, 32], got {value!r}")
+                raise ValueError(
+                    f"input_shape in {where} must be a list of integers such as [3, 32, 32], got {value!r}"
+                )
             out[key] = tuple(dims)
         elif key == "layout":
             if not isinstance(value, str):
@@ -137,7 +139,7 @@ def read_card(path: str | Path) -> dict[str, Any]:
     """Read a JSON model card and return the fields it gives, checked and as tuples."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"no model card at {path}; write a JSON file such as {{\"pixel_range\": [0, 255]}}")
+        raise FileNotFoundError(f'no model card at {path}; write a JSON file such as {{"pixel_range": [0, 255]}}')
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:

@@ -97,8 +97,7 @@ def load_factory(target: str, weights: str | Path | None) -> nn.Module:
     module_name, sep, factory_name = target.rpartition(":")
     if not sep or not module_name or not factory_name:
         raise ValueError(
-            f"python:{target} must name a module and a factory, e.g. python:mypkg.nets:make_model or "
-            "python:nets.py:Net"
+            f"python:{target} must name a module and a factory, e.g. python:mypkg.nets:make_model or python:nets.py:Net"
         )
     if weights is None:
         raise ValueError(
