@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from mindscope.models.naming import named_class
+
 __all__ = ["archive_kind", "load_torch"]
 
 EXPORT_HOWTO = (
@@ -122,7 +124,7 @@ def _named_kinds(program: torch.export.ExportedProgram, module: nn.Module) -> nn
     for name, sub in module.named_modules():
         base = type(sub)
         if name and name in kinds and base.__name__ == "InterpreterModule":
-            sub.__class__ = type(kinds[name], (base,), {"__module__": __name__})
+            sub.__class__ = named_class(base, kinds[name])
     return module
 
 

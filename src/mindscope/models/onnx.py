@@ -17,30 +17,18 @@ that no layer holds are buffers of the model, named `constant_<i>`.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from mindscope.models.naming import module_name
 from mindscope.models.onnx_layers import Step, Unsupported, build
 
-__all__ = ["OnnxModule", "load_onnx", "module_name"]
+__all__ = ["OnnxModule", "convert", "load_onnx"]
 
 INSTALL = "onnx:FILE needs the onnx package: pip install 'mindscope[onnx]'"
-
-
-def module_name(node_name: str, op_type: str, index: int, taken: set[str]) -> str:
-    """Turn an ONNX node name into a unique, valid submodule name (see the module docstring)."""
-    name = re.sub(r"[^A-Za-z0-9_]", "_", node_name).strip("_") or f"{op_type}_{index}"
-    if name in taken or hasattr(nn.Module, name) or name.startswith("constant_"):
-        stem, n = name, 2
-        while f"{stem}_{n}" in taken:
-            n += 1
-        name = f"{stem}_{n}"
-    taken.add(name)
-    return name
 
 
 class OnnxModule(nn.Module):
@@ -124,7 +112,8 @@ def convert(model: Any) -> tuple[OnnxModule, tuple[int, ...] | None]:
     constants = {init.name: _tensor(numpy_helper.to_array(init)) for init in graph.initializer}
     inputs, shape = _input_shape(graph, set(constants))
     steps: list[tuple[str, Step]] = []
-    taken: set[str] = set()
+    taken = {"input_names", "output_names", "node_names"}  # the model's own attributes, and its buffers':
+    taken |= {f"constant_{i}" for i in range(len(graph.node) + len(graph.initializer))}
     names: dict[str, str] = {}
     for index, node in enumerate(graph.node):
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
@@ -138,10 +127,9 @@ def convert(model: Any) -> tuple[OnnxModule, tuple[int, ...] | None]:
                 f"the ONNX node {node.name or index!r} uses {error}, which mindscope's converter does not support "
                 "(see mindscope.models.onnx_layers.SUPPORTED); export the model with torch.export as torch:FILE"
             ) from None
-        name = module_name(node.name, node.op_type, index, taken)
+        name = module_name(node.name, f"{node.op_type}_{index}", taken)
         for step in built:
-            step_name = name + step.suffix if step.suffix else name
-            taken.add(step_name)
+            step_name = module_name(name + step.suffix, name, taken) if step.suffix else name
             names[step_name] = node.name
             steps.append((step_name, step))
     used = {i for _, step in steps for i in step.inputs}

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mindscope.models.naming import named_class
+
 __all__ = ["FUNCTIONS", "KINDS", "Function", "gemm", "pad", "same_pad"]
 
 
@@ -265,6 +267,4 @@ FUNCTIONS: dict[str, tuple[Callable[..., Any], Callable[[dict, int], dict] | Non
 }
 
 # A class per weightless operator, made once, so that layer listings say 'Add', 'Reshape', ...
-KINDS: dict[str, type[Function]] = {
-    name: type(name, (Function,), {"__module__": __name__, "__qualname__": name}) for name in (*FUNCTIONS, "Gemm")
-}
+KINDS: dict[str, type[Function]] = {name: named_class(Function, name) for name in (*FUNCTIONS, "Gemm")}

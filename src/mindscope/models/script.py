@@ -28,6 +28,8 @@ import torch
 from torch import nn
 from torch.jit._recursive import wrap_cpp_module
 
+from mindscope.models.naming import named_class
+
 __all__ = ["ScriptLayer", "load_script"]
 
 _STRUCTURE = {
@@ -230,8 +232,7 @@ def _step(node: torch._C.Node, kind: str, ins: list[Any], plan: dict) -> list[An
 
 def wrap_script(script: torch.jit.ScriptModule, cu: torch._C.CompilationUnit) -> ScriptLayer:
     """Wrap a scripted module in a `ScriptLayer` subclass named after its original class."""
-    kind = type(str(script.original_name), (ScriptLayer,), {"__module__": __name__})
-    return kind(script, cu)
+    return named_class(ScriptLayer, str(script.original_name))(script, cu)
 
 
 def load_script(path: Path) -> ScriptLayer:
