@@ -109,7 +109,8 @@ class KerasModel(nn.Module):
             self.add_module(name, child)
             self._names[id(layer)] = name
 
-    def forward(self, x: Tensor) -> Any:
+    def forward(self, x: Tensor, **_: Any) -> Any:
+        """Run the Keras graph on one batch; `training` and `mask` from an enclosing graph are not used."""
         keras = import_keras()
         graph = getattr(self._keras, "_functional", self._keras)
         with keras.device(str(x.device)):
@@ -150,7 +151,7 @@ def _carried(model: Any) -> dict[str, Any]:
         data_format = next((f for f in formats if f in ("channels_last", "channels_first")), None)
         if len(shape) == 4 and data_format is not None:
             carried["layout"] = "NHWC" if data_format == "channels_last" else "NCHW"
-    first = model.layers[0] if model.layers else None
+    first = next((layer for layer in model.layers if type(layer).__name__ != "InputLayer"), None)
     if type(first).__name__ == "Rescaling":  # x * scale + offset inside the model: it expects raw pixels
         scale, offset = getattr(first, "scale", None), getattr(first, "offset", 0.0)
         if isinstance(scale, (int, float)) and isinstance(offset, (int, float)):
