@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -239,12 +240,22 @@ def test_an_unknown_or_missing_kind_is_refused():
         load_model("torch:does/not/exist.pt2")
 
 
+NOT_MODELS = {
+    "torch": ("model.pt2", "is not a torch.export program .* or a TorchScript file"),
+    "onnx": ("model.onnx", "is not a valid ONNX model"),
+    "keras": ("model.keras", "does not load as a Keras model"),
+}
+
+
+@pytest.mark.parametrize("kind", NOT_MODELS)
 @pytest.mark.parametrize("content", [os.urandom(256), b"\x89PNG\r\n\x1a\n" + os.urandom(64)], ids=["bytes", "png"])
-def test_a_file_that_is_not_a_model_is_refused(tmp_path, content):
-    path = tmp_path / "model.pt2"
-    path.write_bytes(content)
-    with pytest.raises(ValueError, match="is not a torch.export program .* or a TorchScript file"):
-        load_model(f"torch:{path}")
+def test_a_file_that_is_not_a_model_is_refused(tmp_path, kind, content):
+    if kind != "torch" and importlib.util.find_spec(kind) is None:
+        pytest.skip(f"{kind} is not installed")
+    name, message = NOT_MODELS[kind]
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        load_model(f"{kind}:{tmp_path / name}")
 
 
 def test_a_pickled_whole_model_is_refused_and_never_unpickled(tmp_path, small_cnn):
