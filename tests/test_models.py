@@ -188,6 +188,10 @@ def test_a_card_next_to_the_file_is_read_and_an_explicit_card_wins(files, tmp_pa
     assert card.input_shape == (3, 8, 8)  # from the program itself
     assert card.classes == ("a", "b", "c")
     assert card.assumed == ()
+    partial = ModelCard("x", None, "NHWC", mean=(0.0,) * 3, std=(2.0,) * 3, assumed=("layout", "pixel_range"))
+    again = load_model(f"torch:{model}", card=partial).card  # a ModelCard gives what it did not assume, None aside
+    assert (again.layout, again.pixel_range, again.input_shape) == ("NCHW", (0.0, 255.0), (3, 8, 8))
+    assert (again.mean, again.std, again.assumed) == ((0.0,) * 3, (2.0,) * 3, ("classes",))
 
 
 def test_read_card_returns_the_fields_as_tuples(tmp_path):

@@ -50,10 +50,10 @@ def _parse(spec: str) -> tuple[str, str]:
     return kind, rest
 
 
-def _model_file(rest: str) -> Path:
+def _model_file(kind: str, rest: str) -> Path:
     path = Path(rest).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"no model file {path}")
+        raise FileNotFoundError(f"no model file {path}; give the path of an existing file after '{kind}:'")
     return path
 
 
@@ -120,7 +120,7 @@ def load_model(
         model = load_factory(rest, weights)
         file = Path(weights).expanduser() if weights is not None else None
     else:
-        file = _model_file(rest)
+        file = _model_file(kind, rest)
         if kind == "torch":
             from mindscope.models.exported import load_torch
 

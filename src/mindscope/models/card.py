@@ -170,13 +170,15 @@ def build_card(
 ) -> ModelCard:
     """Merge the given card, the sidecar file and what the model carries; default and list the rest.
 
-    `given` wins over the sidecar, the sidecar over `carried`. Defaults: input_shape None
+    `given` wins over the sidecar, the sidecar over `carried`; a ModelCard given gives the
+    fields it does not list as assumed, except those that are None. Defaults: input_shape None
     (unknown), layout from the input's rank (an image channels first unless its last axis
     has 1, 3 or 4 entries and its first does not), pixel_range (0, 1), no mean/std, no
     class names.
     """
     if isinstance(given, ModelCard):
-        explicit = {k: getattr(given, k) for k in CARD_KEYS if k not in given.assumed}
+        given_fields = {k: getattr(given, k) for k in CARD_KEYS if k not in given.assumed}
+        explicit = {k: v for k, v in given_fields.items() if v is not None}  # None: not known, so not given
     elif isinstance(given, (str, Path)):
         explicit = read_card(given)
     elif given is None:

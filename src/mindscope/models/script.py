@@ -22,7 +22,7 @@ import operator
 from collections.abc import Iterable
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -85,28 +85,53 @@ def _operator(node: torch._C.Node) -> Any:
     return op, len(schema.arguments) - len(keywords), keywords
 
 
-def _plan(nodes: Iterable[torch._C.Node], cu: torch._C.CompilationUnit, plan: dict) -> bool:
-    """Fill `plan` with what each node needs at run time; False if some node cannot be run here."""
-    for node in nodes:
-        kind = node.kind()
+class _Op(NamedTuple):
+    """One TorchScript node, ready to run: value ids in and out, and what it calls or holds."""
+
+    kind: str
+    ins: tuple[int, ...]
+    outs: tuple[int, ...]
+    payload: Any  # a constant, a function, an attribute or method name, or (operator, positional count, keywords)
+    blocks: tuple[_Block, ...]
+
+
+class _Block(NamedTuple):
+    """A graph or a block of an if or a loop: its ops, and the value ids it takes and returns."""
+
+    ops: tuple[_Op, ...]
+    ins: tuple[int, ...]
+    outs: tuple[int, ...]
+
+
+def _ids(values: Iterable[torch._C.Value]) -> tuple[int, ...]:
+    return tuple(v.unique() for v in values)
+
+
+def _compile(block: Any, cu: torch._C.CompilationUnit) -> _Block | None:
+    """Turn a graph or block into `_Op`s; None if some node cannot be run here."""
+    ops = []
+    for node in block.nodes():
+        kind, payload = node.kind(), None
         if kind == "prim::Constant":
             out = node.output()
             if out.type().kind() == "FunctionType":
-                function = cu.find_function(str(out.type()).removeprefix("__torch__."))
-                function = function or cu.find_function(str(out.type()))
-                if function is None:
-                    return False
-                plan[node] = function
+                qualified = str(out.type())
+                payload = cu.find_function(qualified.removeprefix("__torch__.")) or cu.find_function(qualified)
+                if payload is None:
+                    return None
             else:
-                plan[node] = out.toIValue()
+                payload = out.toIValue()
+        elif kind in ("prim::GetAttr", "prim::CallMethod"):
+            payload = node.s("name")
         elif kind not in _STRUCTURE:
-            call = _operator(node)
-            if call is None:
-                return False
-            plan[node] = call
-        if not all(_plan(block.nodes(), cu, plan) for block in node.blocks()):
-            return False
-    return True
+            payload = _operator(node)
+            if payload is None:
+                return None
+        blocks = tuple(_compile(b, cu) for b in node.blocks())
+        if any(b is None for b in blocks):
+            return None
+        ops.append(_Op(kind, _ids(node.inputs()), _ids(node.outputs()), payload, blocks))
+    return _Block(tuple(ops), _ids(block.inputs()), _ids(block.outputs()))
 
 
 class ScriptLayer(nn.Module):
@@ -162,50 +187,49 @@ class ScriptLayer(nn.Module):
     def _call_method(self, method: str, args: list[Any]) -> Any:
         if method not in self._plans:
             graph = getattr(self._script, method).graph
-            plan: dict = {}
-            self._plans[method] = (graph, plan) if self._modules and _plan(graph.nodes(), self._cu, plan) else None
-        if self._plans[method] is None:  # no children to reach, or a node the interpreter does not know
+            self._plans[method] = _compile(graph, self._cu) if self._modules else None
+        program = self._plans[method]
+        if program is None:  # no children to reach, or a node the interpreter does not know
             if self._script.training != self.training:
                 self._script.train(self.training)
             return getattr(self._script, method)(*args)
-        graph, plan = self._plans[method]
-        env = {v.unique(): a for v, a in zip(graph.inputs(), [self, *args])}
-        _run(graph.nodes(), env, plan)
-        outputs = [env[v.unique()] for v in graph.outputs()]
+        env = dict(zip(program.ins, [self, *args]))
+        _run(program, env)
+        outputs = [env[i] for i in program.outs]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
 
-def _run(nodes: Iterable[torch._C.Node], env: dict[int, Any], plan: dict) -> None:
-    """Execute TorchScript nodes, reading and writing values in `env` (value id -> Python value)."""
-    for node in nodes:
-        kind = node.kind()
-        ins = [env[v.unique()] for v in node.inputs()]
-        if kind == "prim::If":
-            block = list(node.blocks())[0 if ins[0] else 1]
-            _run(block.nodes(), env, plan)
-            outs = [env[v.unique()] for v in block.outputs()]
-        elif kind == "prim::Loop":
-            (block,) = node.blocks()
+def _run(block: _Block, env: dict[int, Any]) -> None:
+    """Execute a block's ops, reading and writing values in `env` (value id -> Python value)."""
+    for op in block.ops:
+        ins = [env[i] for i in op.ins]
+        if op.kind == "prim::If":
+            branch = op.blocks[0 if ins[0] else 1]
+            _run(branch, env)
+            outs = [env[i] for i in branch.outs]
+        elif op.kind == "prim::Loop":
+            (body,) = op.blocks
             trips, go, outs = ins[0], ins[1], ins[2:]
             i = 0
             while go and i < trips:
-                env.update({v.unique(): a for v, a in zip(block.inputs(), [i, *outs])})
-                _run(block.nodes(), env, plan)
-                go, *outs = [env[v.unique()] for v in block.outputs()]
+                env.update(zip(body.ins, [i, *outs]))
+                _run(body, env)
+                go, *outs = [env[v] for v in body.outs]
                 i += 1
         else:
-            outs = _step(node, kind, ins, plan)
-        env.update({v.unique(): a for v, a in zip(node.outputs(), outs)})
+            outs = _step(op, ins)
+        env.update(zip(op.outs, outs))
 
 
-def _step(node: torch._C.Node, kind: str, ins: list[Any], plan: dict) -> list[Any]:
+def _step(op: _Op, ins: list[Any]) -> list[Any]:
+    kind = op.kind
     if kind == "prim::Constant":
-        return [plan[node]]
+        return [op.payload]
     if kind == "prim::GetAttr":
-        owner, name = ins[0], node.s("name")
-        return [owner._attribute(name) if isinstance(owner, ScriptLayer) else getattr(owner, name)]
+        owner = ins[0]
+        return [owner._attribute(op.payload) if isinstance(owner, ScriptLayer) else getattr(owner, op.payload)]
     if kind == "prim::CallMethod":
-        owner, method = ins[0], node.s("name")
+        owner, method = ins[0], op.payload
         if isinstance(owner, ScriptLayer):
             return [owner(*ins[1:]) if method == "forward" else owner._call_method(method, ins[1:])]
         return [getattr(owner, method)(*ins[1:])]
@@ -225,9 +249,9 @@ def _step(node: torch._C.Node, kind: str, ins: list[Any], plan: dict) -> list[An
         return [ins[0][ins[1]]]
     if kind in ("prim::unchecked_cast", "prim::Uninitialized"):
         return [ins[0] if ins else None]
-    op, positional, keywords = plan[node]
-    result = op(*ins[:positional], **dict(zip(keywords, ins[positional:])))
-    return list(result) if node.outputsSize() > 1 else [result]
+    function, positional, keywords = op.payload
+    result = function(*ins[:positional], **dict(zip(keywords, ins[positional:])))
+    return list(result) if len(op.outs) > 1 else [result]
 
 
 def wrap_script(script: torch.jit.ScriptModule, cu: torch._C.CompilationUnit) -> ScriptLayer:
