@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from mindscope.cli import main
 
@@ -22,6 +24,31 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def small_cnn() -> nn.Sequential:
+    """conv-relu-conv-relu-pool-linear on (3, 8, 8) images, 3 classes, seeded random weights, eval mode.
+
+    Shared by the model-source tests, which export it (torch.export, TorchScript, ONNX) or
+    rebuild it in Keras; do not change it in place.
+    """
+    generator = torch.Generator().manual_seed(1)
+    net = nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv2d(3, 4, 3, padding=1),
+            relu1=nn.ReLU(),
+            conv2=nn.Conv2d(4, 6, 3),
+            relu2=nn.ReLU(),
+            pool=nn.AdaptiveAvgPool2d(1),
+            flatten=nn.Flatten(),
+            fc=nn.Linear(6, 3),
+        )
+    )
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
+    return net.eval()
 
 
 @pytest.fixture(scope="session")

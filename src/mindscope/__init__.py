@@ -36,6 +36,7 @@ from mindscope.attribution import (
 from mindscope.data import DataSplits, load_data
 from mindscope.layers import describe_layers
 from mindscope.model import AllConvNet
+from mindscope.models import load_model
 from mindscope.run import LoadedRun, RunRecorder, load_run, resume_run, train_run
 from mindscope.training import TrainConfig, classification_metrics, train
 from mindscope.weights import WeightChange, WeightHistogram, paired_histograms, weight_changes, weight_histograms
@@ -64,6 +65,7 @@ __all__ = [
     "integrated_gradients",
     "interior_gradients",
     "load_data",
+    "load_model",
     "load_run",
     "paired_histograms",
     "resume_run",
