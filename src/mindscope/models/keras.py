@@ -132,6 +132,9 @@ class KerasModel(nn.Module):
         copied = _wrap(clone)
         for mine, theirs in zip(self.modules(), copied.modules()):
             theirs.training = mine.training
+        # keep the input adapters (a channels-last permute from mindscope.subject) the copy would lose
+        copied._forward_pre_hooks.update(self._forward_pre_hooks)
+        copied._forward_pre_hooks_with_kwargs.update(self._forward_pre_hooks_with_kwargs)
         memo[id(self)] = copied
         return copied
 
