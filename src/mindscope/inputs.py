@@ -22,7 +22,8 @@ images.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 
 import numpy as np
 from torch import Tensor
@@ -40,13 +41,10 @@ __all__ = [
     "unit_shape",
 ]
 
-# layout -> (its channel axis, summed for one value per unit; the unit's name)
-LAYOUTS: dict[str, tuple[int | None, str]] = {
-    "NCHW": (1, "pixels"),
-    "NHWC": (3, "pixels"),
-    "NF": (None, "features"),
-    "NLD": (2, "positions"),
-}
+# layout -> (its channel axis, summed for one value per unit; the unit's name); read-only
+LAYOUTS: Mapping[str, tuple[int | None, str]] = MappingProxyType(
+    {"NCHW": (1, "pixels"), "NHWC": (3, "pixels"), "NF": (None, "features"), "NLD": (2, "positions")}
+)
 _COLOUR_CHANNELS = (1, 3, 4)
 
 
