@@ -87,6 +87,8 @@ def test_deletion_insertion_and_localisation_agree(case) -> None:
     loc, loc_last = localisation(maps, masks), localisation(nhwc(maps), masks, layout="NHWC")
     for field in ("mass_inside", "pointing", "random_mass_inside", "random_pointing", "mask_fraction"):
         np.testing.assert_array_equal(getattr(loc_last, field), getattr(loc, field), err_msg=field)
+    summed = localisation(nhwc(maps).sum(-1), masks, layout="NHWC")  # already one value per pixel
+    np.testing.assert_array_equal(summed.mass_inside, loc.mass_inside)
     # the old silent failure: a (N, H, W, C) map read as (N, C, H, W) does not fit the masks
     with pytest.raises(ValueError, match=r"channels last"):
         localisation(nhwc(maps), masks)

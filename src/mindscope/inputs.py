@@ -34,6 +34,7 @@ __all__ = [
     "channel_axis",
     "channels_second",
     "check_batch",
+    "check_layout",
     "spread_units",
     "to_channels_first",
     "unit_map",
@@ -73,13 +74,18 @@ def _looks_like_channels(size: int, others: Sequence[int]) -> bool:
     return size in _COLOUR_CHANNELS and all(size < other for other in others)
 
 
+def check_layout(layout: object) -> str:
+    """Return `layout` if it is one of LAYOUTS; refuse it with one line otherwise."""
+    if not isinstance(layout, str) or layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    return layout
+
+
 def batch_layout(shape: Sequence[int], layout: str | None = None, *, name: str = "x") -> str:
     """Return the layout of a batch of `shape`: `layout` checked against it, or the rule above."""
     shape = tuple(int(s) for s in shape)
     if layout is not None:
-        if layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-        if len(layout) != len(shape):
+        if len(check_layout(layout)) != len(shape):
             raise ValueError(
                 f"layout {layout!r} is for {len(layout)}-dim batches, but {name} has shape {shape}; "
                 f"pass the layout of {name} itself"

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from mindscope.attribution import Attribution
-from mindscope.inputs import batch_layout, channel_axis, unit_map
+from mindscope.inputs import batch_layout, channel_axis, check_layout, unit_map
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,10 +58,10 @@ def _maps_layout(attributions: object, masks: object, layout: str | None) -> str
             f"attributions must be maps (N, ...) such as (N, C, H, W) or (N, H, W), got shape "
             f"{tuple(getattr(attributions, 'shape', ()))}"
         )
-    if layout is not None and attributions.dim() == len(layout) - 1 and channel_axis(layout) is not None:
-        return batch_layout((*attributions.shape, 1), layout, name="attributions")  # already one value per unit
-    if layout is not None or attributions.dim() == 4:
-        return batch_layout(attributions.shape, layout, name="attributions")
+    if layout is not None:
+        return check_layout(layout)  # maps shaped like x, or already one value per unit: unit_map checks which
+    if attributions.dim() == 4:
+        return batch_layout(attributions.shape, name="attributions")
     if attributions.dim() == 3:  # a sequence, or images' maps already summed over channels
         return "NCHW" if isinstance(masks, Tensor) and masks.dim() == 3 else "NLD"
     return "NF"
