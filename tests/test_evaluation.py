@@ -162,8 +162,8 @@ def test_deletion_rejects_mismatched_shapes() -> None:
         deletion_insertion(model, x, 0, torch.zeros(3, 1, 4, 5))
     with pytest.raises(ValueError, match="does not broadcast"):
         deletion_insertion(model, x, 0, torch.zeros(3, 4, 4), baseline=torch.zeros(2, 4, 4))
-    with pytest.raises(ValueError, match=r"images of shape \(N, C, H, W\)"):
-        deletion_insertion(model, x[0], 0, torch.zeros(3, 4, 4))
+    with pytest.raises(ValueError, match=r"x has shape \(4,\), a single example; add the batch dimension"):
+        deletion_insertion(model, x[0, 0, 0], 0, torch.zeros(3, 4, 4))
     with pytest.raises(ValueError, match="steps must be a positive int"):
         deletion_insertion(model, x, 0, torch.zeros(3, 4, 4), steps=0)
 

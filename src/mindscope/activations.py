@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from mindscope._util import eval_mode, model_device, positive_int
+from mindscope.inputs import channels_second, check_batch
 from mindscope.layers import resolve_layer, resolve_layers
 
 __all__ = [
@@ -202,19 +203,15 @@ def _forward(model: nn.Module, x: Tensor, record: dict[str, Tensor], layers: Seq
 def _check_input(x: object) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"inputs must be a torch.Tensor batch, got {type(x).__name__}")
-    if x.dim() < 2:
-        raise ValueError(
-            f"inputs must be a batch with a leading example axis, got shape "
-            f"{tuple(x.shape)}; add one with x.unsqueeze(0)"
-        )
-    return x
+    return check_batch(x, floating=False)
 
 
 def capture_activations(model: nn.Module, x: Tensor, layers: LayerSpecs) -> dict[str, Tensor]:
     """Return the outputs of `layers` for the batch `x`, keyed by dotted module name.
 
     Layers are dotted names ("features.5") or walk-through layer numbers (3, "3,6,9");
-    a number means the activation after that layer (`resolve_layers(..., output=True)`).
+    a number means the activation after that layer (`resolve_layers(..., output=True)`;
+    `mindscope.layers.explain_layer` says which module that is). x is any batch (N, ...).
     The model runs in eval mode under `torch.no_grad()` on its own device and is left
     in the mode it was found in; only the requested outputs are kept, on that device,
     and the pass stops once the last of them is computed.
@@ -242,7 +239,7 @@ def batches(data: Data, batch_size: int) -> Iterator[Tensor]:
             yield data[start : start + batch_size]
         return
     if not isinstance(data, Iterable):
-        raise TypeError(f"data must be a Tensor (N, C, H, W) or an iterable of batches, got {type(data).__name__}")
+        raise TypeError(f"data must be a Tensor (N, ...) or an iterable of batches, got {type(data).__name__}")
     for item in data:
         if isinstance(item, (tuple, list)) and item:
             item = item[0]
@@ -289,6 +286,7 @@ def activation_statistics(
     *,
     batch_size: int = 256,
     saturation: Callable[[Tensor], Tensor] | None = None,
+    channel_axis: int = 1,
 ) -> dict[str, LayerStatistics]:
     """Stream `data` through the model and return per-channel statistics for each layer.
 
@@ -297,6 +295,9 @@ def activation_statistics(
     applies to every layer; by default each layer gets its own `saturation_rule` (ELU:
     within 0.05 of -1), and a layer that has none (the last convolution, a ReLU) reports
     `saturated` as nan rather than a fraction of a rule that does not apply to it.
+    `channel_axis` is where each layer's output keeps its channels: 1 for PyTorch's
+    (N, C, ...) and a Linear's (N, F); -1 for channels-last models (Keras, (N, H, W, C))
+    and sequence layers, (N, L, D), whose channels are the D values of each position.
 
     Returns:
         {name: LayerStatistics}; `.summary` of each gives the per-layer fractions.
@@ -317,12 +318,7 @@ def activation_statistics(
             _forward(model, x.to(device), record, names)
             examples += len(x)
             for name in names:
-                a = record[name]
-                if a.dim() < 2:
-                    raise ValueError(
-                        f"layer {name!r} output has shape {tuple(a.shape)}; "
-                        f"statistics need (N, C, ...) with a channel axis"
-                    )
+                a = channels_second(record[name], channel_axis, name=f"layer {name!r} output")
                 moments.setdefault(name, _Moments(a.shape[1], a.device)).update(a, rules[name])
             record.clear()
     if examples == 0:
@@ -352,12 +348,20 @@ def _describe(rule: Callable[[Tensor], Tensor] | None) -> str | None:
 
 
 def top_activating(
-    model: nn.Module, data: Data, layer: str | int, channel: int, *, k: int = 9, batch_size: int = 256
+    model: nn.Module,
+    data: Data,
+    layer: str | int,
+    channel: int,
+    *,
+    k: int = 9,
+    batch_size: int = 256,
+    channel_axis: int = 1,
 ) -> TopActivations:
     """Return the k examples of `data` with the highest mean activation of `channel`.
 
     Ties go to the earlier example. Holds at most k + one batch of maps at a time.
     Fewer than k results come back when the data has fewer than k examples.
+    `channel_axis` is where the layer's output keeps its channels, as in `activation_statistics`.
     """
     positive_int(k, "k")
     if not isinstance(channel, int) or isinstance(channel, bool):
@@ -371,13 +375,11 @@ def top_activating(
     with _inference(model), _recording(model, [name], stop_early=True) as record:
         for x in batches(data, batch_size):
             _forward(model, x.to(device), record, [name])
-            a = record.pop(name)
-            if a.dim() < 2 or not 0 <= channel < a.shape[1]:
+            a = channels_second(record.pop(name), channel_axis, name=f"layer {name!r} output")
+            if not 0 <= channel < a.shape[1]:
                 raise ValueError(
                     f"channel {channel} is out of range for layer {name!r} with output "
                     f"shape {tuple(a.shape[1:])}; channels run from 0 to {a.shape[1] - 1}"
-                    if a.dim() >= 2
-                    else f"layer {name!r} output has shape {tuple(a.shape)}; no channel axis"
                 )
             maps = a[:, channel]  # (n, H, W)
             scores = maps.reshape(len(maps), -1).double().mean(dim=1)  # (n,)

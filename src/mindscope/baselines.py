@@ -3,6 +3,11 @@
 A baseline is a tensor shaped like x (or broadcastable to it), a function of x, or None
 for zeros. "Black" means black *pixels*: with a normalised model input that is
 (0 - mean) / std, not zeros, which is why the pixel-space baselines take a `Normalization`.
+
+x may be any batch the looks take; `layout` says where its channels are ("NCHW", "NHWC",
+"NF", "NLD", read by `mindscope.inputs.batch_layout`'s rule when not given). It matters only
+where a per-channel statistic is applied: a `Normalization`'s mean and std, one value per
+channel (per feature of a row, per value of a sequence position). Blurring is for images only.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from mindscope.inputs import batch_layout, channel_axis
+
 if TYPE_CHECKING:
     from mindscope.data import Normalization
 
@@ -21,32 +28,63 @@ Baseline = Tensor | Callable[[Tensor], Tensor] | None
 __all__ = ["Baseline", "black", "blurred", "dataset_mean", "resolve_baseline", "uniform_noise"]
 
 
-def black(x: Tensor, normalization: Normalization | None = None) -> Tensor:
+def _statistic(values: tuple[float, ...], x: Tensor, layout: str | None, what: str) -> Tensor:
+    """Return per-channel `values` shaped to broadcast over x along its channel axis."""
+    layout = batch_layout(x.shape, layout)
+    axis = channel_axis(layout)
+    channels = x.shape[-1] if axis is None else x.shape[axis]
+    if len(values) != channels:
+        raise ValueError(
+            f"the normalisation's {what} has {len(values)} values but x of shape {tuple(x.shape)} has "
+            f"{channels} channels ({layout}); give the normalisation of this model's input, or the right layout"
+        )
+    shape = [1] * x.dim()
+    shape[x.dim() - 1 if axis is None else axis] = channels
+    return torch.tensor(values, dtype=x.dtype, device=x.device).view(shape)
+
+
+def _normalise(pixels: Tensor, normalization: Normalization, layout: str | None) -> Tensor:
+    """Apply the normalisation along x's channel axis: (pixels - mean) / std."""
+    mean = _statistic(tuple(normalization.mean), pixels, layout, "mean")
+    return (pixels - mean) / _statistic(tuple(normalization.std), pixels, layout, "std")
+
+
+def black(x: Tensor, normalization: Normalization | None = None, *, layout: str | None = None) -> Tensor:
     """Return black images (pixel value 0) in x's space: (0 - mean) / std, not zeros."""
     pixels = torch.zeros_like(x)
-    return pixels if normalization is None else normalization.apply(pixels)
+    return pixels if normalization is None else _normalise(pixels, normalization, layout)
 
 
-def dataset_mean(x: Tensor, normalization: Normalization) -> Tensor:
+def dataset_mean(x: Tensor, normalization: Normalization, *, layout: str | None = None) -> Tensor:
     """Return images filled with the dataset's mean pixel per channel, in x's space."""
-    mean = torch.as_tensor(normalization.mean, dtype=x.dtype, device=x.device)
-    return normalization.apply(mean.view(1, -1, *([1] * (x.dim() - 2))).expand_as(x).contiguous())
+    mean = _statistic(tuple(normalization.mean), x, layout, "mean")
+    return _normalise(mean.expand_as(x).contiguous(), normalization, layout)
 
 
-def uniform_noise(x: Tensor, normalization: Normalization | None = None, *, seed: int = 0) -> Tensor:
+def uniform_noise(
+    x: Tensor, normalization: Normalization | None = None, *, seed: int = 0, layout: str | None = None
+) -> Tensor:
     """Return images of uniform noise in [0, 1] pixel space, in x's space (seeded, device-independent)."""
     generator = torch.Generator().manual_seed(seed)
     pixels = torch.rand(x.shape, generator=generator, dtype=torch.float64).to(x)
-    return pixels if normalization is None else normalization.apply(pixels)
+    return pixels if normalization is None else _normalise(pixels, normalization, layout)
 
 
-def blurred(x: Tensor, *, sigma: float = 3.0) -> Tensor:
-    """Return a Gaussian-blurred copy of x (sigma in pixels, reflected borders).
+def blurred(x: Tensor, *, sigma: float = 3.0, layout: str | None = None) -> Tensor:
+    """Return a Gaussian-blurred copy of image batch x (sigma in pixels, reflected borders).
 
     The kernel sums to 1, so blurring commutes with per-channel normalisation.
     """
-    if x.dim() != 4 or sigma <= 0:
-        raise ValueError(f"blurred needs images (N, C, H, W) and sigma > 0, got shape {tuple(x.shape)}, sigma {sigma}")
+    if not isinstance(x, Tensor) or x.dim() != 4:
+        shape = tuple(getattr(x, "shape", ()))
+        raise ValueError(
+            f"blurred needs images (N, C, H, W) or (N, H, W, C), got shape {shape}; a blur has no "
+            "meaning for rows or sequences: use black (zeros) or dataset_mean there"
+        )
+    if not sigma > 0:
+        raise ValueError(f"blurred needs sigma > 0 (in pixels), got {sigma}")
+    if batch_layout(x.shape, layout) == "NHWC":
+        return blurred(x.movedim(-1, 1), sigma=sigma).movedim(1, -1)
     radius = min(int(3 * sigma + 0.5), min(x.shape[-2:]) - 1)
     t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     kernel = torch.exp(-0.5 * (t / sigma) ** 2)
@@ -71,5 +109,5 @@ def resolve_baseline(baseline: Baseline, x: Tensor) -> Tensor:
     except RuntimeError:
         raise ValueError(
             f"baseline of shape {tuple(baseline.shape)} does not broadcast to x's shape "
-            f"{tuple(x.shape)}; give one image (C, H, W) or one per example"
+            f"{tuple(x.shape)}; give one example {tuple(x.shape[1:])} or one per example"
         ) from None

@@ -3,8 +3,12 @@
 A name that exists always means that module. Layer numbers (3, "3" where no module has
 that name, or "L3") count the model's parameterised layers (Conv*d and Linear) in
 registration order, from 1, so the nine convolutions of `AllConvNet` are layers 1..9.
-Asked for its *output*, a numbered layer means the activation that directly follows
-it in the same `nn.Sequential` (the walk-through's "after layer 3" is post-ELU).
+Asked for its *output*, a numbered layer means the activation module that follows it,
+past any normalisation or dropout in between: the next ones in the same `nn.Sequential`,
+or the modules its output flows into in a `torch.fx.GraphModule` (the walk-through's
+"after layer 3" is post-ELU). Where none can be found (an activation written as a
+function in `forward`, or any other model), it means the layer's own output, before
+its activation. `explain_layer` says, in one line, which module a spec gave and why.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ import torch
 from torch import nn
 
 __all__ = [
+    "LayerChoice",
     "LayerInfo",
     "LayerSpec",
     "describe_layers",
+    "explain_layer",
     "layer_number",
     "numbered_layers",
     "resolve_layer",
@@ -59,16 +65,74 @@ def numbered_layers(model: nn.Module) -> dict[int, str]:
     return {i: n for i, n in enumerate(names, start=1)}
 
 
-def _following_activation(model: nn.Module, name: str) -> str | None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    if not isinstance(parent, nn.Sequential):
-        return None
-    keys = list(parent._modules.keys())
-    i = keys.index(child)
-    if i + 1 < len(keys) and isinstance(parent._modules[keys[i + 1]], ACTIVATION_TYPES):
-        return f"{parent_name}.{keys[i + 1]}" if parent_name else keys[i + 1]
+# What may sit between a layer and its activation without being "the output" itself.
+PASS_THROUGH_TYPES = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Identity,
+)
+
+
+def _next_in_sequential(model: nn.Module, name: str) -> str | None:
+    """The module right after `name` in its nn.Sequential, climbing out of Sequentials it ends."""
+    while name:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        if not isinstance(parent, nn.Sequential):
+            return None
+        keys = list(parent._modules.keys())
+        i = keys.index(child)
+        if i + 1 < len(keys):
+            return f"{parent_name}.{keys[i + 1]}" if parent_name else keys[i + 1]
+        name = parent_name  # the last child's output is its Sequential's output
     return None
+
+
+def _next_in_graph(model: nn.Module, name: str) -> tuple[str | None, str]:
+    """(the module that alone takes `name`'s output in model's fx graph, or None; why not, if None)."""
+    if not isinstance(model, torch.fx.GraphModule):
+        return None, ""
+    for node in model.graph.nodes:
+        if node.op == "call_module" and node.target == name:
+            users = list(node.users)
+            if len(users) != 1:
+                return None, f"{len(users)} operations take its output"
+            if users[0].op == "output":
+                return None, "its output is the model's output"
+            if users[0].op != "call_module":
+                what = getattr(users[0].target, "__name__", str(users[0].target))
+                return None, f"the activation after it, if any, is the function {what}, which has no module to hook"
+            return str(users[0].target), ""
+    return None, ""
+
+
+def _following_activation(model: nn.Module, name: str) -> tuple[str | None, list[str], str]:
+    """(the activation module after layer `name`, the pass-through modules on the way, why none)."""
+    modules = dict(model.named_modules())
+    passed: list[str] = []
+    current = name
+    while True:
+        nxt = _next_in_sequential(model, current)
+        why = ""
+        if nxt is None:
+            nxt, why = _next_in_graph(model, current)
+        if nxt is None:
+            return None, passed, why or "no activation module follows it in an nn.Sequential or an fx graph"
+        if isinstance(modules[nxt], ACTIVATION_TYPES):
+            return nxt, passed, ""
+        if not isinstance(modules[nxt], PASS_THROUGH_TYPES):
+            return None, passed, f"{type(modules[nxt]).__name__} {nxt} follows it, not an activation"
+        passed.append(nxt)
+        current = nxt
 
 
 LayerSpec = str | int | nn.Module
@@ -94,37 +158,81 @@ def layer_number(spec: str | int) -> int | None:
     return int(text) if text.lstrip("-").isdigit() else None
 
 
+@dataclass(frozen=True)
+class LayerChoice:
+    """Which module a layer spec gave, and why, in words a person can check."""
+
+    spec: str  # what was asked, as text: "L3", "3", or the module's name for a name or a module
+    name: str  # the dotted module name it resolved to
+    kind: str  # that module's class name
+    layer: str | None  # for a layer number: the numbered layer itself (name is its activation when found)
+    description: str  # one line, e.g. "L3 -> features.5 (ELU after layer 3, Conv2d features.4)"
+
+    def __str__(self) -> str:
+        return self.description
+
+
+def explain_layer(model: nn.Module, spec: LayerSpec, *, output: bool = False) -> LayerChoice:
+    """Resolve a layer spec as `resolve_layer` does, and say in one line what was chosen and why.
+
+    For a layer number asked for its output, the line names the activation taken and the
+    layer it follows ("L3 -> features.8 (ReLU after layer 3, Conv2d features.6, through
+    BatchNorm2d features.7)"), or says that the layer's own output, before any activation, is
+    returned, and why ("no activation module follows it ..."). A name or a module always
+    means exactly itself.
+    """
+    modules = dict(model.named_modules())
+    name = None
+    if isinstance(spec, nn.Module):
+        name = next((n for n, m in modules.items() if m is spec and n), None)
+        if name is None:
+            raise ValueError(
+                f"the {type(spec).__name__} given is not a submodule of {type(model).__name__}; "
+                "pass a module of this model, or its dotted name (see 'mindscope layers')"
+            )
+    elif isinstance(spec, str) and spec in modules and spec != "":
+        name = spec
+    if name is not None:  # a module or a name means exactly itself
+        kind = type(modules[name]).__name__
+        note = ", the module given" if isinstance(spec, nn.Module) else ""
+        note += ": its own output" if output and isinstance(modules[name], NUMBERED_TYPES) else ""
+        return LayerChoice(name, name, kind, None, f"{name} ({kind}{note})")
+    text = str(spec).strip()
+    number = layer_number(spec) if isinstance(spec, (str, int)) else None
+    if number is None:
+        listed = ", ".join(n for n in modules if n)
+        raise ValueError(f"no layer {spec!r}; layers are: {listed} (see 'mindscope layers')")
+    numbers = numbered_layers(model)
+    if number not in numbers:
+        raise ValueError(
+            f"no layer {spec}; layer numbers run from 1 to {len(numbers)} "
+            f"(L1 .. L{len(numbers)}; see 'mindscope layers')"
+        )
+    layer = numbers[number]
+    kind = type(modules[layer]).__name__
+    if not output:
+        return LayerChoice(text, layer, kind, layer, f"{text} -> {layer} (layer {number}, {kind})")
+    after, passed, why = _following_activation(model, layer)
+    if after is None:
+        line = f"{text} -> {layer} (layer {number}, {kind}: its own output, before any activation; {why})"
+        return LayerChoice(text, layer, kind, layer, line)
+    through = "".join(f", through {type(modules[p]).__name__} {p}" for p in passed)
+    act = type(modules[after]).__name__
+    return LayerChoice(
+        text, after, act, layer, f"{text} -> {after} ({act} after layer {number}, {kind} {layer}{through})"
+    )
+
+
 def resolve_layer(model: nn.Module, spec: LayerSpec, *, output: bool = False) -> str:
     """Turn a module, a dotted name or a layer number into a dotted module name.
 
     A name that exists in `model.named_modules()` always means that module, so in an
     `nn.Sequential` "2" is its third child. A layer number is an int, "L3", or digits that
-    name no module. With `output=True` a layer *number* resolves to the activation right
-    after that layer where there is one; a name or a module always means exactly itself.
+    name no module. With `output=True` a layer *number* resolves to the activation after
+    that layer where one is found (see the module's docstring), else to the layer itself;
+    a name or a module always means exactly itself. `explain_layer` says which, and why.
     """
-    modules = dict(model.named_modules())
-    if isinstance(spec, nn.Module):
-        for name, module in modules.items():
-            if module is spec and name:
-                return name
-        raise ValueError(
-            f"the {type(spec).__name__} given is not a submodule of {type(model).__name__}; "
-            "pass a module of this model, or its dotted name (see 'mindscope layers')"
-        )
-    if isinstance(spec, str) and spec in modules and spec != "":
-        return spec
-    number = layer_number(spec) if isinstance(spec, (str, int)) else None
-    if number is not None:
-        numbers = numbered_layers(model)
-        if number not in numbers:
-            raise ValueError(
-                f"no layer {spec}; layer numbers run from 1 to {len(numbers)} "
-                f"(L1 .. L{len(numbers)}; see 'mindscope layers')"
-            )
-        name = numbers[number]
-        return (_following_activation(model, name) or name) if output else name
-    listed = ", ".join(n for n in modules if n)
-    raise ValueError(f"no layer {spec!r}; layers are: {listed} (see 'mindscope layers')")
+    return explain_layer(model, spec, output=output).name
 
 
 def resolve_layers(model: nn.Module, specs: LayerSpec | Sequence[LayerSpec], *, output: bool = False) -> list[str]:

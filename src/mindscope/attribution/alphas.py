@@ -48,7 +48,8 @@ def _probabilities(
     n, k = x.shape[0], alphas.numel()
     shape = (-1,) + (1,) * (x.dim() - 1)
     a = alphas.to(device=x.device, dtype=x.dtype).repeat_interleave(n).view(shape)  # alpha-major: (K * N,)
-    points = torch.addcmul(base.repeat(k, 1, 1, 1), a, (x - base).repeat(k, 1, 1, 1))  # (K * N, C, H, W)
+    tile = (k,) + (1,) * (x.dim() - 1)
+    points = torch.addcmul(base.repeat(tile), a, (x - base).repeat(tile))  # (K * N, ...) like x
     probs = batched_logits(model, points, max_batch).softmax(dim=-1).to(torch.float64).view(k, n, -1)
     target = probs.gather(2, targets.view(1, n, 1).expand(k, n, 1)).squeeze(2)
     return probs.argmax(dim=-1).cpu(), target.cpu()

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mindscope import inputs
 from mindscope._util import eval_mode, positive_int
 from mindscope.baselines import Baseline, resolve_baseline
 
@@ -34,7 +35,7 @@ def class_logit(logits: Tensor) -> Tensor:
 class Attribution:
     """One attribution map per example, with what is known about its accuracy."""
 
-    attributions: Tensor  # (N, C, H, W) like x
+    attributions: Tensor  # shaped like x: (N, C, H, W), (N, H, W, C), (N, F), (N, L, D), ...
     targets: Tensor  # (N,) int64 class attributed
     predictions: Tensor  # (N,) int64 class predicted at x
     probabilities: Tensor  # (N,) softmax probability of the prediction at x
@@ -85,13 +86,13 @@ class InteriorGradients:
     """Gradients at baseline + a (x - baseline) for each a, with the prediction there."""
 
     alphas: Tensor  # (A,) float64
-    gradients: Tensor  # (A, N, C, H, W)
+    gradients: Tensor  # (A, *x.shape)
     predictions: Tensor  # (A, N) int64 class predicted at each scaled input
     probabilities: Tensor  # (A, N) softmax probability of that prediction
     target_probabilities: Tensor  # (A, N) softmax probability of the target
     gradient_norms: Tensor  # (A, N) L2 norm of each gradient: the saturation curve
     targets: Tensor  # (N,) int64
-    baseline: Tensor  # (N, C, H, W)
+    baseline: Tensor  # shaped like x
 
 
 @contextmanager
@@ -110,37 +111,30 @@ def input_gradients_only(model: nn.Module) -> Iterator[nn.Module]:
 
 @dataclass(frozen=True)
 class Problem:
-    x: Tensor  # (N, C, H, W)
-    baseline: Tensor  # (N, C, H, W)
+    x: Tensor  # (N, ...)
+    baseline: Tensor  # shaped like x
     targets: Tensor  # (N,) int64
     predictions: Tensor  # (N,)
     probabilities: Tensor  # (N,)
     output: Tensor  # (N,) F(x)
-    direction: Tensor  # (N, C, H, W) x - baseline
+    direction: Tensor  # x - baseline
 
 
 def check_batch(x: Tensor, max_batch: int) -> None:
-    """Check that x is a non-empty float batch (N, C, H, W) and max_batch a positive int."""
-    if not isinstance(x, Tensor) or not x.is_floating_point():
-        raise TypeError(
-            f"x must be a floating-point tensor, got {type(x).__name__} "
-            f"{getattr(x, 'dtype', '')}; convert images with .float()"
-        )
-    if x.dim() != 4 or x.shape[0] == 0:
-        raise ValueError(
-            f"x must be a non-empty batch of images of shape (N, C, H, W), got shape {tuple(x.shape)}; "
-            "add a batch dimension with x.unsqueeze(0)"
-        )
+    """Check that x is a non-empty float batch (N, ...) of any shape and max_batch a positive int."""
+    inputs.check_batch(x)
     positive_int(max_batch, "max_batch")
 
 
 def batched_logits(model: nn.Module, x: Tensor, max_batch: int) -> Tensor:
     with torch.no_grad():
         logits = torch.cat([model(x[i : i + max_batch]) for i in range(0, x.shape[0], max_batch)])
-    if logits.dim() != 2:
+    if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
         raise ValueError(
-            f"the model must return scores of shape (N, classes), got {tuple(logits.shape)}; "
-            "wrap it so that it returns one row of logits per example"
+            f"the model returned scores of shape {tuple(logits.shape)} for x of shape {tuple(x.shape)}; "
+            f"it must return one row of scores per example, ({x.shape[0]}, classes). If x is a single "
+            "example, add the batch dimension with x.unsqueeze(0); otherwise wrap the model so that "
+            "it returns one row of logits per example"
         )
     return logits
 
@@ -204,7 +198,7 @@ def path_gradients(
     for start in range(0, example.numel(), max_batch):
         part = slice(start, start + max_batch)
         e, a = example[part], alpha[part].to(x.dtype).view(shape)
-        z = torch.addcmul(base[e], a, direction[e]).requires_grad_(True)  # (B, C, H, W)
+        z = torch.addcmul(base[e], a, direction[e]).requires_grad_(True)  # (B, ...) like x
         logits = model(z)
         score = output(logits).gather(1, targets[e][:, None]).sum()
         (grad,) = torch.autograd.grad(score, z)

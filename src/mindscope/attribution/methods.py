@@ -6,6 +6,10 @@ g(a) the input gradient of F at x' + a (x - x'). The integral is a quadrature ov
 interior gradients; with `tolerance` it is refined per example by bisecting panels
 where the integrand changes, until completeness and the map itself have converged.
 SmoothGrad (Smilkov et al. 2017) averages any of these over noisy copies of the input.
+
+x is any float batch (N, ...): images channels first or last, tabular rows (N, F),
+sequences (N, L, D); the model must return one row of scores per example, and every map
+comes back shaped like x. None of them needs to know the layout.
 """
 
 from __future__ import annotations
@@ -96,7 +100,7 @@ def interior_gradients(
         for _, g, lg in path_gradients(model, problem, example, alpha_of, output=output, max_batch=max_batch):
             grads.append(g)
             logits.append(lg)
-    grad = torch.cat(grads).view(k, *x.shape)  # (A, N, C, H, W)
+    grad = torch.cat(grads).view(k, *x.shape)  # (A, *x.shape)
     probs = torch.cat(logits).softmax(dim=-1).view(k, n, -1)  # (A, N, K)
     top, predicted = probs.max(dim=-1)
     target_probs = probs.gather(2, problem.targets.view(1, n, 1).expand(k, n, 1)).squeeze(2)
@@ -108,7 +112,7 @@ def interior_gradients(
 def _integrate_rule(
     model: nn.Module, problem: Problem, rule: Quadrature, *, output: Callable[[Tensor], Tensor], max_batch: int
 ) -> Tensor:
-    """Return rule's integral of the input gradient along every path, (N, C, H, W).
+    """Return rule's integral of the input gradient along every path, shaped like x.
 
     The N x len(rule) gradients run in batches of max_batch and are summed as they come.
     """
@@ -132,7 +136,7 @@ def _gradients_at(
     output: Callable[[Tensor], Tensor],
     max_batch: int,
 ) -> Tensor:
-    """Return the input gradients at the given path points, (J, C, H, W)."""
+    """Return the input gradients at the given path points, (J, ...) like x[0]."""
     return torch.cat(
         [g for _, g, _ in path_gradients(model, problem, example, alpha, output=output, max_batch=max_batch)]
     )
@@ -257,7 +261,7 @@ def integrated_gradients(
                 output=output,
                 max_batch=max_batch,
             )
-    attributions = problem.direction * integral  # (N, C, H, W)
+    attributions = problem.direction * integral  # shaped like x
     error = (attributions.flatten(1).sum(1) - (problem.output - baseline_output)).abs()
     relative = relative_to(error, scale)
     if tolerance is not None:
@@ -310,7 +314,7 @@ def smoothgrad(
     # All noisy copies go through `method` as one batch of samples * N examples (it splits
     # them by max_batch), sample-major, so copy s of example i sits at s * N + i.
     eps = torch.stack([torch.randn(x.shape, generator=generator, dtype=torch.float64) for _ in range(samples)])
-    noisy = (x + sigma * eps.to(x)).flatten(0, 1)  # (S * N, C, H, W)
+    noisy = (x + sigma * eps.to(x)).flatten(0, 1)  # (S * N, ...)
     result = method(model, noisy, targets.repeat(samples), **options)
     n = x.shape[0]
 
@@ -318,7 +322,7 @@ def smoothgrad(
         return t.unflatten(dim, (samples, n))
 
     if isinstance(result, InteriorGradients):
-        grads = per_sample(result.gradients, 1).mean(1)  # (A, N, C, H, W)
+        grads = per_sample(result.gradients, 1).mean(1)  # (A, *x.shape)
         return replace(
             result,
             gradients=grads,

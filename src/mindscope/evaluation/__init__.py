@@ -10,6 +10,9 @@
 
 Every check takes any `nn.Module`, tensors on the model's device, and a method: a function
 `method(model, x, targets)` returning an `Attribution` (or a tensor shaped like x).
+x is any batch (N, ...): the checks work per unit, the pixels of images in either layout,
+the features of rows, the positions of sequences, summed over channels where `layout`
+(`mindscope.inputs`) says they are.
 """
 
 from mindscope.evaluation.common import Method, attribution_tensor, pixel_map, rankdata, spearman

@@ -8,13 +8,15 @@ import torch
 from torch import Tensor, nn
 
 from mindscope.attribution import Attribution, InteriorGradients, check_batch, input_gradients_only, resolve_targets
+from mindscope.attribution.core import batched_logits
+from mindscope.inputs import batch_layout, unit_map, unit_shape
 
 Method = Callable[[nn.Module, Tensor, Tensor], "Attribution | Tensor"]
 Progress = Callable[[str], None]
 
 
 def attribution_tensor(result: Attribution | InteriorGradients | Tensor) -> Tensor:
-    """Return the map of a method's result, (N, C, H, W) or (N, H, W), detached."""
+    """Return the map of a method's result, shaped like x or one value per unit, detached."""
     if isinstance(result, Attribution):
         return result.attributions.detach()
     if isinstance(result, InteriorGradients):
@@ -29,30 +31,33 @@ def attribution_tensor(result: Attribution | InteriorGradients | Tensor) -> Tens
     raise TypeError(f"a method must return an Attribution or a tensor, got {type(result).__name__}")
 
 
-def check_images(x: Tensor) -> None:
+def check_inputs(x: Tensor, layout: str | None) -> str:
+    """Check that x is a non-empty float batch and return its layout (`inputs.batch_layout`'s rule)."""
     check_batch(x, 1)
+    return batch_layout(x.shape, layout)
 
 
 def pixel_map(
-    attributions: Tensor, shape: Sequence[int], *, name: str = "attributions", against: str = "images"
+    attributions: Tensor,
+    shape: Sequence[int],
+    *,
+    name: str = "attributions",
+    against: str | None = None,
+    layout: str | None = None,
 ) -> Tensor:
-    """Sum a map over channels to one value per pixel, (N, H, W); check it fits images of `shape`."""
-    n, _, h, w = shape
-    if not isinstance(attributions, Tensor):
-        raise TypeError(f"{name} must be a tensor, got {type(attributions).__name__}")
-    if attributions.dim() == 4 and (attributions.shape[0], *attributions.shape[2:]) == (n, h, w):
-        return attributions.sum(dim=1)
-    if attributions.dim() == 3 and tuple(attributions.shape) == (n, h, w):
-        return attributions
-    raise ValueError(
-        f"{name} of shape {tuple(attributions.shape)} do not fit the {against} (N={n}, H={h}, "
-        f"W={w}); give one map per image, (N, C, H, W) or (N, H, W)"
-    )
+    """Sum a map over channels to one value per unit, (N, *units); check it fits a batch of `shape`.
+
+    Units are the pixels (N, H, W) of images in either layout, the features (N, F) of rows,
+    the positions (N, L) of sequences. `layout` is x's, by `inputs.batch_layout`'s rule when
+    None. A map already shaped like the units passes as it is.
+    """
+    layout = batch_layout(shape, layout)
+    return unit_map(attributions, int(shape[0]), unit_shape(shape, layout), layout, name=name, against=against)
 
 
 def fixed_targets(model: nn.Module, x: Tensor, target: int | Tensor | None, max_batch: int) -> Tensor:
-    with input_gradients_only(model), torch.no_grad():
-        logits = torch.cat([model(x[i : i + max_batch]) for i in range(0, x.shape[0], max_batch)])
+    with input_gradients_only(model):
+        logits = batched_logits(model, x, max_batch)
     return resolve_targets(target, logits.argmax(dim=-1), logits.shape[-1])
 
 
@@ -75,7 +80,8 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
     """Spearman rank correlation of each example of a with the same example of b, (N,) float64.
 
     Each example (everything after dim 0) is one ranked sample; ties get average ranks, as
-    scipy.stats.spearmanr does. A constant example has no ranking: its correlation is nan.
+    scipy.stats.spearmanr does. A constant example has no ranking, and one holding a NaN or
+    an infinity no meaningful one: the correlation of either is nan.
     """
     if a.shape != b.shape:
         raise ValueError(f"spearman needs maps of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
@@ -85,4 +91,6 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
         )
     ra, rb = rankdata(a.flatten(1)), rankdata(b.flatten(1))  # (N, D)
     ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
-    return (ra * rb).sum(1) / ((ra * ra).sum(1) * (rb * rb).sum(1)).sqrt()
+    rho = (ra * rb).sum(1) / ((ra * ra).sum(1) * (rb * rb).sum(1)).sqrt()
+    finite = torch.isfinite(a.flatten(1)).all(1) & torch.isfinite(b.flatten(1)).all(1)
+    return torch.where(finite, rho, torch.full_like(rho, float("nan")))

@@ -9,10 +9,11 @@ import numpy as np
 from torch import Tensor, nn
 
 from mindscope.baselines import Baseline
-from mindscope.evaluation.common import Method, Progress, attribution_tensor, check_images, fixed_targets
+from mindscope.evaluation.common import Method, Progress, attribution_tensor, check_inputs, fixed_targets
 from mindscope.evaluation.faithfulness import DeletionResult, deletion_insertion
 from mindscope.evaluation.localisation import CompletenessResult, LocalisationResult, completeness, localisation
 from mindscope.evaluation.randomisation import RANDOMISATION_THRESHOLD, RandomisationResult, randomisation_check
+from mindscope.inputs import unit_shape
 
 
 @dataclass(frozen=True, eq=False)
@@ -20,7 +21,7 @@ class MethodEvaluation:
     """Every check for one method on one batch of images."""
 
     name: str
-    attributions: Tensor  # (N, C, H, W) the method's maps on the untouched model
+    attributions: Tensor  # the method's maps on the untouched model, shaped like x
     randomisation: RandomisationResult
     deletion: DeletionResult
     localisation: LocalisationResult | None  # None without masks
@@ -82,6 +83,7 @@ def evaluate_methods(
     max_batch: int = 128,
     progress: Progress | None = None,
     randomised: Mapping[str, Method] | None = None,
+    layout: str | None = None,
 ) -> EvaluationTable:
     """Run every check for each method side by side; `masks` None skips localisation.
 
@@ -92,14 +94,19 @@ def evaluate_methods(
     of the len(methods) x (1 + layers) attributions. `randomised` may give, by name, the
     function to run on the randomised copies instead (the same method on a smaller step
     budget, say): the maps judged by every other check are always `methods`'.
+
+    x is any batch (N, ...) with `layout` (`mindscope.inputs`; by its rule when None): the
+    checks then work per unit (pixel, feature of a row, position of a sequence), and `masks`
+    are (N, *units): (N, H, W) for images, (N, F) for rows, (N, L) for sequences.
     """
-    check_images(x)
+    layout = check_inputs(x, layout)
     if not isinstance(methods, Mapping) or not methods:
         raise ValueError("methods must be a non-empty dict {name: function (model, x, targets) -> Attribution}")
-    if masks is not None and (not isinstance(masks, Tensor) or tuple(masks.shape) != (x.shape[0], *x.shape[2:])):
+    units = unit_shape(x.shape, layout)
+    if masks is not None and (not isinstance(masks, Tensor) or tuple(masks.shape) != (x.shape[0], *units)):
         raise ValueError(
-            f"masks of shape {tuple(getattr(masks, 'shape', ()))} do not fit images of shape "
-            f"{tuple(x.shape)}; give one (H, W) mask per image, (N={x.shape[0]}, H, W), or None"
+            f"masks of shape {tuple(getattr(masks, 'shape', ()))} do not fit x of shape {tuple(x.shape)} "
+            f"({layout}); give one mask per example, {(x.shape[0], *units)}, True where the object is, or None"
         )
     targets = fixed_targets(model, x, target, max_batch)
     rows = []
@@ -127,11 +134,20 @@ def evaluate_methods(
                     reference=maps,
                     max_batch=max_batch,
                     progress=report,
+                    layout=layout,
                 ),
                 deletion_insertion(
-                    model, x, targets, maps, baseline=baseline, steps=steps, seed=seed, max_batch=max_batch
+                    model,
+                    x,
+                    targets,
+                    maps,
+                    baseline=baseline,
+                    steps=steps,
+                    seed=seed,
+                    max_batch=max_batch,
+                    layout=layout,
                 ),
-                None if masks is None else localisation(maps, masks, seed=seed),
+                None if masks is None else localisation(maps, masks, seed=seed, layout=layout),
                 completeness(result),
             )
         )

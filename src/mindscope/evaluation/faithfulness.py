@@ -16,7 +16,8 @@ from torch import Tensor, nn
 from mindscope._util import positive_int
 from mindscope.attribution import input_gradients_only
 from mindscope.baselines import Baseline, resolve_baseline
-from mindscope.evaluation.common import check_images, fixed_targets, pixel_map
+from mindscope.evaluation.common import check_inputs, fixed_targets, pixel_map
+from mindscope.inputs import spread_units, unit_name, unit_shape
 
 
 def area_under(curves: np.ndarray, fractions: np.ndarray) -> np.ndarray:
@@ -34,6 +35,7 @@ class DeletionResult:
     random_deletion: np.ndarray  # (N, S + 1) a random order (one per example, seeded)
     random_insertion: np.ndarray  # (N, S + 1)
     targets: np.ndarray  # (N,) int64 class whose probability is recorded
+    unit: str = "pixels"  # what was removed: "pixels", "features" (rows) or "positions" (sequences)
 
     def auc(self, curves: np.ndarray) -> np.ndarray:
         return area_under(curves, self.fractions)
@@ -69,6 +71,7 @@ def deletion_insertion(
     steps: int = 16,
     seed: int = 0,
     max_batch: int = 128,
+    layout: str | None = None,
 ) -> DeletionResult:
     """Remove (insert) pixels in order of attribution and record the target's softmax probability.
 
@@ -78,16 +81,21 @@ def deletion_insertion(
     given (pass `black(x, normalization)` for black pixels). Step s switches
     round(s / steps * H * W) pixels. The same runs with a random order (seeded, one per
     example). All (4 x N x (steps + 1)) images are scored in batches of `max_batch`.
+
+    Any batch works, and "pixel" means its unit: a pixel of images in either layout
+    ("NCHW", "NHWC"), a feature of rows ("NF"), a position of sequences ("NLD", all its D
+    values switched at once). `layout` is x's, read by `inputs.batch_layout`'s rule when
+    None: a 4-dim x whose last dim looks like colour channels is refused without it.
     """
-    check_images(x)
+    layout = check_inputs(x, layout)
     positive_int(steps, "steps", hint="16 is usual")
     positive_int(max_batch, "max_batch")
-    n, _, h, w = x.shape
+    n, units = x.shape[0], unit_shape(x.shape, layout)
     x = x.detach()
-    scores = pixel_map(attributions, x.shape).flatten(1).to(x.device)  # (N, P)
+    scores = pixel_map(attributions, x.shape, layout=layout).flatten(1).to(x.device)  # (N, P)
     base = resolve_baseline(baseline, x)
     targets = fixed_targets(model, x, target, max_batch)
-    pixels = h * w
+    pixels = scores.shape[1]
     generator = torch.Generator().manual_seed(seed)
     ranked = scores.argsort(dim=1, descending=True, stable=True)  # (N, P) most relevant first
     shuffled = torch.stack([torch.randperm(pixels, generator=generator) for _ in range(n)]).to(x.device)
@@ -109,11 +117,13 @@ def deletion_insertion(
     with input_gradients_only(model), torch.no_grad():
         for start in range(0, k.numel(), max_batch):
             kb, eb, sb = k[start : start + max_batch], e[start : start + max_batch], s[start : start + max_batch]
-            switched = (position[kb, eb] < counts[sb][:, None]).view(-1, 1, h, w)  # (B, 1, H, W)
-            deleted = deleting[kb].view(-1, 1, 1, 1)
+            switched = spread_units((position[kb, eb] < counts[sb][:, None]).view(-1, *units), layout)
+            deleted = deleting[kb].view((-1,) + (1,) * (x.dim() - 1))
             before, after = torch.where(deleted, x[eb], base[eb]), torch.where(deleted, base[eb], x[eb])
-            z = torch.where(switched, after, before)  # (B, C, H, W)
+            z = torch.where(switched, after, before)  # (B, ...) like x
             probabilities.append(model(z).softmax(dim=-1).gather(1, targets[eb][:, None]).squeeze(1))
     curves = torch.cat(probabilities).view(4, n, steps + 1).to(torch.float64).cpu().numpy()
     fractions = (counts.to(torch.float64) / pixels).cpu().numpy()
-    return DeletionResult(fractions, curves[0], curves[1], curves[2], curves[3], targets.cpu().numpy())
+    return DeletionResult(
+        fractions, curves[0], curves[1], curves[2], curves[3], targets.cpu().numpy(), unit_name(layout)
+    )

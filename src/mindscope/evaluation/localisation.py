@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from mindscope.attribution import Attribution
-from mindscope.evaluation.common import pixel_map
+from mindscope.inputs import batch_layout, channel_axis, check_layout, unit_map
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,27 +51,49 @@ def _mass_and_pointing(maps: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
     return mass, hits
 
 
-def localisation(attributions: Tensor, masks: Tensor, *, seed: int = 0) -> LocalisationResult:
+def _maps_layout(attributions: object, masks: object, layout: str | None) -> str:
+    """The layout of the maps: given, or by their rank (4: images, 3: sequences or per-pixel maps, 2: rows)."""
+    if not isinstance(attributions, Tensor) or not 2 <= attributions.dim() <= 4:
+        raise ValueError(
+            f"attributions must be maps (N, ...) such as (N, C, H, W) or (N, H, W), got shape "
+            f"{tuple(getattr(attributions, 'shape', ()))}"
+        )
+    if layout is not None:
+        return check_layout(layout)  # maps shaped like x, or already one value per unit: unit_map checks which
+    if attributions.dim() == 4:
+        return batch_layout(attributions.shape, name="attributions")
+    if attributions.dim() == 3:  # a sequence, or images' maps already summed over channels
+        return "NCHW" if isinstance(masks, Tensor) and masks.dim() == 3 else "NLD"
+    return "NF"
+
+
+def localisation(
+    attributions: Tensor, masks: Tensor, *, seed: int = 0, layout: str | None = None
+) -> LocalisationResult:
     """Score maps (N, C, H, W) or (N, H, W) against object masks (N, H, W), and a random map likewise.
 
     The map is summed over channels; its positive part is the mass. The pointing game's
     top pixel is the map's largest value (the first, on a tie). The random map is uniform
     noise (seeded); `mask_fraction` is its expected score.
+
+    Other batches work by their units (`mindscope.inputs`): channels-last maps (N, H, W, C)
+    with layout="NHWC"; rows (N, F) against masks (N, F) of the features that matter;
+    sequences (N, L, D) against masks (N, L) of the positions that do. `layout` is the maps'
+    (the layout of x), read by `inputs.batch_layout`'s rule when None; a map already shaped
+    like the masks passes as it is.
     """
-    if not isinstance(masks, Tensor) or masks.dim() != 3:
+    layout = _maps_layout(attributions, masks, layout)
+    mask_dims = len(layout) - (channel_axis(layout) is not None)  # N and the units
+    if not isinstance(masks, Tensor) or masks.dim() != mask_dims:
+        expected = {"NF": "(N, F)", "NLD": "(N, L)"}.get(layout, "(N, H, W)")
         raise ValueError(
-            f"masks must be a tensor (N, H, W), got shape {tuple(getattr(masks, 'shape', ()))}; "
+            f"masks must be a tensor {expected}, got shape {tuple(getattr(masks, 'shape', ()))}; "
             "use ImageSet.masks, True on the object"
         )
     if masks.dtype != torch.bool and masks.is_floating_point():
         raise TypeError(f"masks must be bool (True on the object), got {masks.dtype}; threshold them first")
-    if not isinstance(attributions, Tensor) or attributions.dim() not in (3, 4):
-        raise ValueError(
-            f"attributions must be maps (N, C, H, W) or (N, H, W), got shape "
-            f"{tuple(getattr(attributions, 'shape', ()))}"
-        )
-    n, h, w = masks.shape
-    maps = pixel_map(attributions.detach(), (n, 1, h, w), against="masks")  # (N, H, W)
+    n, units = masks.shape[0], tuple(masks.shape[1:])
+    maps = unit_map(attributions.detach(), n, units, layout, against="masks")  # (N, *units)
     masks = masks.to(device=maps.device, dtype=torch.bool)
     empty = (~masks.flatten(1).any(1)).nonzero().flatten()
     if empty.numel():
@@ -80,7 +102,7 @@ def localisation(attributions: Tensor, masks: Tensor, *, seed: int = 0) -> Local
             "in every image, so leave such images out"
         )
     mass, hits = _mass_and_pointing(maps.to(torch.float64), masks)
-    noise = torch.rand((n, h, w), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    noise = torch.rand((n, *units), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     random_mass, random_hits = _mass_and_pointing(noise.to(maps.device), masks)
     as_numpy = (t.cpu().numpy() for t in (mass, hits, random_mass, random_hits, masks.flatten(1).double().mean(1)))
     return LocalisationResult(*as_numpy)

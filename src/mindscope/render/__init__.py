@@ -22,6 +22,7 @@ from mindscope.render.attribution import (
     saturation_curve,
 )
 from mindscope.render.evaluation import deletion_figure, localisation_figure, randomisation_figure
+from mindscope.render.features import attribution_figure, feature_bars, sequence_heatmap
 from mindscope.render.tables import format_change, format_change_table
 from mindscope.render.training import training_curves
 from mindscope.render.weights import weight_histogram_figures, weight_percentile_figure, weight_ridge_figure
@@ -29,11 +30,13 @@ from mindscope.render.weights import weight_histogram_figures, weight_percentile
 __all__ = [
     "format_change",
     "format_change_table",
+    "attribution_figure",
     "attribution_panels",
     "channel_grid",
     "channel_statistics_figure",
     "clip_outliers",
     "deletion_figure",
+    "feature_bars",
     "heatmap",
     "interior_frames",
     "layer_gif_frames",
@@ -44,6 +47,7 @@ __all__ = [
     "randomisation_figure",
     "saturation_curve",
     "save_gif",
+    "sequence_heatmap",
     "top_activating_figure",
     "training_curves",
     "weight_histogram_figures",

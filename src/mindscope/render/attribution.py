@@ -22,6 +22,7 @@ from PIL import Image
 from torch import Tensor
 
 from mindscope.attribution import Attribution, InteriorGradients
+from mindscope.inputs import batch_layout, to_channels_first
 from mindscope.render.activations import save_gif  # noqa: F401 - one GIF writer for the package
 
 POSITIVE = np.array([0.0, 0.25, 1.0])  # blue: evidence for the target class
@@ -132,19 +133,30 @@ def draw_signed(ax, pixels: Tensor | np.ndarray, values: np.ndarray, scale: floa
 
 
 def attribution_panels(
-    pixels: Tensor, result: Attribution, classes: Sequence[str], *, percentile: float = 99.0, title: str = ""
+    pixels: Tensor,
+    result: Attribution,
+    classes: Sequence[str],
+    *,
+    percentile: float = 99.0,
+    title: str = "",
+    layout: str | None = None,
 ) -> Figure:
     """One row per example: image, signed overlay, |attribution| heat map, with the numbers.
 
-    `pixels` are the images (N, C, H, W) in [0, 1] (e.g. `normalization.invert(x)`). Each
-    row has its own colour scale, the `percentile`-th percentile of its |attribution|,
-    given in its titles. A row is flagged when its example has nothing to explain, did
-    not converge, or its map is numerically zero beside the largest map of the batch.
+    `pixels` are the images (N, C, H, W) in [0, 1] (e.g. `normalization.invert(x)`), or
+    (N, H, W, C) with layout="NHWC" (`mindscope.inputs`' rule reads the layout when None);
+    the maps are in the same layout. Each row has its own colour scale, the
+    `percentile`-th percentile of its |attribution|, given in its titles. A row is flagged
+    when its example has nothing to explain, did not converge, or its map is numerically
+    zero beside the largest map of the batch. Rows and sequences are not images: draw them
+    with `feature_bars` and `sequence_heatmap`.
     """
-    n = result.attributions.shape[0]
+    layout = batch_layout(pixels.shape, layout, name="pixels")
+    pixels, attributions = to_channels_first(pixels, layout), to_channels_first(result.attributions, layout)
+    n = attributions.shape[0]
     if pixels.shape[0] != n:
         raise ValueError(f"{pixels.shape[0]} images for {n} attribution maps; give the images that were explained")
-    maps = [pixel_attribution(result.attributions[i]) for i in range(n)]
+    maps = [pixel_attribution(attributions[i]) for i in range(n)]
     peaks = np.array([np.abs(m).max() for m in maps])
     flags = attribution_flags(result)
     fig = Figure(figsize=(7.5, 2.8 * n), layout="constrained")
@@ -199,6 +211,7 @@ def interior_frame_figures(
     index: int = 0,
     to_pixels: Callable[[Tensor], Tensor] | None = None,
     percentile: float = 99.0,
+    layout: str | None = None,
 ) -> list[Figure]:
     """One figure per alpha for example `index`: the scaled input and its gradient overlay.
 
@@ -206,11 +219,14 @@ def interior_frame_figures(
     all alphas, so that frames compare; it is written on each frame. A frame whose
     gradient norm is below NUMERICALLY_ZERO times the largest frame's says so on the frame.
     `x` is the batch that was explained, in the model's input space; `to_pixels` maps it
-    back to [0, 1] (e.g. `normalization.invert`); None means x is already pixels.
+    back to [0, 1] (e.g. `normalization.invert`); None means x is already pixels. Channels-last
+    images (N, H, W, C) take layout="NHWC" (`mindscope.inputs`' rule reads it when None).
     """
     to_pixels = to_pixels or (lambda t: t)
+    layout = batch_layout(x.shape, layout)
     alphas = result.alphas.tolist()
-    maps = np.stack([pixel_attribution(result.gradients[k, index]) for k in range(len(alphas))])  # (A, H, W)
+    gradients = to_channels_first(result.gradients[:, index], layout)  # (A, C, H, W)
+    maps = np.stack([pixel_attribution(gradients[k]) for k in range(len(alphas))])  # (A, H, W)
     scale = percentile_scale(maps, percentile)
     norms = result.gradient_norms[:, index].detach().cpu().double().numpy()
     zero = norms <= NUMERICALLY_ZERO * norms.max()
@@ -218,7 +234,7 @@ def interior_frame_figures(
     figures = []
     for k, alpha in enumerate(alphas):
         base = result.baseline[index : index + 1]
-        scaled = to_pixels(base + alpha * (x[index : index + 1].to(base) - base))[0]  # (C, H, W)
+        scaled = to_channels_first(to_pixels(base + alpha * (x[index : index + 1].to(base) - base)), layout)[0]
         predicted = int(result.predictions[k, index])
         fig = Figure(figsize=(4.4, 2.9), layout="constrained")
         left, right = fig.subplots(1, 2)
@@ -257,12 +273,13 @@ def interior_frames(
     index: int = 0,
     to_pixels: Callable[[Tensor], Tensor] | None = None,
     percentile: float = 99.0,
+    layout: str | None = None,
 ) -> list[Image.Image]:
     """The frames of `interior_frame_figures`, rendered to RGB images for a GIF."""
-    return [
-        figure_image(fig)
-        for fig in interior_frame_figures(result, x, classes, index=index, to_pixels=to_pixels, percentile=percentile)
-    ]
+    figures = interior_frame_figures(
+        result, x, classes, index=index, to_pixels=to_pixels, percentile=percentile, layout=layout
+    )
+    return [figure_image(fig) for fig in figures]
 
 
 def saturation_curve(

@@ -14,6 +14,8 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from mindscope.evaluation import DeletionResult, LocalisationResult, RandomisationResult
+from mindscope.evaluation.randomisation import mean_of_numbers
+from mindscope.inputs import batch_layout, to_channels_first
 
 RANDOM_STYLE = {"color": "0.45", "linestyle": "--", "linewidth": 1.2}
 
@@ -44,8 +46,9 @@ def randomisation_figure(results: Mapping[str, RandomisationResult]) -> Figure:
         for colour, (name, result) in zip(_colours(len(results)), results.items()):
             values = getattr(result, field)  # (L + 1, N)
             steps = np.arange(values.shape[0])
-            ax.plot(steps, np.nanmean(values, axis=1), marker="o", markersize=3, color=colour, label=name)
-            if values.shape[1] > 1:
+            label = name if result.failure is None else f"{name}: {result.failure}"
+            ax.plot(steps, mean_of_numbers(values, axis=1), marker="o", markersize=3, color=colour, label=label)
+            if values.shape[1] > 1 and not np.isnan(values).all(axis=1).any():
                 ax.fill_between(
                     steps,
                     np.nanpercentile(values, 25, axis=1),
@@ -93,7 +96,7 @@ def deletion_figure(results: Mapping[str, DeletionResult]) -> Figure:
             label = "random order" if randoms_agree else f"{name}: random order"
             style = RANDOM_STYLE if randoms_agree else {**RANDOM_STYLE, "color": colour}
             ax.plot(result.fractions, random.mean(0), **style, label=f"{label} (AUC {result.auc(random).mean():.3f})")
-        ax.set_xlabel(f"share of pixels {'removed' if field == 'deletion' else 'inserted'}")
+        ax.set_xlabel(f"share of {first.unit} {'removed' if field == 'deletion' else 'inserted'}")
         ax.set_title(title)
         ax.set_xlim(0, 1)
         ax.legend(fontsize=8)
@@ -136,13 +139,22 @@ def localisation_figure(results: Mapping[str, LocalisationResult]) -> Figure:
 
 
 def maps_figure(
-    pixels: np.ndarray, maps: Mapping[str, np.ndarray], masks: np.ndarray | None = None, *, limit: int = 4
+    pixels: np.ndarray,
+    maps: Mapping[str, np.ndarray],
+    masks: np.ndarray | None = None,
+    *,
+    limit: int = 4,
+    layout: str | None = None,
 ) -> Figure:
     """Grid: each image (row) and every method's |map| summed over channels, the mask outlined.
 
     `pixels` (N, C, H, W) in [0, 1]; `maps` {method: (N, C, H, W) or (N, H, W)}; `masks` (N, H, W) bool.
+    Channels-last pixels and maps, (N, H, W, C), take layout="NHWC" (read by `mindscope.inputs`' rule when None).
     """
     pixels = np.asarray(pixels, dtype=np.float64)
+    layout = batch_layout(pixels.shape, layout, name="pixels") if pixels.ndim == 4 else "NCHW"
+    pixels = to_channels_first(pixels, layout)
+    maps = {k: to_channels_first(np.asarray(v), layout) if np.ndim(v) == 4 else v for k, v in maps.items()}
     if pixels.ndim != 4 or pixels.shape[1] not in (1, 3):
         raise ValueError(
             f"pixels must be images (N, C, H, W) with C = 1 or 3 in [0, 1], got shape {pixels.shape}; "
