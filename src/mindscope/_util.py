@@ -6,7 +6,7 @@ Private: the looks and the CLI import these; users never need to.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -44,6 +44,19 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             module.training = training
 
 
+@contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[nn.Module]:
+    """Stop gradients to every parameter for the block; give each its own requires_grad back after."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
 def memory_bytes() -> int:
     """Physical memory of this machine in bytes (a generous 64 GiB where it cannot be read)."""
     try:
@@ -67,3 +80,66 @@ def _size(n: float) -> str:
             return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
         n /= 1024
     return f"{n:.1f} PiB"  # pragma: no cover
+
+
+Substitute = Callable[[torch.Tensor], torch.Tensor]
+
+
+class _Stop(Exception):
+    """Raised by a tap with `stop=True` once its layer has run: the rest of the pass is not needed."""
+
+
+class LayerTap:
+    """One named module's output on each forward pass, optionally replaced; see `tap_layer`."""
+
+    def __init__(self, model: nn.Module, name: str, substitute: Substitute | None, leaf: bool, stop: bool) -> None:
+        self.model, self.name = model, name
+        self.substitute, self.leaf, self.stop = substitute, leaf, stop
+        self.output: torch.Tensor | None = None  # the layer's output (after substitute) in the last pass
+        self._calls = 0
+
+    def hook(self, _module: nn.Module, _inputs: tuple, out: object) -> torch.Tensor | None:
+        self._calls += 1
+        if self._calls > 1:
+            raise ValueError(
+                f"layer {self.name!r} runs more than once in one forward pass; pick a module that runs once"
+            )
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"layer {self.name!r} returns {type(out).__name__}, not a tensor; pick one of its modules")
+        out = self.substitute(out) if self.substitute is not None else out
+        if self.leaf:  # gradients stop here: a fresh leaf, handed on as a clone so in-place ops cannot touch it
+            self.output = out.detach().requires_grad_(True)
+            out = self.output.clone()
+        else:
+            self.output = out
+        if self.stop:
+            raise _Stop
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Run the model on x; return its output (None when the pass stopped at the layer)."""
+        self._calls, self.output = 0, None
+        try:
+            result = self.model(x)
+        except _Stop:
+            result = None
+        if self.output is None:
+            raise ValueError(f"layer {self.name!r} did not run in the forward pass; pick a module the model uses")
+        return result
+
+
+@contextmanager
+def tap_layer(
+    model: nn.Module, name: str, *, substitute: Substitute | None = None, leaf: bool = False, stop: bool = False
+) -> Iterator[LayerTap]:
+    """Hook module `name` for the block: record its output, `substitute(output)` where given.
+
+    With `leaf`, the output goes on as a fresh leaf that requires grad (`tap.output`), so a
+    backward pass reaches it and stops there. With `stop`, a pass ends once the layer has run.
+    """
+    tap = LayerTap(model, name, substitute, leaf, stop)
+    handle = model.get_submodule(name).register_forward_hook(tap.hook)
+    try:
+        yield tap
+    finally:
+        handle.remove()

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from mindscope import inputs
-from mindscope._util import eval_mode, positive_int
+from mindscope._util import eval_mode, frozen_parameters, positive_int
 from mindscope.baselines import Baseline, resolve_baseline
 
 
@@ -98,15 +98,8 @@ class InteriorGradients:
 @contextmanager
 def input_gradients_only(model: nn.Module) -> Iterator[nn.Module]:
     """Put `model` in eval mode with frozen parameters; restore both on exit."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        with eval_mode(model), torch.enable_grad():
-            for p, _ in flags:
-                p.requires_grad_(False)
-            yield model
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
+    with eval_mode(model), frozen_parameters(model), torch.enable_grad():
+        yield model
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ comes back shaped like x. None of them needs to know the layout.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -34,11 +34,11 @@ from mindscope.attribution.core import (
     input_gradients_only,
     path_gradients,
     prepare,
-    relative_to,
     resolve_targets,
 )
+from mindscope.attribution.paths import check_integration, completeness_errors, integrate_path
 from mindscope.baselines import Baseline
-from mindscope.quadrature import Quadrature, adaptive_simpson, gauss_legendre, is_simpson, simpson
+from mindscope.quadrature import Quadrature
 
 WALKTHROUGH_ALPHAS: tuple[float, ...] = (0.01, 0.02, 0.03, 0.04, 0.1, 0.5, 0.6, 0.7, 0.8, 1.0)
 
@@ -109,24 +109,6 @@ def interior_gradients(
     )
 
 
-def _integrate_rule(
-    model: nn.Module, problem: Problem, rule: Quadrature, *, output: Callable[[Tensor], Tensor], max_batch: int
-) -> Tensor:
-    """Return rule's integral of the input gradient along every path, shaped like x.
-
-    The N x len(rule) gradients run in batches of max_batch and are summed as they come.
-    """
-    x, k = problem.x, len(rule)
-    example = torch.arange(x.shape[0], device=x.device).repeat_interleave(k)  # example-major
-    alpha = torch.tensor(rule.nodes, device=x.device).repeat(x.shape[0])
-    weight = torch.tensor(rule.weights, device=x.device).repeat(x.shape[0]).to(x.dtype)
-    acc = torch.zeros_like(x)
-    shape = (-1,) + (1,) * (x.dim() - 1)
-    for part, grad, _ in path_gradients(model, problem, example, alpha, output=output, max_batch=max_batch):
-        acc.index_add_(0, example[part], grad * weight[part].view(shape))
-    return acc
-
-
 def _gradients_at(
     model: nn.Module,
     problem: Problem,
@@ -140,49 +122,6 @@ def _gradients_at(
     return torch.cat(
         [g for _, g, _ in path_gradients(model, problem, example, alpha, output=output, max_batch=max_batch)]
     )
-
-
-def _integrate_adaptive(
-    model: nn.Module,
-    problem: Problem,
-    baseline_output: Tensor,
-    scale: Tensor,
-    ill_conditioned: Tensor,
-    start: Quadrature,
-    tolerance: float,
-    max_steps: int,
-    *,
-    output: Callable[[Tensor], Tensor],
-    max_batch: int,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Return (integral of g per example, steps, map error estimate) from adaptive Simpson panels.
-
-    Completeness is judged against `scale`; an ill-conditioned example stops as soon as that is
-    met: its map explains a change of F too small to be worth the steps.
-    """
-    x = problem.x
-
-    def evaluate(example: np.ndarray, alpha: np.ndarray) -> Tensor:
-        return _gradients_at(
-            model,
-            problem,
-            torch.as_tensor(example, device=x.device),
-            torch.as_tensor(alpha, device=x.device),
-            output=output,
-            max_batch=max_batch,
-        )
-
-    integral, steps, map_error = adaptive_simpson(
-        evaluate,
-        problem.direction,
-        (problem.output - baseline_output).tolist(),
-        tolerance=tolerance,
-        max_steps=max_steps,
-        start=start,
-        scales=scale.tolist(),
-        check_map=(~ill_conditioned).tolist(),
-    )
-    return integral, torch.as_tensor(steps, device=x.device), torch.as_tensor(map_error, device=x.device)
 
 
 def integrated_gradients(
@@ -226,57 +165,34 @@ def integrated_gradients(
     first, and for an ill-conditioned example whose map was not refined that far. Tolerance
     mode keeps each example's gradients (steps x input size) until it is done.
     """
-    if rule is not None and not isinstance(rule, Quadrature):
-        raise TypeError(f"rule must be a Quadrature such as gauss_legendre(32), got {type(rule).__name__}")
-    if tolerance is not None:
-        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance > 0:
-            raise ValueError(f"tolerance must be a positive number such as 0.01, got {tolerance!r}")
-        if rule is not None and not is_simpson(rule):
-            raise ValueError(
-                f"with tolerance, rule must be a Simpson rule (the panels it refines), got {rule}; "
-                "pass rule=simpson(n) or drop tolerance to use a fixed rule"
-            )
-    positive_int(max_steps, "max_steps")
+    check_integration(rule, tolerance, max_steps)
     with input_gradients_only(model):
         problem = prepare(model, x, target, baseline, output, max_batch)
-        n = x.shape[0]
         baseline_output = baseline_outputs(model, problem, output=output, max_batch=max_batch)
         scale, ill_conditioned = completeness_scale(problem.output, baseline_output)
-        map_error = converged = None
-        if tolerance is None:
-            rule = gauss_legendre(32) if rule is None else rule
-            integral = _integrate_rule(model, problem, rule, output=output, max_batch=max_batch)
-            steps = torch.full((n,), len(rule), dtype=torch.int64, device=x.device)
-        else:
-            start = simpson(2) if rule is None else rule
-            integral, steps, map_error = _integrate_adaptive(
-                model,
-                problem,
-                baseline_output,
-                scale,
-                ill_conditioned,
-                start,
-                float(tolerance),
-                max_steps,
-                output=output,
-                max_batch=max_batch,
-            )
-    attributions = problem.direction * integral  # shaped like x
-    error = (attributions.flatten(1).sum(1) - (problem.output - baseline_output)).abs()
-    relative = relative_to(error, scale)
-    if tolerance is not None:
-        converged = (relative < tolerance) & (map_error < tolerance)
+
+        def gradients(example: Tensor, alpha: Tensor) -> Iterator[tuple[slice, Tensor]]:
+            for part, grad, _ in path_gradients(model, problem, example, alpha, output=output, max_batch=max_batch):
+                yield part, grad
+
+        change = problem.output - baseline_output
+        path = integrate_path(
+            gradients, problem.direction, change, scale, ill_conditioned,
+            rule=rule, tolerance=tolerance, max_steps=max_steps,
+        )  # fmt: skip
+    attributions = problem.direction * path.integral  # (N, C, H, W)
+    error, relative, converged = completeness_errors(attributions, change, scale, path.map_error, tolerance)
     return Attribution(
         attributions,
         problem.targets,
         problem.predictions,
         problem.probabilities,
-        steps,
+        path.steps,
         problem.output,
         baseline_output,
         error,
         relative,
-        map_error,
+        path.map_error,
         converged,
         ill_conditioned,
     )

@@ -23,8 +23,11 @@ from mindscope.render.attribution import (
 )
 from mindscope.render.evaluation import deletion_figure, localisation_figure, randomisation_figure
 from mindscope.render.features import attribution_figure, feature_bars, sequence_heatmap
+from mindscope.render.gradcam import grad_cam_figure
+from mindscope.render.layer import layer_attribution_figure
 from mindscope.render.tables import format_change, format_change_table
 from mindscope.render.training import training_curves
+from mindscope.render.visualisation import channel_looks_figure, feature_visualisation_figure
 from mindscope.render.weights import weight_histogram_figures, weight_percentile_figure, weight_ridge_figure
 
 __all__ = [
@@ -33,12 +36,16 @@ __all__ = [
     "attribution_figure",
     "attribution_panels",
     "channel_grid",
+    "channel_looks_figure",
     "channel_statistics_figure",
     "clip_outliers",
     "deletion_figure",
     "feature_bars",
+    "feature_visualisation_figure",
+    "grad_cam_figure",
     "heatmap",
     "interior_frames",
+    "layer_attribution_figure",
     "layer_gif_frames",
     "layer_statistics_figure",
     "mosaic_tiles",
