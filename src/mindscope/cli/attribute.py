@@ -25,7 +25,7 @@ from mindscope.attribution import (
     interior_gradients,
     smoothgrad,
 )
-from mindscope.baselines import black, blurred, dataset_mean, uniform_noise
+from mindscope.baselines import named
 from mindscope.cli.activations import load_image
 from mindscope.quadrature import gauss_legendre, left, midpoint, right, simpson, trapezoid
 from mindscope.render.attribution import attribution_panels, interior_frames, saturation_curve, save_gif
@@ -45,16 +45,6 @@ RULES = {
     "gauss-legendre": gauss_legendre,
     "simpson": simpson,
 }
-
-
-def _baseline(name: str, normalization):
-    """Return the baseline function for --baseline, in the model's normalised input space."""
-    return {
-        "black": lambda x: black(x, normalization),
-        "mean": lambda x: dataset_mean(x, normalization),
-        "noise": lambda x: uniform_noise(x, normalization),
-        "blur": blurred,
-    }[name]
 
 
 def _image_names(specs: tuple[str, ...]) -> list[str]:
@@ -198,7 +188,7 @@ def attribute(
     names = _image_names(images)
     classes = tuple(run.classes)
     output = class_probability if score == "probability" else class_logit
-    base = _baseline(baseline, normalization)
+    base = named(baseline, normalization)
     out = Path(out) if out is not None else Path(run_dir) / "attributions"
     out.mkdir(parents=True, exist_ok=True)
 
