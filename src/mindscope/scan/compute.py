@@ -21,9 +21,9 @@ from mindscope._util import model_device
 from mindscope.activations import activation_statistics
 from mindscope.baselines import named
 from mindscope.data import ImageSet, Normalization
-from mindscope.scan.files import remove_leftovers, write_bytes
+from mindscope.scan.files import write_bytes
 from mindscope.scan.options import attribute
-from mindscope.scan.plan import SHARDS, Plan, Shard
+from mindscope.scan.plan import Plan, Shard
 from mindscope.scan.statistics import Moments, join
 from mindscope.scan.table import COLUMNS, table_bytes
 
@@ -144,11 +144,10 @@ class Scanner:
         self.model, self.normalization, self.images, self.plan = model, normalization, images, plan
 
     def run(self, shard: Shard) -> ShardReport:
-        """Compute one shard and write its files (removing what a killed writer of it left)."""
+        """Compute one shard and write its files."""
         start = time.perf_counter()
         plan, size = self.plan, self.plan.options.batch_size
         maps_path, table_path = plan.shard_files(shard)
-        remove_leftovers([plan.out / SHARDS], [maps_path.name, table_path.name])
         device = model_device(self.model)
         parts = []
         for lo in range(shard.start, shard.stop, size):

@@ -77,6 +77,7 @@ def scan(
     plan, subject = plan_scan(source, out, options, limit=limit)
     claim(plan)
     mine = plan.shards if shard is None else plan.shards[shard[0] :: shard[1]]
+    remove_leftovers([plan.out / SHARDS], [p.name for s in mine for p in plan.shard_files(s)])  # killed writers'
     todo = [s for s in mine if not plan.is_done(s)]
     if on_start is not None:
         on_start(plan, sum(len(s) for s in todo))
