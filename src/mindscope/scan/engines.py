@@ -137,6 +137,8 @@ class RayEngine:
             local = "RAY_ADDRESS" not in os.environ
             options = {"include_dashboard": False, "object_store_memory": LOCAL_OBJECT_STORE} if local else {}
             ray.init(log_to_driver=False, **options)
+        context = ray.data.DataContext.get_current()
+        bars, context.enable_progress_bars = context.enable_progress_bars, False  # the caller shows progress
         try:
             rows = [{"number": s.number, "start": s.start, "stop": s.stop} for s in shards]
             gpus = self.gpus_per_actor if plan.source.device.startswith("cuda") else None
@@ -152,5 +154,6 @@ class RayEngine:
             for row in reports.iter_rows():
                 yield ShardReport(int(row["number"]), int(row["images"]), float(row["seconds"]))
         finally:
+            context.enable_progress_bars = bars
             if started:
                 ray.shutdown()
