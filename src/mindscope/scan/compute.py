@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from mindscope._util import model_device
 from mindscope.activations import activation_statistics
+from mindscope.attribution import Attribution
 from mindscope.baselines import named
 from mindscope.data import ImageSet, Normalization
 from mindscope.scan.files import write_bytes
@@ -72,7 +73,7 @@ def scan_batch(
     return BatchResult(rows, maps, sums, abs_sums, counts, layers)
 
 
-def _rows(result, labels: Tensor, indices: Tensor, seconds: float) -> dict[str, np.ndarray | None]:
+def _rows(result: Attribution, labels: Tensor, indices: Tensor, seconds: float) -> dict[str, np.ndarray | None]:
     as_np = lambda t: None if t is None else t.detach().cpu().numpy()  # noqa: E731
     steps = result.steps.cpu().double()
     share = (steps / steps.sum()).numpy() if float(steps.sum()) > 0 else np.full(len(steps), 1 / len(steps))

@@ -7,10 +7,12 @@ another scan) runs before the first byte is written.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mindscope._util import check_fits
 from mindscope.scan.compute import ShardReport
 from mindscope.scan.engines import LocalEngine, RayEngine
 from mindscope.scan.files import remove_leftovers
@@ -42,6 +44,10 @@ def plan_scan(source: ScanSource, out: Path | str, options: ScanOptions, *, limi
     if images == 0:
         raise ValueError(f"the data {source.data or subject.source!r} holds no test images to scan")
     shape = tuple(test.images.shape[1:])
+    if options.tolerance is not None and "integrated" in options.methods:  # every step's gradient is kept
+        what = f"integrated gradients on {options.batch_size} images at a time with up to {options.max_steps} steps"
+        needed = options.batch_size * options.max_steps * math.prod(shape) * 4  # float32 gradients
+        check_fits(needed, what, "lower --batch-size or --max-steps")
     layers = resolve_scan_layers(subject.model, options.layers)
     plan = Plan(Path(out), source, options, images, tuple(subject.classes or test.classes), shape, layers,  # type: ignore[arg-type]
                 weights_hash(subject.model))  # fmt: skip
