@@ -11,6 +11,7 @@ from mindscope.activations import activation_statistics
 from mindscope.attribution import integrated_gradients
 from mindscope.baselines import black
 from mindscope.cli import main
+from mindscope.render.attribution import attribution_panels
 from mindscope.run import load_run
 from mindscope.scan import Moments, ScanOptions, ScanSource, open_scan, scan
 from mindscope.scan.files import leftovers, remove_leftovers, write_bytes
@@ -119,6 +120,16 @@ def test_class_maps_statistics_and_summary_equal_a_naive_reading(tiny_run, tmp_p
     assert summary["accuracy"] == pytest.approx((first["prediction"] == first["label"]).mean())
     assert "converged" not in summary["methods"]["integrated"]  # a fixed rule promises no tolerance
     assert summary["dead_channels"] == {n: s.dead_channels.tolist() for n, s in whole.items()}
+    chosen = found.attribution([40, 3], "integrated")  # the worst images of a report, say, with their maps
+    rows = table[table["method"] == "integrated"].set_index("index").loc[[40, 3]]
+    assert chosen.steps.tolist() == rows["steps"].tolist() == [4, 4]
+    assert chosen.predictions.tolist() == rows["prediction"].tolist()
+    assert chosen.converged is None and chosen.relative_completeness_error.tolist() == pytest.approx(
+        rows["relative_completeness_error"].tolist()
+    )
+    torch.testing.assert_close(chosen.attributions, found.maps([40, 3], "integrated"), rtol=0, atol=0)
+    figure = attribution_panels(run.data.test.pixels([40, 3]), chosen, found.plan.classes)
+    assert "steps 4" in figure.axes[1].get_title()
 
 
 def test_float16_maps_keep_three_digits_of_each_map_at_half_the_size(tiny_run, tmp_path, one_thread):

@@ -14,6 +14,7 @@ from safetensors import safe_open
 from torch import Tensor
 
 from mindscope.activations import LayerStatistics
+from mindscope.attribution import Attribution
 from mindscope.scan.merge import CLASSES, LAYERS, SUMMARY, TABLE
 from mindscope.scan.plan import Plan, open_plan
 from mindscope.scan.statistics import Moments
@@ -107,6 +108,31 @@ class Scan:
                     maps = maps * f.get_tensor(f"scale/{method}")[rows].view(-1, 1, 1, 1)
                 out[torch.as_tensor(where)] = maps
         return out
+
+    def attribution(self, indices: list[int] | np.ndarray, method: str | None = None) -> Attribution:
+        """The given images' maps and numbers as an `Attribution`, e.g. for `render.attribution_panels`."""
+        method = self._method(method)
+        wanted = np.asarray(indices, dtype=np.int64).reshape(-1)
+        pa = arrow()
+        table = self.arrow()
+        table = table.filter(pa.compute.and_(pa.compute.equal(table["method"], method),
+                                             pa.compute.is_in(table["index"], pa.array(wanted))))  # fmt: skip
+        by_index = {int(i): k for k, i in enumerate(table["index"].to_pylist())}
+        order = [by_index[int(i)] for i in wanted]
+
+        def column(name: str, dtype: torch.dtype) -> Tensor | None:
+            values = table[name].to_pylist()
+            if all(v is None for v in values):
+                return None
+            return torch.tensor([values[k] for k in order], dtype=dtype)
+
+        f64, i64 = torch.float64, torch.int64
+        return Attribution(
+            self.maps(wanted, method), column("target", i64), column("prediction", i64),
+            column("probability", f64), column("steps", i64), column("output", f64), column("baseline_output", f64),
+            column("completeness_error", f64), column("relative_completeness_error", f64), column("map_error", f64),
+            column("converged", torch.bool), column("ill_conditioned", torch.bool),
+        )  # fmt: skip
 
     def _method(self, method: str | None) -> str:
         methods = self.plan.options.methods
