@@ -154,10 +154,8 @@ def scan_command(run_dir, model_spec, weights, card, data_spec, out, methods, to
             shard_size=shard_size,
             batch_size=batch_size,
         )
-        spec = model_spec or f"run:{run_dir}"
-        if spec.startswith("run:"):  # one run, however its path is written
-            spec = f"run:{Path(spec[4:]).expanduser().resolve()}"
-        source = ScanSource(spec, data_spec, epoch, weights, card, str(resolve_device(device)))
+        device = str(resolve_device(device))
+        source = ScanSource(model_spec or f"run:{run_dir}", data_spec, epoch, weights, card, device)
         runner = LocalEngine(workers) if engine == "local" else RayEngine(workers)
         bar = _Progress()
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -95,6 +96,10 @@ class ScanSource:
     weights: str | None = None
     card: str | None = None
     device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.model.startswith("run:"):  # one run, however its path is written, in every process
+            object.__setattr__(self, "model", f"run:{Path(self.model[4:]).expanduser().resolve()}")
 
     def open(self) -> Subject:
         """Open the model and its data, on `device`, in eval mode with frozen parameters."""
