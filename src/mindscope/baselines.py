@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 
 Baseline = Tensor | Callable[[Tensor], Tensor] | None
 
-__all__ = ["Baseline", "black", "blurred", "dataset_mean", "resolve_baseline", "uniform_noise"]
+__all__ = ["NAMES", "Baseline", "black", "blurred", "dataset_mean", "named", "resolve_baseline", "uniform_noise"]
+
+NAMES = ("black", "mean", "noise", "blur")  # what the CLI's --baseline and a scan call them
 
 
 def _statistic(values: tuple[float, ...], x: Tensor, layout: str | None, what: str) -> Tensor:
@@ -94,6 +96,19 @@ def blurred(x: Tensor, *, sigma: float = 3.0, layout: str | None = None) -> Tens
     out = nn.functional.conv2d(out, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
     out = nn.functional.pad(out, (0, 0, radius, radius), mode="reflect")
     return nn.functional.conv2d(out, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def named(name: str, normalization: Normalization) -> Callable[[Tensor], Tensor]:
+    """Return x -> x' for one of NAMES, in the model's normalised input space."""
+    makers = {
+        "black": lambda x: black(x, normalization),
+        "mean": lambda x: dataset_mean(x, normalization),
+        "noise": lambda x: uniform_noise(x, normalization),
+        "blur": blurred,
+    }
+    if name not in makers:
+        raise ValueError(f"unknown baseline {name!r}; use one of: {', '.join(NAMES)}")
+    return makers[name]
 
 
 def resolve_baseline(baseline: Baseline, x: Tensor) -> Tensor:

@@ -25,7 +25,7 @@ from mindscope.attribution import (
     interior_gradients,
     smoothgrad,
 )
-from mindscope.baselines import black, blurred, dataset_mean, uniform_noise
+from mindscope.baselines import named
 from mindscope.cli.activations import load_image
 from mindscope.cli.source import default_out, model_source, open_source
 from mindscope.quadrature import gauss_legendre, left, midpoint, right, simpson, trapezoid
@@ -45,16 +45,6 @@ RULES = {
     "gauss-legendre": gauss_legendre,
     "simpson": simpson,
 }
-
-
-def _baseline(name: str, normalization):
-    """Return the baseline function for --baseline, in the model's normalised input space."""
-    return {
-        "black": lambda x: black(x, normalization),
-        "mean": lambda x: dataset_mean(x, normalization),
-        "noise": lambda x: uniform_noise(x, normalization),
-        "blur": blurred,
-    }[name]
 
 
 def _numbered_classes(model: torch.nn.Module, x: torch.Tensor) -> tuple[str, ...]:
@@ -206,7 +196,7 @@ def attribute(
     names = _image_names(images)
     classes = subject.classes or _numbered_classes(model, x)
     output = class_probability if score == "probability" else class_logit
-    base = _baseline(baseline, normalization)
+    base = named(baseline, normalization)
     out = Path(out) if out is not None else default_out(subject, "attributions")
     out.mkdir(parents=True, exist_ok=True)
 
