@@ -50,6 +50,21 @@ ACTIVATION_TYPES = (
 )
 
 
+# Converted models (torch.export unflattened, TorchScript and Keras wrappers from mindscope.models)
+# call their layers through classes named after the original; they count by that name.
+NUMBERED_NAMES = frozenset({t.__name__ for t in NUMBERED_TYPES} | {"Conv1D", "Conv2D", "Conv3D", "Dense"})
+ACTIVATION_NAMES = frozenset({t.__name__ for t in ACTIVATION_TYPES} | {"Activation"})
+
+
+def is_numbered(module: nn.Module) -> bool:
+    """A convolution or linear layer: what the walk-through's layer numbers count."""
+    return isinstance(module, NUMBERED_TYPES) or type(module).__name__ in NUMBERED_NAMES
+
+
+def is_activation(module: nn.Module) -> bool:
+    return isinstance(module, ACTIVATION_TYPES) or type(module).__name__ in ACTIVATION_NAMES
+
+
 @dataclass(frozen=True)
 class LayerInfo:
     name: str  # dotted name, as in named_modules() and state_dict()
@@ -61,7 +76,7 @@ class LayerInfo:
 
 def numbered_layers(model: nn.Module) -> dict[int, str]:
     """Return {layer number: dotted name} for the model's Conv and Linear layers."""
-    names = [n for n, m in model.named_modules() if isinstance(m, NUMBERED_TYPES)]
+    names = [n for n, m in model.named_modules() if is_numbered(m)]
     return {i: n for i, n in enumerate(names, start=1)}
 
 
@@ -127,7 +142,7 @@ def _following_activation(model: nn.Module, name: str) -> tuple[str | None, list
             nxt, why = _next_in_graph(model, current)
         if nxt is None:
             return None, passed, why or "no activation module follows it in an nn.Sequential or an fx graph"
-        if isinstance(modules[nxt], ACTIVATION_TYPES):
+        if is_activation(modules[nxt]):
             return nxt, passed, ""
         if not isinstance(modules[nxt], PASS_THROUGH_TYPES):
             return None, passed, f"{type(modules[nxt]).__name__} {nxt} follows it, not an activation"
@@ -195,7 +210,7 @@ def explain_layer(model: nn.Module, spec: LayerSpec, *, output: bool = False) ->
     if name is not None:  # a module or a name means exactly itself
         kind = type(modules[name]).__name__
         note = ", the module given" if isinstance(spec, nn.Module) else ""
-        note += ": its own output" if output and isinstance(modules[name], NUMBERED_TYPES) else ""
+        note += ": its own output" if output and is_numbered(modules[name]) else ""
         return LayerChoice(name, name, kind, None, f"{name} ({kind}{note})")
     text = str(spec).strip()
     number = layer_number(spec) if isinstance(spec, (str, int)) else None

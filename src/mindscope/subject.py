@@ -76,6 +76,17 @@ class Subject:
         return self.given_image_shape
 
     @property
+    def channels_last(self) -> bool:
+        """True when the model's own layers work channels last (Keras): its activations are (N, H, W, C)."""
+        return self.card is not None and self.card.layout == "NHWC"
+
+    def channels_first(self, activations: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Captured activations as (N, C, H, W), whatever layout the model's layers use."""
+        if not self.channels_last:
+            return activations
+        return {name: a.movedim(-1, 1) if a.dim() == 4 else a for name, a in activations.items()}
+
+    @property
     def is_run(self) -> bool:
         return self.run is not None
 

@@ -16,7 +16,7 @@ from PIL import Image
 from mindscope.activations import activation_statistics, capture_activations, top_activating
 from mindscope.cli.source import default_out, model_source, open_source
 from mindscope.data import DataSplits, read_image
-from mindscope.layers import resolve_layer
+from mindscope.layers import explain_layer
 from mindscope.render.activations import (
     channel_grid,
     channel_statistics_figure,
@@ -35,8 +35,11 @@ def parse_layers(model: torch.nn.Module, spec: str) -> dict[str, str]:
     for token in (t.strip() for t in spec.split(",")):
         if not token:
             continue
-        name = resolve_layer(model, token, output=True)
-        labels.setdefault(name, f"layer {token} ({name})" if token.isdigit() else name)
+        choice = explain_layer(model, token, output=True)
+        if choice.layer is not None:  # a layer number: say which module's output that is
+            click.echo(f"layer: {choice}")
+        name = choice.name
+        labels.setdefault(name, f"layer {token} ({name})" if choice.layer is not None else name)
     if not labels:
         raise ValueError(f"--layers {spec!r} names no layer; give e.g. 3,6,9 or features.4")
     return labels
@@ -163,7 +166,8 @@ def activations(
     out = Path(out) if out is not None else default_out(subject, "activations")
     out.mkdir(parents=True, exist_ok=True)
 
-    acts = capture_activations(model, subject.inputs(pixels.to(device)), list(labels))
+    acts = subject.channels_first(capture_activations(model, subject.inputs(pixels.to(device)), list(labels)))
+    axis = -1 if subject.channels_last else 1
     flat = [n for n, a in acts.items() if a.dim() != 4]
     if flat:
         raise ValueError(
@@ -186,7 +190,9 @@ def activations(
 
     data = subject.require_data("--stats and --top") if stats or top_channel is not None else None
     if stats:
-        result = activation_statistics(model, test_inputs(data, limit, batch_size), list(labels), batch_size=batch_size)
+        result = activation_statistics(
+            model, test_inputs(data, limit, batch_size), list(labels), batch_size=batch_size, channel_axis=axis
+        )
         save(layer_statistics_figure(result, labels=labels), out / "stats_layers.png")
         for name, s in result.items():
             save(channel_statistics_figure(s, label=labels[name]), out / f"stats_{name}.png")
@@ -209,7 +215,13 @@ def activations(
                 click.echo(f"{label} has {width} channels; no top-{top_k} grid for channel {top_channel}")
                 continue
             top = top_activating(
-                model, test_inputs(data, limit, batch_size), name, top_channel, k=top_k, batch_size=batch_size
+                model,
+                test_inputs(data, limit, batch_size),
+                name,
+                top_channel,
+                k=top_k,
+                batch_size=batch_size,
+                channel_axis=axis,
             )
             fig = top_activating_figure(data.test.pixels(top.indices.tolist()), top, label=label)
             save(fig, out / f"top_{name}_channel{top_channel}.png")

@@ -8,7 +8,6 @@ model's input is printed in the card, because a wrong guess there changes every 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from mindscope.layers import numbered_layers
 from mindscope.render.weights import weight_histogram_figures
@@ -80,7 +79,7 @@ def report_layers(subject: Subject, wanted: tuple[int, ...]) -> tuple[int, ...]:
     """The walk-through's layers where the model has them; else three spread through its depth."""
     modules = dict(subject.model.named_modules())
     numbered = numbered_layers(subject.model)
-    numbers = [n for n, name in sorted(numbered.items()) if isinstance(modules[name], nn.Conv2d)]
+    numbers = [n for n, name in sorted(numbered.items()) if type(modules[name]).__name__ in ("Conv2d", "Conv2D")]
     if subject.run is not None or all(n in numbers for n in wanted) or not numbers:
         return wanted
     picks = sorted({numbers[max(0, round(len(numbers) * k / 3) - 1)] for k in (1, 2, 3)})
