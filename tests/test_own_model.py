@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from mindscope.attribution import integrated_gradients
 from mindscope.cli import main
 from mindscope.subject import open_subject
+from test_report import check_in_chromium
 
 CLASSES = ("cat", "ant", "bee")  # not the folders' sorted order: labels must be matched by name
 FACTORY = """
@@ -249,6 +250,7 @@ def test_the_report_of_an_outside_model_states_its_card_and_the_accuracy_it_scor
     assert shown is not None and abs(float(shown.group(1)) - 100 * accuracy) < 0.051
     assert "1. The model" in html and "Weights as loaded" in html
     assert "before/after comparison" in html and "2. Weights before and after training" not in html
+    check_in_chromium(page, f"report_{kind}.png")
 
 
 def test_a_model_card_flag_on_a_run_is_refused(tiny_run, capsys):
