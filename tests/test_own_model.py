@@ -262,3 +262,39 @@ def test_an_outside_model_without_data_says_how_to_give_it(sources, capsys, tmp_
     spec, flags = sources["torch"]
     status, _, err = run(["evaluate", "--model", spec, *flags, "--out", str(tmp_path)], capsys)
     assert status == 2 and "give --data folder:PATH" in err
+
+
+def _bad_models(folder: Path, small_cnn) -> dict[str, tuple[list[str], str]]:
+    """argv for each kind of bad model input, and the words its one line must hold."""
+    (folder / "noise.onnx").write_bytes(np.random.default_rng(0).bytes(256))
+    (folder / "image.pt2").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    torch.save(small_cnn, folder / "whole.pt")
+    (folder / "nets.py").write_text(FACTORY + "\ndef rows():\n    return nn.Sequential(make(), nn.Flatten(0))\n")
+    save_file(small_cnn.state_dict(), str(folder / "w.safetensors"))
+    save_file({f"0.{k}": v for k, v in small_cnn.state_dict().items()}, str(folder / "rows.safetensors"))
+    cases = {
+        "not a model": (["--model", f"onnx:{folder / 'noise.onnx'}"], "is not a valid ONNX model"),
+        "an image": (["--model", f"torch:{folder / 'image.pt2'}"], "is not a torch.export program"),
+        "pickled": (["--model", f"torch:{folder / 'whole.pt'}"], "pickled"),
+        "wrong size": (
+            ["--model", f"python:{folder / 'nets.py'}:make", "--weights", str(folder / "w.safetensors"),
+             "--input-size", "3x1x1"],
+            "zero batch of shape (2, 3, 1, 1)",
+        ),
+        "not one row per example": (
+            ["--model", f"python:{folder / 'nets.py'}:rows", "--weights", str(folder / "rows.safetensors"),
+             "--input-size", "3x8x8"],
+            "one row of scores per example",
+        ),
+    }  # fmt: skip
+    return cases
+
+
+@pytest.mark.parametrize("case", ["not a model", "an image", "pickled", "wrong size", "not one row per example"])
+def test_a_bad_model_gets_one_line_exit_2_and_writes_nothing(case, tmp_path, small_cnn, capsys):
+    argv, words = _bad_models(tmp_path, small_cnn)[case]
+    out = tmp_path / "out"
+    status, _, err = run(["weights", *argv, "--out", str(out)], capsys)
+    assert status == 2, err
+    assert err.count("\n") == 1 and err.startswith("mindscope: error: ") and words in err, err
+    assert not out.exists()
