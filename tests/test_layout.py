@@ -47,7 +47,19 @@ ALLOWED: dict[str, set[str]] = {
     "run": {"_util", "data", "model", "training", "layers", "weights", "tensorboard", "render"},
     "models": {"_util", "layers", "data", "model"},  # outside models -> nn.Module, and what they expect
     "subject": {"_util", "layers", "data", "model", "models", "run"},  # a run or an outside model, with its data
-    "report": {"_util", *LOOKS, "data", "model", "models", "subject", "training", "run", "render", "tensorboard"},
+    "report": {
+        "_util",
+        *LOOKS,
+        "data",
+        "model",
+        "models",
+        "subject",
+        "training",
+        "run",
+        "render",
+        "tensorboard",
+        "scan",
+    },
     "scan": {"_util", *LOOKS, "data", "model", "models", "subject", "run", "render"},
     "serve": {"_util", *LOOKS, "data", "model", "models", "subject", "training", "run", "render", "report", "scan"},
     "cli": EVERYTHING,

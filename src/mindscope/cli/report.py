@@ -1,4 +1,4 @@
-"""`mindscope demo` (train, then report) and `mindscope report RUN_DIR`."""
+"""`mindscope demo` (train, then report) and `mindscope report RUN_DIR` (or a scan folder)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from mindscope._util import positive_int
 from mindscope.cli.source import model_source, open_source
 from mindscope.cli.train import DATA_HELP, echo_epoch
 from mindscope.report import ReportOptions, write_report
+from mindscope.report.scan_page import is_scan
 from mindscope.run import Run, is_run, resume_run, train_run
 from mindscope.training import TrainConfig, resolve_device
 
@@ -133,7 +134,8 @@ def demo_command(
     "--out",
     type=click.Path(path_type=Path),
     default=None,
-    help="HTML file to write (default RUN_DIR/report.html, or mindscope-report.html for --model).",
+    help="HTML file to write (default RUN_DIR/report.html or SCAN_DIR/report.html, or mindscope-report.html "
+    "for --model).",
 )
 @click.option("--image", type=int, default=0, show_default=True, help="Test image for the activations.")
 @click.option("--images", type=int, default=6, show_default=True, help="Test images for integrated gradients.")
@@ -153,10 +155,21 @@ def demo_command(
 )
 @click.option("--device", default="cpu", show_default=True)
 def report_command(out, image, images, evaluation_images, tolerance, device, **source) -> None:
-    """Write one self-contained HTML page that walks through a run or a model trained elsewhere."""
+    """Write one self-contained HTML page that walks through a run, a scan folder or a model trained elsewhere."""
     options = _options(image, images, evaluation_images, tolerance, device)
     if out is not None:
         check_writable_file(out)  # before minutes of work, not after
+    if source["run_dir"] is not None and is_scan(source["run_dir"]):
+        given = [key for key, value in source.items() if key != "run_dir" and value is not None]
+        if given:
+            raise ValueError(
+                f"{source['run_dir']} is a scan folder, which records its own model and data; "
+                f"drop --{given[0].removesuffix('_spec').replace('_', '-')}"
+            )
+        click.echo("drawing the scan:")
+        path = write_report(source["run_dir"], out, options=options, progress=_say)
+        click.echo(f"report: {path.resolve()} (self-contained; open it in a browser)")
+        return
     subject = open_source(source)
     click.echo("analysing:")
     path = write_report(subject, out, options=options, progress=_say)

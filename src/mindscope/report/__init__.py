@@ -21,6 +21,7 @@ from mindscope.report.model_sections import model_card_section, report_layers, w
 from mindscope.report.options import ReportOptions
 from mindscope.report.page import Section, render_page
 from mindscope.report.run_sections import activations_section, experiment_section, weights_section
+from mindscope.report.scan_page import is_scan, write_scan_report
 from mindscope.report.trust import trust_section
 from mindscope.run import LoadedRun, atomic_write_bytes
 from mindscope.subject import Subject, open_subject
@@ -62,8 +63,10 @@ def write_report(
     options: ReportOptions | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Path:
-    """Analyse a run (a directory) or a Subject and write its report; return the HTML file's path."""
+    """Analyse a run (a directory), a scan folder or a Subject and write its report; return the HTML file's path."""
     options = options or ReportOptions()
+    if not isinstance(source, Subject) and is_scan(source):
+        return write_scan_report(source, out, images=options.attribution_images, progress=progress)
     subject = source if isinstance(source, Subject) else open_subject(source)
     data = subject.require_data("the report")
     if not 0 <= options.image < len(data.test):
