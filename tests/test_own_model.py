@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from html import unescape
 from pathlib import Path
 
 import numpy as np
@@ -248,6 +249,16 @@ def test_the_report_of_an_outside_model_states_its_card_and_the_accuracy_it_scor
     accuracy = float((small_cnn(x).argmax(1) == y).double().mean())
     shown = re.search(r"([0-9.]+)% on 12 images", html)
     assert shown is not None and abs(float(shown.group(1)) - 100 * accuracy) < 0.051
+    # the grey candidate is the images' own mean pixel, fed as the card says: not the card's mean
+    pixels = torch.stack(
+        [torch.tensor(np.asarray(Image.open(f)), dtype=torch.float64) for f in sorted(images.glob("*/*.png"))]
+    )
+    grey = pixels.mean(dim=(0, 1, 2))  # (3,) in 0..255
+    mean, std = torch.tensor(CARD["mean"]), torch.tensor(CARD["std"])
+    grey_input = ((grey.float() - mean) / std).view(1, 3, 1, 1).expand(1, 3, 8, 8)
+    p_grey = small_cnn(grey_input).softmax(1)[0]
+    k = int(p_grey.argmax())
+    assert f"dataset-mean grey image → '{CLASSES[k]}' (p = {float(p_grey[k]):.3f})" in unescape(html)
     assert "1. The model" in html and "Weights as loaded" in html
     assert "before/after comparison" in html and "2. Weights before and after training" not in html
     check_in_chromium(page, f"report_{kind}.png")

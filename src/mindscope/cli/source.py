@@ -132,8 +132,9 @@ def open_source(source: dict[str, Any], *, epoch: int | None = None, quiet: bool
 
 
 def default_out(subject: Subject, name: str) -> Path:
-    """RUN_DIR/name for a run; ./mindscope-MODEL/name for an outside model."""
+    """RUN_DIR/name for a run; ./mindscope-MODEL-KIND/name (e.g. mindscope-net-onnx) for an outside model."""
     if subject.run is not None:
         return subject.run.path / name
-    spec = subject.source.split(":", 1)[-1]
-    return Path(f"mindscope-{Path(spec.split(':')[0]).stem or 'model'}") / name
+    kind, _, spec = subject.source.partition(":")
+    stem = Path(spec.split(":")[0]).stem or "model"
+    return Path(f"mindscope-{stem}-{kind}") / name  # net.onnx and net.keras write apart

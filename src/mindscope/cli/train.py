@@ -119,6 +119,11 @@ def layers_command(width, **source) -> None:
         if subject.run is not None:
             require(subject.run.config, subject.run.path, "data")
             shape = tuple(subject.run.config["data"]["image_shape"])
+        if shape is None:
+            raise ValueError(
+                f"the input size of {subject.source} is unknown, so no output shapes can be listed; "
+                "give --input-size (e.g. 3x32x32) or input_shape in MODEL.card.json"
+            )
     else:
         model, shape = AllConvNet(width=width), (3, 32, 32)
     click.echo(f"{'name':<14} {'layer':>5}  {'type':<18} {'output shape':<18} {'parameters':>10}")

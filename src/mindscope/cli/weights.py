@@ -49,7 +49,7 @@ def weights(layers: str | None, out: Path | None, bins: int, **source) -> None:
         return
     # counts and edges (int64/float64) per tensor, for two states and the evolution figures
     check_fits(bins * len(names) * 8 * 2 * (2 + len(run.epochs)), f"--bins {bins:,}", "use fewer --bins")
-    drawn = [n for n in names if n.endswith("weight")] or names
+    drawn = [n for n in names if n.endswith(("weight", "kernel"))] or names
     first, last = run.epochs[0], run.epochs[-1]
     before_sd, after_sd = run.state_dict_at(first), run.state_dict_at(last)
     before, after = paired_histograms({n: before_sd[n] for n in names}, {n: after_sd[n] for n in names}, bins=bins)
@@ -87,7 +87,7 @@ def _weights_as_loaded(subject, names: list[str], out: Path, bins: int) -> None:
     check_fits(bins * len(names) * 8 * 2, f"--bins {bins:,}", "use fewer --bins")
     tensors = select_tensors(subject.model, None)
     histograms = weight_histograms({n: tensors[n] for n in names}, bins=bins)
-    drawn = [n for n in names if n.endswith("weight")] or names
+    drawn = [n for n in names if n.endswith(("weight", "kernel"))] or names
     out.mkdir(parents=True, exist_ok=True)
     click.echo(f"{subject.source} has no training history: the weights as loaded, with no before/after or change table")
     for i, fig in enumerate(weight_histogram_figures(histograms, None, tensors=drawn, labels=("as loaded",)), 1):

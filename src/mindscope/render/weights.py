@@ -124,7 +124,7 @@ def weight_histogram_figures(
     figures = []
     for start in range(0, len(chosen), per_figure):
         group = chosen[start : start + per_figure]
-        fig = Figure(figsize=(4.5 * len(sides), 3.2 + 0.2 * len(group)), layout="constrained")
+        fig = Figure(figsize=(9 if after is not None else 7, 3.2 + 0.2 * len(group)), layout="constrained")
         axes = fig.subplots(1, len(sides), sharex=True, sharey=True, squeeze=False)[0]
         for ax, side, label in zip(axes, sides, labels):
             for name in group:

@@ -17,7 +17,7 @@ from mindscope.render.attribution import (
     saturation_curve,
 )
 from mindscope.render.html import gif_bytes
-from mindscope.report.baseline import choose_baseline
+from mindscope.report.baseline import choose_baseline, data_pixel_mean
 from mindscope.report.methods import HEADERS, completeness_summary
 from mindscope.report.options import ReportOptions
 from mindscope.report.page import Section, Table, pct
@@ -50,7 +50,7 @@ def interior_section(run: LoadedRun, options: ReportOptions) -> Section:
     index = options.interior_image if options.interior_image is not None else pick_images(run, 1)[0]
     device = next(model.parameters()).device
     x = data.inputs(data.test, [index]).to(device)
-    chosen = choose_baseline(model, data.normalization, tuple(x.shape[1:]), classes)
+    chosen = choose_baseline(model, data.normalization, tuple(x.shape[1:]), classes, pixel_mean=data_pixel_mean(run))
     baseline = chosen.make(x)
     grid = refine_alphas(model, x, alphas=WALKTHROUGH_ALPHAS, baseline=baseline, max_change=MAX_CHANGE)
     result = interior_gradients(model, x, alphas=grid.alphas.tolist(), baseline=baseline)
@@ -125,7 +125,7 @@ def integrated_section(run: LoadedRun, options: ReportOptions) -> Section:
     indices = pick_images(run, options.attribution_images)
     device = next(model.parameters()).device
     x = data.inputs(data.test, indices).to(device)
-    chosen = choose_baseline(model, data.normalization, tuple(x.shape[1:]), classes)
+    chosen = choose_baseline(model, data.normalization, tuple(x.shape[1:]), classes, pixel_mean=data_pixel_mean(run))
     result = integrated_gradients(model, x, baseline=chosen.make(x), tolerance=options.tolerance)
     labels = data.test.labels[indices]
     sec = Section(

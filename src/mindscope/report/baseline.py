@@ -40,12 +40,27 @@ class ReportBaseline:
         return f"Baseline: the {self.name} ({why}). What the model makes of each candidate: {'; '.join(parts)}."
 
 
-def choose_baseline(model: nn.Module, normalization: Normalization, shape: tuple[int, ...],
-                    classes: tuple[str, ...]) -> ReportBaseline:  # fmt: skip
-    """Black while the model is not confident about it; else the candidate it is least sure of."""
+def choose_baseline(
+    model: nn.Module,
+    normalization: Normalization,
+    shape: tuple[int, ...],
+    classes: tuple[str, ...],
+    *,
+    pixel_mean: tuple[float, ...] | None = None,
+) -> ReportBaseline:
+    """Black while the model is not confident about it; else the candidate it is least sure of.
+
+    The grey candidate is the data's mean pixel: `pixel_mean` where given (a model trained
+    elsewhere, whose normalisation is not its data's statistics), else the normalisation's mean.
+    """
+
+    def mean_image(x: Tensor) -> Tensor:  # (N, C, H, W) filled with the data's mean pixel, normalised
+        mean = torch.tensor(pixel_mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        return normalization.apply(mean.expand_as(x).contiguous())
+
     candidates: dict[str, Callable[[Tensor], Tensor]] = {
         "black image": lambda x: black(x, normalization),
-        "dataset-mean grey image": lambda x: dataset_mean(x, normalization),
+        "dataset-mean grey image": mean_image if pixel_mean is not None else lambda x: dataset_mean(x, normalization),
     }
     probe = torch.zeros((1, *shape), device=model_device(model))
     scores = {}
@@ -55,3 +70,12 @@ def choose_baseline(model: nn.Module, normalization: Normalization, shape: tuple
             scores[name] = (classes[int(k)], float(p))
     name = "black image" if scores["black image"][1] <= CONFIDENT else min(scores, key=lambda n: scores[n][1])
     return ReportBaseline(name, candidates[name], scores)
+
+
+def data_pixel_mean(subject: object, *, limit: int = 2000) -> tuple[float, ...] | None:
+    """The mean pixel per channel of a model trained elsewhere's test images; None for a run of ours."""
+    if getattr(subject, "card", None) is None:
+        return None  # a run: its normalisation was fitted on (or fixed for) its own data
+    test = subject.data.test  # type: ignore[attr-defined]
+    pixels = test.pixels(torch.arange(min(limit, len(test)))).double()
+    return tuple(pixels.mean(dim=(0, 2, 3)).tolist())

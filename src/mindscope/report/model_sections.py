@@ -60,7 +60,7 @@ def model_card_section(subject: Subject) -> Section:
 def weights_as_loaded_section(subject: Subject) -> Section:
     """Section 2 for an outside model: its weights as they are, and why nothing is compared."""
     tensors = select_tensors(subject.model, None)
-    weights = [n for n in tensors if n.endswith("weight")] or list(tensors)
+    weights = [n for n in tensors if n.endswith(("weight", "kernel"))] or list(tensors)
     histograms = weight_histograms({n: tensors[n] for n in weights})
     sec = Section(
         "weights",

@@ -6,7 +6,7 @@ from mindscope.evaluation import evaluate_methods
 from mindscope.render.attribution import flag_text
 from mindscope.render.evaluation import deletion_figure, localisation_figure, randomisation_figure
 from mindscope.report.attribution_sections import pick_images
-from mindscope.report.baseline import choose_baseline
+from mindscope.report.baseline import choose_baseline, data_pixel_mean
 from mindscope.report.methods import (
     HEADERS,
     RANDOMISED_MAX_STEPS,
@@ -33,7 +33,7 @@ def trust_section(run: LoadedRun, options: ReportOptions) -> Section:
     device = next(model.parameters()).device
     x = data.inputs(data.test, indices).to(device)
     masks = None if data.test.masks is None else data.test.masks[indices].to(device)
-    chosen = choose_baseline(model, data.normalization, tuple(x.shape[1:]), classes)
+    chosen = choose_baseline(model, data.normalization, tuple(x.shape[1:]), classes, pixel_mean=data_pixel_mean(run))
     baseline = chosen.make(x)
     settings = dict(alpha=0.5, tolerance=options.tolerance, samples=16, seed=0, baseline=chosen.make)
     methods = standard_methods(data.normalization, **settings)
