@@ -44,7 +44,7 @@ def test_grad_cam_maps_share_one_stated_scale_over_the_image_and_empty_maps_say_
         assert f"max {float(maps[i].max()):.3g}" in ax.get_title()
         assert (ax.get_xlabel() == NO_EVIDENCE) == (i == 2)
     assert "target triangle" in panels[1].get_title() and "target" not in panels[0].get_title()
-    assert f"0 to {high:.3g}" in fig.axes[-1].get_ylabel()  # the colour bar
+    assert f"0 to {high:.3g}" in fig.get_supxlabel()
     assert "features.4" in fig.get_suptitle()
 
 
@@ -87,7 +87,7 @@ def test_layer_bars_are_the_channel_totals_and_the_grid_shares_a_symmetric_scale
         np.testing.assert_allclose(image.get_clim(), [-scale, scale], rtol=1e-12)
         np.testing.assert_allclose(np.asarray(image.get_array()), a[channel])
         assert ax.get_title().startswith(f"ch {channel}:")
-    assert f"±{scale:.2g}" in fig.axes[-1].get_ylabel()
+    assert f"one scale ±{scale:.2g}" in fig.get_supxlabel()
 
 
 def visualisation_result() -> FeatureVisualisation:

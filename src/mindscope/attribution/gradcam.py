@@ -108,7 +108,7 @@ def grad_cam(
             if not _spatial(activation):
                 raise ValueError(
                     f"layer {name!r} gives output of shape {tuple(activation.shape)}; Grad-CAM needs a spatial map "
-                    "(N, C, h, w) with h * w > 1: pick a convolutional layer, or leave layer=None for the last one"
+                    "(N, C, h, w) with h * w > 1: pick a convolutional layer, or give none to take the last one"
                 )
             if logits is None or logits.dim() != 2:
                 raise ValueError("the model must return scores of shape (N, classes); wrap it so that it does")

@@ -1,7 +1,7 @@
 """A run directory -> one self-contained HTML page that walks through the network.
 
-Sections follow the walk-through: the experiment, weights, activations, interior
-gradients, integrated gradients, and how far to trust the maps. Every figure is drawn
+Sections follow the walk-through: the experiment, weights, activations, what each channel
+looks for, interior gradients, integrated gradients, and how far to trust the maps. Every figure is drawn
 by `mindscope.render` and embedded as a data URI, so the page opens from disk with no
 network and no folder beside it.
 """
@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mindscope.report.attribution_sections import attribution_sections
+from mindscope.report.channel_section import channel_looks_section
 from mindscope.report.methods import METHOD_NAMES, format_table, standard_methods
 from mindscope.report.options import ReportOptions
 from mindscope.report.page import Section, render_page
@@ -32,6 +33,9 @@ def build_sections(
     sections.append(weights_section(run))
     say("activations")
     sections.append(activations_section(run, options))
+    if options.visualisation_channels:
+        say("what each channel looks for")
+        sections.append(channel_looks_section(run, options))
     say("interior and integrated gradients")
     sections.extend(attribution_sections(run, options))
     if options.evaluation_images:
