@@ -19,6 +19,10 @@ from mindscope.run import LoadedRun
 from mindscope.visualisation import feature_visualisation
 
 TOP_IMAGES = 3  # test images shown beside each synthesised one
+# Twice Lucid's 0.05: the report affords tens of steps, not 512. Measured on the demo run at 64
+# steps: all 27 channels beat the best of 500 test images; on Fashion-MNIST 64 steps at 0.05
+# beat it on 4 of 18 channels of layers 6 and 9, at 0.1 on 7 (at 128 steps on 16).
+LR = 0.1
 BATCH = 128
 
 
@@ -46,8 +50,9 @@ def channel_looks_section(run: LoadedRun, options: ReportOptions) -> Section:
         "3b. What each channel looks for",
         f"For the first {options.visualisation_channels} channels of layers "
         f"{', '.join(map(str, options.layers))}: an image synthesised to drive the channel's mean activation as "
-        f"high as it will go ({steps} steps of Adam on a Fourier parameterisation with decorrelated colours, "
-        f"each step seeing a jittered, scaled and rotated copy, seed 0; Olah et al. 2017), next to the "
+        f"high as it will go ({steps} steps of Adam at learning rate {LR:g} on a Fourier parameterisation with "
+        "decorrelated colours, each step seeing a jittered, scaled and rotated copy, seed 0; Olah et al. 2017), "
+        "next to the "
         f"{count(TOP_IMAGES, 'test image')} of {n} that drive it hardest. Every title is the channel's mean "
         "activation on that image, so synthesised and real images compare.",
     )
@@ -58,6 +63,7 @@ def channel_looks_section(run: LoadedRun, options: ReportOptions) -> Section:
             name,
             picked,
             steps=steps,
+            lr=LR,
             size=(height, width),
             image_channels=channels,
             normalise=data.normalization.apply,
