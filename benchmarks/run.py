@@ -28,6 +28,7 @@ sys.path.insert(0, str(HERE))
 import bench_activations  # noqa: E402
 import bench_attribution  # noqa: E402
 import bench_builtin  # noqa: E402
+import bench_methods  # noqa: E402
 import bench_recording  # noqa: E402
 
 
@@ -64,6 +65,10 @@ def main(argv: list[str] | None = None) -> None:
             bench_attribution.main,
             (["--run", args.run] if args.run else ["--runs", "demo" if quick else "demo,fashion-mnist,long"])
             + ["--repeats", "1" if quick else "3"],
+        ),
+        "Grad-CAM, layer IG, occlusion (vs Captum)": (
+            bench_methods.main,
+            (["--run", args.run] if args.run else []) + ["--repeats", "3" if quick else "5"],
         ),
         "built-in dataset (vs linear classifier)": (
             bench_builtin.main,

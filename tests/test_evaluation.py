@@ -406,7 +406,7 @@ def test_cli_evaluates_a_run(tiny_run, tmp_path, capsys) -> None:
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--methods", "gradient,occlusion"], "unknown method 'occlusion'"),
+        (["--methods", "gradient,lime"], "unknown method 'lime'"),
         (["--images", "0"], "--images must be at least 1"),
         (["--alpha", "1.5"], "--alpha must lie in"),
         (["--tolerance", "2"], "--tolerance must lie in (0, 1)"),

@@ -44,7 +44,7 @@ def test_grad_cam_maps_share_one_stated_scale_over_the_image_and_empty_maps_say_
         assert f"max {float(maps[i].max()):.3g}" in ax.get_title()
         assert (ax.get_xlabel() == NO_EVIDENCE) == (i == 2)
     assert "target triangle" in panels[1].get_title() and "target" not in panels[0].get_title()
-    assert f"0 to {high:.3g}" in fig.axes[-1].get_ylabel()  # the colour bar
+    assert f"0 to {high:.3g}" in fig.get_supxlabel()
     assert "features.4" in fig.get_suptitle()
 
 
@@ -87,7 +87,7 @@ def test_layer_bars_are_the_channel_totals_and_the_grid_shares_a_symmetric_scale
         np.testing.assert_allclose(image.get_clim(), [-scale, scale], rtol=1e-12)
         np.testing.assert_allclose(np.asarray(image.get_array()), a[channel])
         assert ax.get_title().startswith(f"ch {channel}:")
-    assert f"±{scale:.2g}" in fig.axes[-1].get_ylabel()
+    assert f"one scale ±{scale:.2g}" in fig.get_supxlabel()
 
 
 def visualisation_result() -> FeatureVisualisation:
@@ -102,12 +102,20 @@ def visualisation_result() -> FeatureVisualisation:
     )
 
 
+def tile(fig, row: int, column: int, size: int = 8) -> np.ndarray:
+    """The pixels of tile (row, column) of a labelled mosaic of size x size tiles."""
+    band = max(8, size // 2)
+    top, left = row * (band + size + 2) + band, column * (size + 2)
+    return np.asarray(fig.axes[0].get_images()[0].get_array())[top : top + size, left : left + size]
+
+
 def test_the_feature_visualisation_grid_shows_each_image_with_the_activation_reached() -> None:
     result = visualisation_result()
     fig = feature_visualisation_figure(result, columns=2)
-    for ax, image, channel, reached in zip(fig.axes, result.images, result.channels, result.activations):
-        np.testing.assert_allclose(ax.get_images()[0].get_array(), image.permute(1, 2, 0).numpy(), rtol=1e-6)
-        assert ax.get_title() == f"ch {channel}\n{float(reached):.3g}"
+    labels = [t.get_text() for t in fig.axes[0].texts]
+    assert labels == [f"ch {c}: {float(a):.3g}" for c, a in zip(result.channels, result.activations)]
+    for k, image in enumerate(result.images):
+        np.testing.assert_allclose(tile(fig, k // 2, k % 2), image.permute(1, 2, 0).numpy(), rtol=1e-6)
 
 
 def test_synthesised_images_sit_next_to_the_top_data_images_with_their_activations() -> None:
@@ -115,9 +123,10 @@ def test_synthesised_images_sit_next_to_the_top_data_images_with_their_activatio
     tops = [torch.rand(2, 3, 8, 8) for _ in range(4)]
     scores = [[0.9, 0.8], [0.7, 0.6], [0.5, 0.4], [0.3, 0.2]]
     fig = channel_looks_figure(result, tops, scores)
-    axes = np.array(fig.axes).reshape(4, 3)
+    labels = np.array([t.get_text() for t in fig.axes[0].texts]).reshape(4, 3)
     for k in range(4):
-        assert axes[k, 0].get_title() == f"ch {result.channels[k]} synthesised\n{float(result.activations[k]):.3g}"
+        assert labels[k, 0] == f"ch {result.channels[k]} made: {float(result.activations[k]):.3g}"
+        np.testing.assert_allclose(tile(fig, k, 0), result.images[k].permute(1, 2, 0).numpy(), rtol=1e-6)
         for j in range(2):
-            assert axes[k, j + 1].get_title() == f"data #{j + 1}\n{scores[k][j]:.3g}"
-            np.testing.assert_allclose(axes[k, j + 1].get_images()[0].get_array(), tops[k][j].permute(1, 2, 0).numpy())
+            assert labels[k, j + 1] == f"data #{j + 1}: {scores[k][j]:.3g}"
+            np.testing.assert_allclose(tile(fig, k, j + 1), tops[k][j].permute(1, 2, 0).numpy(), rtol=1e-6)

@@ -52,7 +52,7 @@ def report(tiny_run, tmp_path_factory) -> Path:
 def test_report_has_every_section_in_walkthrough_order(report):
     html = report.read_text()
     ids = re.findall(r'<section id="([\w-]+)"', html)
-    assert ids == ["experiment", "weights", "activations", "interior", "integrated", "trust"]
+    assert ids == ["experiment", "weights", "activations", "channels", "interior", "integrated", "trust"]
     assert "http://" not in html and "https://" not in html  # nothing to fetch
     assert html.count("<img ") >= 10
 

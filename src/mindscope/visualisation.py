@@ -125,7 +125,8 @@ def feature_visualisation(
 ) -> FeatureVisualisation:
     """Synthesise, for each channel, an image (H, W = `size`) that maximises its mean activation.
 
-    `layer` is a dotted name, a layer number or the module. The objective is the channel's
+    `layer` is a dotted name, the module, or a layer number (L3: the activation after
+    convolution 3, as `capture_activations` reads it). The objective is the channel's
     mean over positions of the layer's output (dim 1 is the channel), maximised with Adam
     (`lr`) for `steps` steps from a small random spectrum drawn with `seed`; the same seed
     gives the same images. `normalise` maps pixels in [0, 1] to what the model takes (its
@@ -142,7 +143,7 @@ def feature_visualisation(
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
         raise ValueError(f"lr must be a positive number such as 0.05, got {lr!r}")
     normalise = normalise or (lambda pixels: pixels)
-    name = resolve_layer(model, layer)
+    name = resolve_layer(model, layer, output=True)
     device = model_device(model)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     generator = torch.Generator().manual_seed(seed)

@@ -91,13 +91,14 @@ def grad_cam(
 ) -> GradCAM:
     """Return the Grad-CAM map of `layer` for the target class (the prediction unless given).
 
-    `layer` is a dotted name, a layer number or the module itself; by default the last
+    `layer` is a dotted name, the module itself, or a layer number (L6: the activation
+    after convolution 6, as `capture_activations` reads it); by default the last
     module whose output is a spatial map (`last_spatial_layer`), and `result.layer` says
     which. F is the target's logit, as in the paper, unless `output` says otherwise.
     """
     check_batch(x, max_batch)
     x = x.detach()
-    name = last_spatial_layer(model, x) if layer is None else resolve_layer(model, layer)
+    name = last_spatial_layer(model, x) if layer is None else resolve_layer(model, layer, output=True)
     n = x.shape[0]
     parts: list[tuple[Tensor, ...]] = []
     with input_gradients_only(model), tap_layer(model, name, leaf=True) as tap:
@@ -108,7 +109,7 @@ def grad_cam(
             if not _spatial(activation):
                 raise ValueError(
                     f"layer {name!r} gives output of shape {tuple(activation.shape)}; Grad-CAM needs a spatial map "
-                    "(N, C, h, w) with h * w > 1: pick a convolutional layer, or leave layer=None for the last one"
+                    "(N, C, h, w) with h * w > 1: pick a convolutional layer, or give none to take the last one"
                 )
             if logits is None or logits.dim() != 2:
                 raise ValueError("the model must return scores of shape (N, classes); wrap it so that it does")

@@ -1,7 +1,7 @@
 """Attribution to a hidden layer, and from one hidden unit back to the input.
 
-Three path integrals over the input path x' + a (x - x'), each a new integrand for the
-same driver (`paths.integrate_path`: a fixed rule, or adaptive Simpson to a tolerance):
+Three path integrals from the baseline x' to x, each a new integrand for the same driver
+(`paths.integrate_path`: a fixed rule, or adaptive Simpson to a tolerance):
 
 - `layer_integrated_gradients`: IG with the layer's activation as the input of the rest
   of the network, along the straight line from A(x') to A(x) in activation space, as
@@ -12,9 +12,11 @@ same driver (`paths.integrate_path`: a fixed rule, or adaptive Simpson to a tole
 - `neuron_integrated_gradients`: IG to the input of one unit's (or channel's mean)
   activation instead of a class score: which pixels drive that unit.
 
-Both layer methods sum over the layer's units to F(x) - F(x') (completeness) wherever all
-of F flows through the layer; they agree when A is affine along the input path (the
-output of a first convolution, before its activation) and differ elsewhere.
+`layer` is a dotted name, the module, or a layer number (L6: the activation after
+convolution 6, as `capture_activations` reads it). Both layer methods sum over the
+layer's units to F(x) - F(x') (completeness) wherever all of F flows through the layer;
+they agree when A is affine along the input path (the output of a first convolution,
+before its activation) and differ elsewhere.
 """
 
 from __future__ import annotations
@@ -111,7 +113,7 @@ def _prepare(
 ) -> _LayerProblem:
     check_batch(x, max_batch)
     x = x.detach()
-    name = resolve_layer(model, layer)
+    name = resolve_layer(model, layer, output=True)
     base = resolve_baseline(baseline, x)
     logits, activation = _forward(model, name, x, max_batch)
     base_logits, base_activation = _forward(model, name, base, max_batch)
@@ -315,7 +317,7 @@ def neuron_integrated_gradients(
     """
     check_batch(x, max_batch)
     positive_int(max_steps, "max_steps")
-    name = resolve_layer(model, layer)
+    name = resolve_layer(model, layer, output=True)
     with torch.no_grad(), tap_layer(model, name, leaf=True) as tap:
         tap.forward(x[:1].detach())
         _check_neuron(neuron, tuple(tap.output.shape[1:]), name)

@@ -1,4 +1,6 @@
-"""`mindscope attribute`: gradients, interior gradients, integrated gradients or SmoothGrad.
+"""`mindscope attribute`: gradients, interior or integrated gradients, SmoothGrad, and more.
+
+Grad-CAM, layer integrated gradients and occlusion run in `cli.attribute_layers`.
 
 Prints, per image, the prediction, the completeness error and the steps used, with a
 warning on the image's line where there is nothing to explain (the baseline already scores
@@ -27,6 +29,7 @@ from mindscope.attribution import (
 )
 from mindscope.baselines import named
 from mindscope.cli.activations import load_image
+from mindscope.cli.attribute_layers import LAYER_METHODS, attribute_layers
 from mindscope.cli.source import default_out, model_source, open_source
 from mindscope.quadrature import gauss_legendre, left, midpoint, right, simpson, trapezoid
 from mindscope.render.attribution import attribution_panels, interior_frames, saturation_curve, save_gif
@@ -117,7 +120,7 @@ def _relabel(figure, names: list[str]) -> None:
 )
 @click.option(
     "--method",
-    type=click.Choice(["gradient", "interior", "integrated", "smoothgrad"]),
+    type=click.Choice(["gradient", "interior", "integrated", "smoothgrad", "gradcam", "layer-integrated", "occlusion"]),
     default="integrated",
     show_default=True,
 )
@@ -150,6 +153,9 @@ def _relabel(figure, names: list[str]) -> None:
     show_default=True,
     help="per-image cap with --tolerance; an image that reaches it unconverged is flagged NOT CONVERGED",
 )
+@click.option("--layer", default=None, help="gradcam, layer-integrated: L6 (after conv 6) or a module name")
+@click.option("--window", type=int, default=8, show_default=True, help="occlusion: window side in pixels")
+@click.option("--stride", type=int, default=4, show_default=True, help="occlusion: window step in pixels")
 @click.option("--epoch", type=int, default=None, help="snapshot to load (default: the last)")
 @click.option(
     "--out", type=click.Path(path_type=Path), default=None, help="output folder (default RUN_DIR/attributions)"
@@ -165,6 +171,9 @@ def attribute(
     score: str,
     samples: int,
     max_steps: int,
+    layer: str | None,
+    window: int,
+    stride: int,
     epoch: int | None,
     out: Path | None,
     device: str,
@@ -185,6 +194,10 @@ def attribute(
         raise ValueError(f"give at most {MAX_IMAGES} --image options, got {len(images)}; the figure draws a row each")
     if tolerance is not None and rule not in (None, "simpson"):
         raise ValueError(f"--tolerance refines Simpson panels; drop --rule {rule} or use --steps with it")
+    if layer is not None and method not in ("gradcam", "layer-integrated"):
+        raise ValueError(f"--layer applies to --method gradcam or layer-integrated, not {method}; drop --layer")
+    positive_int(window, "--window")
+    positive_int(stride, "--stride")
     subject = open_source(source, epoch=epoch)
     target_device = resolve_device(device)
     model = subject.model.to(target_device)
@@ -219,15 +232,26 @@ def attribute(
         click.echo(f"wrote {len(captions)} GIF(s) and saturation.png to {out}")
         return
 
+    quadrature = None
+    if tolerance is None:
+        n = steps or 32
+        quadrature = simpson(max(1, (n - 1) // 2)) if rule == "simpson" else RULES[rule or "gauss-legendre"](n)
+    if method in LAYER_METHODS:
+        attribute_layers(
+            method, model, x, normalization.invert(x).cpu(),
+            captions=captions, names=names, classes=classes, layer=layer, baseline=base, output=output,
+            score=score, rule=quadrature, tolerance=tolerance, max_steps=max_steps, window=window, stride=stride,
+            describe=lambda i, caption, result: _describe(
+                i, caption, result, classes, score=score, tolerance=tolerance, max_steps=max_steps
+            ),
+            out=out,
+        )  # fmt: skip
+        return
     if method == "gradient":
         result = gradients(model, x, output=output)
     elif method == "smoothgrad":
         result = smoothgrad(gradients, model, x, samples=samples, output=output)
     else:
-        quadrature = None
-        if tolerance is None:
-            n = steps or 32
-            quadrature = simpson(max(1, (n - 1) // 2)) if rule == "simpson" else RULES[rule or "gauss-legendre"](n)
         result = integrated_gradients(
             model, x, baseline=base, rule=quadrature, tolerance=tolerance, max_steps=max_steps, output=output
         )

@@ -1,8 +1,9 @@
 """`mindscope evaluate`: how far to trust each attribution method's maps on a trained run.
 
 Runs the checks of `mindscope.evaluation` for gradient, interior gradients at one alpha,
-integrated gradients and SmoothGrad side by side on the first N test images that have an
-object, prints one table (methods x checks) and writes the figures and `evaluation.json`.
+integrated gradients and SmoothGrad (and, when named, Grad-CAM and occlusion) side by side
+on the first N test images that have an object, prints one table (methods x checks) and
+writes the figures and `evaluation.json`.
 """
 
 from __future__ import annotations
@@ -21,16 +22,16 @@ from mindscope.cli.source import default_out, model_source, open_source
 from mindscope.evaluation import EvaluationTable, evaluate_methods, parameterised_layers
 from mindscope.render.evaluation import deletion_figure, localisation_figure, maps_figure, randomisation_figure
 from mindscope.report import METHOD_NAMES, format_table, standard_methods
-from mindscope.report.methods import RANDOMISED_MAX_STEPS, chance_verdicts, completeness_summary
+from mindscope.report.methods import MORE_METHODS, RANDOMISED_MAX_STEPS, chance_verdicts, completeness_summary
 from mindscope.training import resolve_device
 
 
 def parse_methods(spec: str) -> list[str]:
     """Check "gradient,integrated" against the CLI's methods; return the names, once each."""
     names = [t.strip() for t in spec.split(",") if t.strip()]
-    unknown = [n for n in names if n not in METHOD_NAMES]
+    unknown = [n for n in names if n not in METHOD_NAMES + MORE_METHODS]
     if unknown or not names:
-        choices = ", ".join(METHOD_NAMES)
+        choices = ", ".join(METHOD_NAMES + MORE_METHODS)
         raise ValueError(
             f"unknown method {unknown[0]!r} in --methods; choose from {choices}"
             if unknown
@@ -107,7 +108,7 @@ def _save(fig, path: Path) -> None:
     "method_spec",
     default=",".join(METHOD_NAMES),
     show_default=True,
-    help="Comma-separated: gradient, interior, integrated, smoothgrad.",
+    help="Comma-separated: gradient, interior, integrated, smoothgrad, gradcam, occlusion.",
 )
 @click.option(
     "--images",

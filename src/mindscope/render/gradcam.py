@@ -56,6 +56,7 @@ def grad_cam_figure(
         ax.set_xticks([]), ax.set_yticks([])
     for ax in axes[n:]:
         ax.set_axis_off()
-    fig.colorbar(shown, ax=axes.tolist(), shrink=0.8, label=f"Grad-CAM, 0 to {high:.3g} (units of F)")
+    fig.colorbar(shown, ax=axes.tolist(), shrink=0.8, label="units of F")
     fig.suptitle(title or f"Grad-CAM of layer {result.layer}", fontsize=10)
+    fig.supxlabel(f"one colour scale for every image: 0 to {high:.3g}", fontsize=8)
     return fig

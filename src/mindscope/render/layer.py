@@ -53,6 +53,10 @@ def layer_attribution_figure(
             shown = ax.imshow(a[channel], cmap="RdBu", vmin=-scale, vmax=scale, interpolation="nearest")
             ax.set_title(f"ch {channel}: {totals[channel]:.2g}", fontsize=7)
             ax.set_xticks([]), ax.set_yticks([])
-        fig.colorbar(shown, ax=fig.axes[1:], shrink=0.9, label=f"per position, ±{scale:.2g}")
+        fig.colorbar(shown, ax=fig.axes[1:], shrink=0.9)
+        fig.supxlabel(
+            f"the {len(order)} channels with the largest |total|: attribution per position, one scale ±{scale:.2g}",
+            fontsize=8,
+        )
     fig.suptitle(title or f"attribution to layer {result.layer}", fontsize=10)
     return fig

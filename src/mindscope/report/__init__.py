@@ -1,7 +1,7 @@
 """A run directory or a model trained elsewhere -> one self-contained HTML page through the network.
 
-Sections follow the walk-through: the experiment, weights, activations, interior
-gradients, integrated gradients, and how far to trust the maps. Every figure is drawn
+Sections follow the walk-through: the experiment, weights, activations, what each channel
+looks for, interior gradients, integrated gradients, and how far to trust the maps. Every figure is drawn
 by `mindscope.render` and embedded as a data URI, so the page opens from disk with no
 network and no folder beside it.
 """
@@ -16,6 +16,7 @@ import torch
 
 from mindscope._version import __version__
 from mindscope.report.attribution_sections import attribution_sections
+from mindscope.report.channel_section import channel_looks_section
 from mindscope.report.methods import METHOD_NAMES, format_table, standard_methods
 from mindscope.report.model_sections import model_card_section, report_layers, weights_as_loaded_section
 from mindscope.report.options import ReportOptions
@@ -48,6 +49,9 @@ def build_sections(
         sections.append(weights_section(run))
     say("activations")
     sections.append(activations_section(run, options))
+    if options.visualisation_channels:
+        say("what each channel looks for")
+        sections.append(channel_looks_section(run, options))
     say("interior and integrated gradients")
     sections.extend(attribution_sections(run, options))
     if options.evaluation_images:

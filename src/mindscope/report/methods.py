@@ -1,10 +1,10 @@
 """The methods the report and the CLI compare, and the trust table laid out as text.
 
 `standard_methods` gives the four methods of the walk-through (gradient, interior gradients
-at one alpha, integrated gradients, SmoothGrad), each a function `(model, x, targets) ->
-Attribution | Tensor` ready for `mindscope.evaluation.evaluate_methods`. Integrated
-gradients run in tolerance mode, as in the report's section 5, so that the trust checks
-judge the maps the page shows.
+at one alpha, integrated gradients, SmoothGrad) and two more (Grad-CAM of the last spatial
+layer, occlusion), each a function `(model, x, targets) -> Attribution | Tensor` ready for
+`mindscope.evaluation.evaluate_methods`. Integrated gradients run in tolerance mode, as
+in the report's section 5, so that the trust checks judge the maps the page shows.
 """
 
 from __future__ import annotations
@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 from torch import Tensor, nn
 
-from mindscope.attribution import gradients, integrated_gradients, interior_gradients, smoothgrad
+from mindscope.attribution import (
+    grad_cam,
+    gradients,
+    integrated_gradients,
+    interior_gradients,
+    occlusion,
+    smoothgrad,
+)
 from mindscope.baselines import black
 from mindscope.evaluation import CompletenessResult, EvaluationTable, Method
 from mindscope.render.attribution import flag_text
@@ -23,7 +30,10 @@ from mindscope.render.attribution import flag_text
 if TYPE_CHECKING:
     from mindscope.data import Normalization
 
-METHOD_NAMES = ("gradient", "interior", "integrated", "smoothgrad")
+METHOD_NAMES = ("gradient", "interior", "integrated", "smoothgrad")  # the walk-through's: the default
+MORE_METHODS = ("gradcam", "occlusion")  # chosen by name (--methods)
+OCCLUSION_WINDOW = (8, 8)  # pixels of every channel; 49 windows on a 32x32 image at stride 4
+OCCLUSION_STRIDE = (4, 4)
 # Integrated gradients' step budget per image on the randomised copies of the trust checks:
 # there F(x) and F(x') are both about 0, no tolerance is reachable, and ranks need no 1%.
 RANDOMISED_MAX_STEPS = 128
@@ -43,6 +53,8 @@ def standard_methods(
 
     Integrated gradients refine each path until the relative completeness error and the
     map error estimate are below `tolerance` (or `max_steps` are spent), as in the report.
+    Grad-CAM explains the last spatial layer and gives one map per pixel (N, H, W);
+    occlusion replaces 8x8 windows at stride 4 by the baseline.
     """
 
     if baseline is None:
@@ -64,7 +76,20 @@ def standard_methods(
     def smooth(model: nn.Module, x: Tensor, targets: Tensor):
         return smoothgrad(gradients, model, x, targets, samples=samples, seed=seed)
 
-    return {"gradient": gradient, "interior": interior, "integrated": integrated, "smoothgrad": smooth}
+    def gradcam(model: nn.Module, x: Tensor, targets: Tensor) -> Tensor:
+        return grad_cam(model, x, targets).maps  # (N, H, W)
+
+    def occluded(model: nn.Module, x: Tensor, targets: Tensor):
+        return occlusion(model, x, targets, window=OCCLUSION_WINDOW, stride=OCCLUSION_STRIDE, baseline=baseline)
+
+    return {
+        "gradient": gradient,
+        "interior": interior,
+        "integrated": integrated,
+        "smoothgrad": smooth,
+        "gradcam": gradcam,
+        "occlusion": occluded,
+    }
 
 
 HEADERS = {  # summary key -> (column header, format)

@@ -14,4 +14,6 @@ class ReportOptions:
     tolerance: float = 0.01  # IG relative completeness error target
     statistics_images: int = 500  # test images for per-channel statistics
     evaluation_images: int = 6  # test images for the trust checks (0: skip)
+    visualisation_channels: int = 9  # channels per layer synthesised in "what each channel looks for" (0: skip)
+    visualisation_steps: int = 64  # optimisation steps per synthesised image
     device: str = "cpu"

@@ -9,6 +9,7 @@ from mindscope.report.attribution_sections import pick_images
 from mindscope.report.baseline import choose_baseline, data_pixel_mean
 from mindscope.report.methods import (
     HEADERS,
+    METHOD_NAMES,
     RANDOMISED_MAX_STEPS,
     chance_verdicts,
     completeness_summary,
@@ -36,7 +37,8 @@ def trust_section(run: LoadedRun, options: ReportOptions) -> Section:
     chosen = choose_baseline(model, data.normalization, tuple(x.shape[1:]), classes, pixel_mean=data_pixel_mean(run))
     baseline = chosen.make(x)
     settings = dict(alpha=0.5, tolerance=options.tolerance, samples=16, seed=0, baseline=chosen.make)
-    methods = standard_methods(data.normalization, **settings)
+    every = standard_methods(data.normalization, **settings)
+    methods = {name: every[name] for name in (*METHOD_NAMES, "gradcam")}
     budget = standard_methods(data.normalization, **settings, max_steps=RANDOMISED_MAX_STEPS)
     table = evaluate_methods(
         model, x, None, masks, methods, baseline=baseline, randomised={"integrated": budget["integrated"]}
@@ -48,7 +50,8 @@ def trust_section(run: LoadedRun, options: ReportOptions) -> Section:
         "Sanity and faithfulness checks for each method on the same images: cascading randomisation of "
         "the weights from the top layer down (a map that survives it does not explain the model), "
         "deletion and insertion of pixels in attribution order against a random order, and, where the "
-        "data has object masks, how much positive attribution lands on the object. Integrated gradients "
+        "data has object masks, how much positive attribution lands on the object. Grad-CAM explains the "
+        "last layer with a spatial output, upsampled to the image. Integrated gradients "
         f"are those of section 5 (tolerance {pct(options.tolerance)}); on the randomised copies, whose "
         f"outputs barely change along the path, they get at most {RANDOMISED_MAX_STEPS} steps per image. "
         f"Deleted pixels take the baseline's value. " + chosen.describe(),
