@@ -24,9 +24,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from mindscope.cli import activations, attribute, evaluate, report, train, weights
+    from mindscope.cli import activations, attribute, evaluate, report, serve, train, weights
 
-    for module in (train, weights, activations, attribute, evaluate, report):
+    for module in (train, weights, activations, attribute, evaluate, report, serve):
         for command in module.commands:
             cli.add_command(command)
 
