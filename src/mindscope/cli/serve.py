@@ -78,7 +78,10 @@ def serve(paths, model_spec, data_spec, epoch, port, host, allowed, workers, thr
         )
     click.echo(f"mindscope dashboard: {address(app, host, port)}")
     click.echo("press Ctrl-C to stop")
-    serve_forever(app, sock)
+    try:
+        serve_forever(app, sock)
+    except KeyboardInterrupt:  # uvicorn shut down cleanly, then passed Ctrl-C on
+        pass
     click.echo("stopped")
 
 

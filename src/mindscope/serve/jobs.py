@@ -81,7 +81,7 @@ class Jobs:
         positive_int(workers, "workers")
         positive_int(cache_items, "cache_items")
         self.workers = workers
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mindscope-serve")
+        self._executor: ThreadPoolExecutor | None = None  # started with the first job, again after close()
         self._cache: OrderedDict[Hashable, Any] = OrderedDict()
         self._cache_items = cache_items
         self._inflight: dict[Hashable, Job] = {}
@@ -141,12 +141,15 @@ class Jobs:
         return None if job is None else Status(False, job.fraction, job.note)
 
     def close(self) -> None:
-        """Drop queued jobs and let running ones finish in the background."""
+        """Drop queued jobs and let running ones finish in the background; a later job starts a new pool."""
         for job in self._pending:
+            self._inflight.pop(job.key, None)
             if not job.future.done():
                 job.future.cancel()
         self._pending.clear()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
 
     # --- the queue -----------------------------------------------------------------------
 
@@ -186,6 +189,8 @@ class Jobs:
             self.stats.computed += 1
             kind = str(job.key[0]) if isinstance(job.key, tuple) and job.key else str(job.key)
             self.stats.by_kind[kind] = self.stats.by_kind.get(kind, 0) + 1
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="mindscope-serve")
             done = self._executor.submit(job.work, job.report)
             done.add_done_callback(lambda f, job=job: self._finished(job, f))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -89,8 +90,7 @@ def page_handler(dash: Dashboard):
 
         def link(name: str, **extra: object) -> str:
             if state is None:
-                run = extra.pop("run", None)
-                return "/?" + "&".join([f"view={name}"] + ([f"run={run}"] if run else []))
+                return "/?" + urlencode({"view": name, **{k: v for k, v in extra.items() if v is not None}})
             if "run" in extra and extra["run"] != state.run:  # another run: its own epochs, same image
                 other = State(str(extra.pop("run")), state.entry, None, state.image, None)
                 return other.link(name, **extra)

@@ -45,7 +45,7 @@ def decode(data: bytes, shape: tuple[int, int, int], *, max_pixels: int = MAX_UP
             img = img.convert("RGB" if channels == 3 else "L")
             if img.size != (width, height):
                 img = img.resize((width, height), Image.BILINEAR)
-            array = np.asarray(img, dtype=np.uint8)
+            array = np.array(img, dtype=np.uint8)  # a writable copy: torch shares it
     except Image.DecompressionBombError as exc:
         raise ValueError(
             f"the uploaded image was refused as a possible decompression bomb ({exc}); upload a smaller PNG or JPEG"

@@ -6,6 +6,11 @@
   // a new request clears the last error; the server's one-line errors are swapped into #error by htmx
   document.addEventListener("htmx:beforeRequest", () => { const e = errorBox(); if (e) e.innerHTML = ""; });
   document.addEventListener("htmx:sendError", () => showError("the dashboard does not answer: is 'mindscope serve' still running?"));
+  // a value the browser itself refuses (outside an input's min/max) is said, not silently dropped
+  document.addEventListener("htmx:validation:failed", (event) => {
+    const input = event.detail.elt;
+    showError(`${input.name}: ${input.validationMessage}`);
+  });
 
   function showError(text) {
     const e = errorBox();
