@@ -9,7 +9,6 @@ Screenshots are saved as test artefacts.
 from __future__ import annotations
 
 import gzip
-import os
 import shutil
 from pathlib import Path
 
@@ -22,6 +21,7 @@ pytest.importorskip("uvicorn")
 from mindscope.cli import main  # noqa: E402
 from mindscope.serve import create_app, start  # noqa: E402
 from serving import TOKEN, make_folder  # noqa: E402
+from test_report import _chromium  # noqa: E402  (one way to find the browser, or skip)
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 LOADED = "s => { const i = document.querySelector(s); return i && i.complete && i.naturalWidth > 0; }"
@@ -59,15 +59,6 @@ def grey_run(tmp_path_factory) -> Path:
             "--batch-size", "32", "--log-every", "1", "--histogram-every", "1", "--out", str(out)]  # fmt: skip
     assert main(args) == 0
     return out
-
-
-def _chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must run the browser test: install Debian's chromium (.ci/run does)")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    return path
 
 
 def test_the_dashboard_in_chromium(tiny_run, grey_run, tmp_path):
