@@ -10,10 +10,12 @@ an oversized upload, 204 for a request replaced by a newer one from the same con
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import html
 import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlencode
@@ -22,7 +24,7 @@ import jinja2
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from torch import Tensor
@@ -30,6 +32,7 @@ from torch import Tensor
 from mindscope.serve.catalog import Catalog, Entry, NotFound
 from mindscope.serve.jobs import Jobs, Superseded
 from mindscope.serve.params import BadRequest, ImageRef, Query
+from mindscope.serve.pictures import image_src
 from mindscope.serve.security import Gate, new_token
 from mindscope.serve.uploads import TooLarge, Uploads
 from mindscope.subject import Subject
@@ -52,6 +55,7 @@ HTMX_CONFIG = (
     ' "allowEval": false, "includeIndicatorStyles": false, "historyCacheSize": 0}'
 )
 Handler = Callable[[Request], Awaitable[Response]]
+FRAGMENTS = 256  # rendered parts kept (a figure's HTML is about 50-300 KB)
 
 
 @dataclass
@@ -95,6 +99,8 @@ class Dashboard:
     def __init__(self, catalog: Catalog, *, workers: int, token: str, uploads: Uploads) -> None:
         self.catalog, self.token, self.uploads = catalog, token, uploads
         self.jobs = Jobs(workers=workers)
+        self._fragments: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._pixels: OrderedDict[tuple[str, int], Tensor] = OrderedDict()
         self.templates = jinja2.Environment(
             loader=jinja2.PackageLoader("mindscope.serve", "templates"),
             autoescape=True,
@@ -104,8 +110,29 @@ class Dashboard:
             pct=lambda v: "-" if v is None else f"{100 * v:.1f}%", views=VIEWS, htmx_config=HTMX_CONFIG
         )
 
-    def render(self, template: str, **context: object) -> HTMLResponse:
-        return HTMLResponse(self.templates.get_template(template).render(**context))
+    def render(self, template: str, *, memo: Hashable | None = None, **context: object) -> HTMLResponse:
+        """Render a template; with `memo`, keep the HTML under that key (everything it shows depends on it)."""
+        body = self.templates.get_template(template).render(**context).encode()
+        if memo is not None:
+            self._fragments[memo] = body
+            while len(self._fragments) > FRAGMENTS:
+                self._fragments.popitem(last=False)
+        return HTMLResponse(body)
+
+    def thumbnail(self, state: State) -> str:
+        """The chosen image, twice its size, as a data URI for the page's header (kept once made)."""
+        key = ("thumbnail", state.run, state.image.key)
+        if key not in self._fragments:
+            self._fragments[key] = image_src(state.pixels[0], scale=2).encode()
+        return self._fragments[key].decode()
+
+    def rendered(self, memo: Hashable) -> HTMLResponse | None:
+        """The HTML kept under `memo`, if any: a cached view costs a dictionary look-up."""
+        body = self._fragments.get(memo)
+        if body is None:
+            return None
+        self._fragments.move_to_end(memo)
+        return HTMLResponse(body)
 
     async def entry(self, run: str) -> Entry:
         """The opened run; opening (reading the data, building the model) runs in the pool."""
@@ -139,7 +166,12 @@ class Dashboard:
 
     async def pixels(self, entry: Entry, image: ImageRef) -> Tensor:
         if image.index is not None:
-            return entry.subject.data.test.pixels([image.index])
+            key = (entry.name, image.index)
+            if key not in self._pixels:
+                self._pixels[key] = entry.subject.data.test.pixels([image.index])
+                while len(self._pixels) > FRAGMENTS:
+                    self._pixels.popitem(last=False)
+            return self._pixels[key]
         shape = entry.subject.image_shape
         if shape is None:
             raise BadRequest(f"{entry.name} takes no images of a known size; an upload cannot be fed to it")
@@ -178,6 +210,14 @@ def guarded(handler: Handler) -> Handler:
     return wrapped
 
 
+def stats_handler(dash: Dashboard) -> Handler:
+    async def stats(_request: Request) -> Response:
+        """The pool's counters as JSON (for the load benchmark; counts, no timings)."""
+        return JSONResponse({"workers": dash.jobs.workers, **dataclasses.asdict(dash.jobs.stats)})
+
+    return stats
+
+
 def create_app(
     roots: Sequence[Path | str] = (),
     *,
@@ -203,6 +243,7 @@ def create_app(
         Route("/", guarded(parts.page_handler(dash))),
         *(Route(f"/part/{name}", guarded(handler)) for name, handler in parts.part_handlers(dash).items()),
         Route("/upload", guarded(parts.upload_handler(dash)), methods=["POST"]),
+        Route("/stats", guarded(stats_handler(dash))),
         Mount("/static", StaticFiles(packages=[("mindscope.serve", "static")]), name="static"),
     ]
     middleware = [Middleware(Gate, token=dash.token, host=host, allowed=allowed_hosts)]

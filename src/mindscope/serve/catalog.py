@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from mindscope.subject import Subject, open_subject
 
 OUTSIDE = "model"  # the one name of an outside model given with --model
 SCAN_DEPTH = 4  # folders below a root searched for runs
+NAMES_TTL = 5.0  # seconds a listing of the runs is reused (runs appear while others train)
 
 
 class NotFound(Exception):
@@ -117,6 +119,8 @@ class Catalog:
         self._entries: dict[str, Entry] = {}
         self._opening: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        self._resolved: dict[str, Path] = {}  # names found to be runs inside their root
+        self._names: tuple[float, list[str]] = (-math.inf, [])
         self.device = device
         if subject is not None:
             subject.model.to(device)
@@ -127,15 +131,19 @@ class Catalog:
         return OUTSIDE in self._entries and not self.roots
 
     def names(self) -> list[str]:
-        """Every run name under the roots (or the outside model's), sorted."""
+        """Every run name under the roots (or the outside model's), sorted; looked up again after NAMES_TTL s."""
         if self.outside:
             return [OUTSIDE]
+        when, names = self._names
+        if time.monotonic() - when < NAMES_TTL:
+            return names
         found = []
         for label, root in self.roots.items():
             for path in _find_runs(root):
                 rel = path.relative_to(root).as_posix()
                 found.append(label if rel == "." else f"{label}/{rel}")
-        return sorted(found)
+        self._names = (time.monotonic(), sorted(found))
+        return self._names[1]
 
     def resolve(self, name: str) -> Path:
         """The run directory that `name` names, confined to its root; NotFound for anything else."""
@@ -143,6 +151,8 @@ class Catalog:
             if name != OUTSIDE:
                 raise NotFound(f"no run {name!r}: this dashboard shows one model, named {OUTSIDE!r}")
             return Path(OUTSIDE)
+        if name in self._resolved:
+            return self._resolved[name]
         label, _, rest = name.partition("/")
         root = self.roots.get(label)
         if root is None or "\x00" in name or rest.startswith(("/", "\\")) or Path(rest).is_absolute():
@@ -150,6 +160,7 @@ class Catalog:
         path = (root / rest).resolve()
         if not path.is_relative_to(root) or not is_run(path):
             raise NotFound(f"no run {name!r} here; pick one from the Runs view")
+        self._resolved[name] = path
         return path
 
     def entry(self, name: str) -> Entry:

@@ -18,7 +18,6 @@ from mindscope.serve.app import VIEWS, Dashboard, State, page_id
 from mindscope.serve.attribution_views import BASELINES, METHODS
 from mindscope.serve.catalog import RunInfo
 from mindscope.serve.params import BadRequest, Query
-from mindscope.serve.pictures import image_src
 from mindscope.serve.training_views import weight_tensors
 from mindscope.serve.uploads import TooLarge
 
@@ -86,7 +85,7 @@ def page_handler(dash: Dashboard):
         if state is None and view != "runs":
             view, note = "runs", "pick a run first"
         context = await view_context(dash, view, state)
-        thumb = None if state is None or state.pixels is None else image_src(state.pixels[0], scale=2)
+        thumb = None if state is None or state.pixels is None else dash.thumbnail(state)
 
         def link(name: str, **extra: object) -> str:
             if state is None:

@@ -98,16 +98,21 @@ def part_handlers(dash: Dashboard) -> dict[str, Callable[[Request], Awaitable[Re
 
     async def training(request: Request) -> Response:
         _, state = await begin(request)
-        picture = await jobs.get(("training", state.run), lambda _p: training_picture(state.entry))
-        return dash.render("part_training.html", picture=picture)
+        memo = ("training", state.run)
+        if (hit := dash.rendered(memo)) is not None:
+            return hit
+        picture = await jobs.get(memo, lambda _p: training_picture(state.entry))
+        return dash.render("part_training.html", memo=memo, picture=picture)
 
     async def weights(request: Request) -> Response:
         query, state = await begin(request)
         tensor = query.text("tensor", "features.0.weight")
         epoch = query.integer("wepoch", state.entry.last_epoch if state.entry.subject.run is not None else 0)
         key = ("weights", state.run, tensor, epoch)
+        if (hit := dash.rendered(key)) is not None:
+            return hit
         view = await jobs.get(key, lambda _p: weights_view(state.entry, tensor, epoch), slot=query.text("slot"))
-        return dash.render("part_weights.html", view=view, tensor=tensor, epoch=epoch)
+        return dash.render("part_weights.html", memo=key, view=view, tensor=tensor, epoch=epoch)
 
     async def images(request: Request) -> Response:
         query, state = await begin(request)
@@ -128,6 +133,9 @@ def part_handlers(dash: Dashboard) -> dict[str, Callable[[Request], Awaitable[Re
         waiting = progress_or(request, key, lambda p: predictions(state.entry, state.epoch, p))
         if waiting is not None:
             return waiting
+        memo = ("images", state.run, state.epoch, chosen, page)
+        if (hit := dash.rendered(memo)) is not None:
+            return hit
         result = jobs.cached(key)[1]
         found = chosen.select(result)
         pages = max(1, -(-len(found) // PAGE_SIZE))
@@ -146,16 +154,19 @@ def part_handlers(dash: Dashboard) -> dict[str, Callable[[Request], Awaitable[Re
             for i in shown
         ]
         return dash.render(
-            "part_images.html", thumbs=thumbs, found=len(found), total=len(result.labels), page=page, pages=pages,
-            accuracy=result.accuracy, state=state,
+            "part_images.html", memo=memo, thumbs=thumbs, found=len(found), total=len(result.labels), page=page,
+            pages=pages, accuracy=result.accuracy, state=state,
         )  # fmt: skip
 
     async def activations(request: Request) -> Response:
         query, state = await begin(request)
         layer = query.text("layer", "L3")
         name, label, shape = await layer_of(state, layer)
+        memo = ("grid", state.run, state.epoch, state.image.key, name)
+        if (hit := dash.rendered(memo)) is not None:
+            return hit
         picture = await grid(state, name, query.text("slot"))
-        return dash.render("part_activations.html", picture=picture, layer=name, label=label, shape=shape)
+        return dash.render("part_activations.html", memo=memo, picture=picture, layer=name, label=label, shape=shape)
 
     async def channel(request: Request) -> Response:
         query, state = await begin(request)
@@ -164,10 +175,12 @@ def part_handlers(dash: Dashboard) -> dict[str, Callable[[Request], Awaitable[Re
         number = query.integer("channel", low=0, high=count - 1)
         pixels = state.require_image()
         key = ("channel", state.run, state.epoch, state.image.key, name, number)
+        if (hit := dash.rendered(key)) is not None:
+            return hit
         picture = await jobs.get(key, lambda _p: channel_picture(state.entry, state.epoch, pixels, name, number))
         return dash.render(
-            "part_channel.html", picture=picture, layer=name, label=label, channel=number, caption=state.caption,
-            data=state.entry.subject.data,
+            "part_channel.html", memo=key, picture=picture, layer=name, label=label, channel=number,
+            caption=state.caption, data=state.entry.subject.data,
         )  # fmt: skip
 
     async def topk(request: Request) -> Response:
@@ -181,11 +194,11 @@ def part_handlers(dash: Dashboard) -> dict[str, Callable[[Request], Awaitable[Re
         if waiting is not None:
             return waiting
         scores = jobs.cached(key)[1]
-        view = await jobs.get(
-            ("topk", state.run, state.epoch, name, number),
-            lambda _p: top_view(state.entry, state.epoch, name, number, scores),
-        )
-        return dash.render("part_topk.html", view=view, layer=name, channel=number)
+        memo = ("topk", state.run, state.epoch, name, number)
+        if (hit := dash.rendered(memo)) is not None:
+            return hit
+        view = await jobs.get(memo, lambda _p: top_view(state.entry, state.epoch, name, number, scores))
+        return dash.render("part_topk.html", memo=memo, view=view, layer=name, channel=number)
 
     async def attribution_part(request: Request) -> Response:
         query, state = await begin(request)
@@ -193,8 +206,11 @@ def part_handlers(dash: Dashboard) -> dict[str, Callable[[Request], Awaitable[Re
         if setting.method == "interior":
             state.require_image()
             return dash.render("part_interior.html", alphas=ALPHAS, start=ALPHAS.index(0.5), slot=query.text("slot"))
+        memo = attribution_key(state, setting)
+        if (hit := dash.rendered(memo)) is not None:
+            return hit
         view = await attribution(state, setting, query.text("slot"))
-        return dash.render("part_attribution.html", view=view, method=setting.method)
+        return dash.render("part_attribution.html", memo=memo, view=view, method=setting.method)
 
     async def alpha(request: Request) -> Response:
         query, state = await begin(request)
@@ -204,10 +220,12 @@ def part_handlers(dash: Dashboard) -> dict[str, Callable[[Request], Awaitable[Re
         base = ("interior", state.run, state.epoch, state.image.key, setting.target, setting.baseline)
         interior = await jobs.get(base, lambda _p: interior_view(state.entry, state.epoch, pixels, setting))
         a = ALPHAS[k]
+        if (hit := dash.rendered((*base, "frame", a))) is not None:
+            return hit
         frame = await jobs.get((*base, "frame", a), lambda _p: interior.frame(a), slot=query.text("slot"))
         return dash.render(
-            "part_alpha.html", frame=frame, alpha=a, values=interior.at(a), curve=interior.curve,
-            markers=interior.markers[a],
+            "part_alpha.html", memo=(*base, "frame", a), frame=frame, alpha=a, values=interior.at(a),
+            curve=interior.curve, markers=interior.markers[a],
         )  # fmt: skip
 
     async def trust(request: Request) -> Response:
