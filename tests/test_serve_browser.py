@@ -100,6 +100,13 @@ def test_the_dashboard_in_chromium(tiny_run, grey_run, tmp_path):
                 assert tip.strip('"') == spot.get_attribute("data-label") and "epoch" in tip
                 shot("training")
 
+                page.click("nav a:has-text('Weights')")
+                figure("[data-figure=weight-histogram][data-epoch='1']")
+                page.click("button.play")  # from the first snapshot to the last, one a second
+                figure("[data-figure=weight-histogram][data-epoch='0']")
+                figure("[data-figure=weight-histogram][data-epoch='1']")
+                page.wait_for_function("() => document.querySelector('button.play').textContent.includes('play')")
+
                 page.click("nav a:has-text('Images')")
                 page.wait_for_selector(".thumb[data-image='5']").click()
                 page.wait_for_function("() => document.querySelector('#chosen-caption').textContent.includes('#5')")

@@ -32,24 +32,27 @@
   });
 
   // the play button steps a range input through its values, one step per second
+  function showValue(range) {
+    const out = range.parentElement.querySelector("output");
+    if (out) out.textContent = range.value;
+  }
   document.addEventListener("click", (event) => {
     const button = event.target.closest("button.play");
     if (!button) return;
     const range = button.form.elements[button.dataset.range];
-    if (button.dataset.timer) {
+    const stop = () => {
       clearInterval(Number(button.dataset.timer));
       delete button.dataset.timer;
       button.textContent = "▶ play";
-      return;
-    }
-    if (Number(range.value) >= Number(range.max)) range.value = range.min;
-    const step = () => {
-      range.dispatchEvent(new Event("input", { bubbles: true }));
-      range.dispatchEvent(new Event("change", { bubbles: true }));
-      if (Number(range.value) >= Number(range.max)) { button.click(); return; }
-      range.value = String(Number(range.value) + 1);
     };
-    step();
+    if (button.dataset.timer) { stop(); return; }
+    const show = () => { showValue(range); range.dispatchEvent(new Event("change", { bubbles: true })); };
+    const step = () => {
+      if (!document.body.contains(range) || Number(range.value) >= Number(range.max)) { stop(); return; }
+      range.value = String(Number(range.value) + 1);
+      show();
+    };
+    if (Number(range.value) >= Number(range.max)) { range.value = range.min; show(); } else { step(); }
     button.dataset.timer = String(setInterval(step, 1000));
     button.textContent = "❚❚ pause";
   });
