@@ -24,7 +24,7 @@ from mindscope.serve.training_views import private_model
 
 Progress = Callable[[float, str], None]
 GRID_COLUMNS = 8  # tiles per row up to 32 channels; wider layers get 16
-LARGE_DPI = 200  # one channel "large": twice the grid's resolution
+LARGE_DPI = 160  # one channel "large": 1.6 times the grid's resolution
 
 
 def check_layer(entry: Entry, layer: str) -> tuple[str, str, tuple[int, ...]]:

@@ -7,7 +7,6 @@ which the controls ask for when the page loads and whenever they change.
 from __future__ import annotations
 
 import hashlib
-import time
 from urllib.parse import urlencode
 
 from starlette.requests import Request
@@ -25,11 +24,9 @@ DEFAULT_LAYER = "L3"  # the walk-through's first look at activations
 
 
 async def run_infos(dash: Dashboard) -> list[RunInfo]:
-    """Every run's line of the Runs view; read again at most every 5 s (runs may be training)."""
+    """Every run's line of the Runs view, read afresh (runs may be training), in the pool."""
     catalog = dash.catalog
-    return await dash.jobs.get(
-        ("runs", int(time.monotonic() // 5)), lambda _p: [catalog.info(n) for n in catalog.names()]
-    )
+    return await dash.jobs.get(("runs",), lambda _p: [catalog.info(n) for n in catalog.names()], keep=False)
 
 
 async def layers(dash: Dashboard, state: State) -> list[tuple[str, str, tuple[int, ...]]]:

@@ -25,7 +25,6 @@ from mindscope.serve.attribution_views import (
     attribution_view,
     interior_view,
 )
-from mindscope.serve.catalog import NotFound
 from mindscope.serve.jobs import Work
 from mindscope.serve.pages import page_handler, upload_handler
 from mindscope.serve.params import BadRequest, Query
@@ -278,7 +277,7 @@ def part_handlers(dash: Dashboard) -> dict[str, Callable[[Request], Awaitable[Re
             layer = query.text("layer", "L3")
             found = [await layer_of(s, layer) for s in (state, other)]
             if found[0][0] != found[1][0]:
-                raise NotFound(f"layer {layer!r} is {found[0][0]} in one run and {found[1][0]} in the other")
+                raise BadRequest(f"layer {layer!r} is {found[0][0]} in one run and {found[1][0]} in the other")
             pictures = await asyncio.gather(grid(state, found[0][0]), grid(other, found[1][0]))
             label = found[0][1]
         else:
