@@ -24,9 +24,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from mindscope.cli import activations, attribute, evaluate, report, scan, train, visualise, weights
+    from mindscope.cli import activations, attribute, evaluate, report, scan, serve, train, visualise, weights
 
-    for module in (train, weights, activations, attribute, evaluate, report, visualise, scan):
+    for module in (train, weights, activations, attribute, evaluate, report, visualise, scan, serve):
         for command in module.commands:
             cli.add_command(command)
 

@@ -1,0 +1,94 @@
+"""`mindscope serve`: the live dashboard on this machine, until Ctrl-C.
+
+Starlette and uvicorn come with the `serve` extra (`pip install "mindscope[serve]"`); they
+are imported only when the command runs, so the rest of the CLI works without them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+SWITCH_INTERVAL = 0.001  # seconds a thread holds the GIL before another may take it (Python's default: 0.005)
+
+
+def _check(name: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise ValueError(f"{name} must lie in {low}..{high}, got {value}")
+
+
+@click.command("serve")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--model", "model_spec", default=None, help="An outside model (torch:, onnx:, keras:, python:, run:DIR).")
+@click.option("--data", "data_spec", default=None, help="Images for --model, e.g. folder:PATH (class folders).")
+@click.option("--epoch", type=int, default=None, help="With --model run:DIR: the snapshot to open (default: the last).")
+@click.option("--port", type=int, default=8765, show_default=True, help="TCP port; 0 picks a free one.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on; others are warned about.")
+@click.option("--allow-host", "allowed", multiple=True, help="Another Host name the browser may use (repeatable).")
+@click.option("--workers", type=int, default=2, show_default=True, help="Computations at once.")
+@click.option("--threads", type=int, default=None, help="torch threads (default: CPU cores / workers).")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda")
+def serve(paths, model_spec, data_spec, epoch, port, host, allowed, workers, threads, device) -> None:
+    """Serve a dashboard of RUN_DIR or FOLDER_OF_RUNS (or --model SPEC --data SPEC) at 127.0.0.1."""
+    if model_spec is not None and paths:
+        raise ValueError(f"give run folders or --model, not both (got {paths[0]} and {model_spec!r})")
+    if model_spec is None and not paths:
+        raise ValueError("give a run directory or a folder of runs, or --model SPEC --data SPEC")
+    if model_spec is None and (data_spec is not None or epoch is not None):
+        raise ValueError("--data and --epoch go with --model; a run directory brings its own data and epochs")
+    _check("--port", port, 0, 65535)
+    _check("--workers", workers, 1, 64)
+    cores = os.cpu_count() or 1
+    threads = threads if threads is not None else max(1, cores // workers)
+    _check("--threads", threads, 1, 1024)
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise ValueError("the dashboard needs Starlette and uvicorn: pip install 'mindscope[serve]'") from None
+    import torch
+
+    from mindscope.serve import address, bind, create_app, serve_forever
+    from mindscope.subject import open_subject
+    from mindscope.training import resolve_device
+
+    device = resolve_device(device)
+    torch.set_num_threads(threads)  # the pool's workers share the cores instead of each taking them all
+    # The event loop answers cached views between the workers' Python (matplotlib holds the GIL):
+    # at the default 5 ms each hand-over costs up to 5 ms; with 50 clients and both workers busy,
+    # cached p95 measured 177 ms at 5 ms, 71 ms at 1 ms (benchmarks/bench_serve.py).
+    sys.setswitchinterval(SWITCH_INTERVAL)
+    subject = None
+    if model_spec is not None:
+        subject = open_subject(model=model_spec, data=data_spec, epoch=epoch)
+        subject.model.to(device)
+        for line in subject.describe():
+            click.echo(line)
+    for path in paths:
+        if not path.is_dir():
+            raise FileNotFoundError(f"no folder {str(path)!r}; give a run directory or a folder of runs")
+    app = create_app(paths, subject=subject, host=host, allowed_hosts=allowed, workers=workers, device=str(device))
+    sock = bind(host, port)
+    port = sock.getsockname()[1]
+    names = app.state.dashboard.catalog.names()
+    click.echo(f"serving {len(names)} run{'s' if len(names) != 1 else ''} with {workers} workers x {threads} threads")
+    if host not in LOOPBACK:
+        click.echo(
+            f"warning: listening on {host}: anyone who can reach this machine on port {port} and learns the "
+            "token can use the dashboard and read the runs it serves; the default --host 127.0.0.1 keeps it local",
+            err=True,
+        )
+    click.echo(f"mindscope dashboard: {address(app, host, port)}")
+    click.echo("press Ctrl-C to stop")
+    try:
+        serve_forever(app, sock)
+    except KeyboardInterrupt:  # uvicorn shut down cleanly, then passed Ctrl-C on
+        pass
+    click.echo("stopped")
+
+
+commands: list[click.Command] = [serve]

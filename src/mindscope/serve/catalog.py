@@ -1,0 +1,220 @@
+"""What the dashboard may open: the runs under the folders given on the command line, or one outside model.
+
+A run is named in URLs by its folder's label and its path inside that folder
+("runs/demo"). A name is resolved and must stay inside its folder and be a run: `../`,
+absolute paths and links that lead out are NotFound, never opened. Opened runs are kept
+(their data and the models of the epochs asked for), each with one lock: hooks and
+requires_grad flags live on the model itself, so two threads must not use it at once.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from mindscope.layers import describe_layers, numbered_layers, resolve_layer
+from mindscope.run import Run, is_run, read_metrics
+from mindscope.subject import Subject, open_subject
+
+OUTSIDE = "model"  # the one name of an outside model given with --model
+SCAN_DEPTH = 4  # folders below a root searched for runs
+NAMES_TTL = 5.0  # seconds a listing of the runs is reused (runs appear while others train)
+
+
+class NotFound(Exception):
+    """A run name, path or page that does not exist here (or is not allowed): a 404."""
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One line of the Runs view."""
+
+    name: str
+    path: Path
+    data: str  # the data's name, e.g. shapes10
+    same_data: tuple  # runs with equal values look at the same test images
+    width: int | None
+    epochs: int  # the last epoch with a snapshot
+    accuracy: float | None  # final test accuracy, where recorded
+
+
+@dataclass
+class Entry:
+    """An opened run (or outside model): its subject, the models of epochs asked for, and its lock."""
+
+    name: str
+    subject: Subject
+    device: str = "cpu"  # where its models run; inputs follow them
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    _models: OrderedDict = field(default_factory=OrderedDict)
+    _layers: list | None = None
+
+    @property
+    def epochs(self) -> list[int]:
+        return list(self.subject.run.epochs) if self.subject.run is not None else []
+
+    @property
+    def last_epoch(self) -> int | None:
+        return self.subject.run.epoch if self.subject.run is not None else None
+
+    def model(self, epoch: int | None) -> nn.Module:
+        """The model at `epoch` (None: as opened); call with `lock` held."""
+        run = self.subject.run
+        if epoch is None or run is None or epoch == run.epoch:
+            return self.subject.model
+        if epoch not in self._models:
+            self._models[epoch] = run.model_at(epoch).to(self.device)
+            while len(self._models) > 4:
+                self._models.popitem(last=False)
+        self._models.move_to_end(epoch)
+        return self._models[epoch]
+
+    def map_layers(self) -> list[tuple[str, str, tuple[int, ...]]]:
+        """(name, label, (C, H, W)) of every module whose output is a stack of channel maps; call with `lock` held.
+
+        The numbered layers come first, each as the walk-through reads it (the activation after it),
+        then every other such module by its dotted name.
+        """
+        if self._layers is None:
+            model, shape = self.subject.model, self.subject.image_shape
+            if shape is None:
+                raise ValueError(f"{self.name} takes no images (its input shape is unknown); no channel maps to draw")
+            shapes = {info.name: info.output_shape for info in describe_layers(model, shape)}
+            layers, seen = [], set()
+            for number in numbered_layers(model):
+                name = resolve_layer(model, number, output=True)
+                if len(shapes.get(name) or ()) == 4 and name not in seen:
+                    layers.append((name, f"L{number} ({name})", tuple(shapes[name][1:])))
+                    seen.add(name)
+            layers += [(n, n, tuple(s[1:])) for n, s in shapes.items() if n not in seen and len(s or ()) == 4]
+            self._layers = layers
+        return self._layers
+
+
+class Catalog:
+    """The runs under the given folders (or one outside model), opened on demand and kept."""
+
+    def __init__(
+        self, roots: Sequence[Path | str] = (), *, subject: Subject | None = None, device: str = "cpu"
+    ) -> None:
+        if subject is None and not roots:
+            raise ValueError("give a run directory, a folder of runs, or --model SPEC to serve")
+        self.roots: dict[str, Path] = {}
+        for root in roots:
+            path = Path(root).expanduser().resolve()
+            if not path.is_dir():
+                raise FileNotFoundError(f"no folder {str(root)!r} to serve; give a run directory or a folder of runs")
+            label, n = path.name or "root", 2
+            while label in self.roots:
+                label, n = f"{path.name}-{n}", n + 1
+            self.roots[label] = path
+        self._entries: dict[str, Entry] = {}
+        self._opening: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self._resolved: dict[str, Path] = {}  # names found to be runs inside their root
+        self._names: tuple[float, list[str]] = (-math.inf, [])
+        self.device = device
+        if subject is not None:
+            subject.model.to(device)
+            self._entries[OUTSIDE] = Entry(OUTSIDE, subject, device)
+
+    @property
+    def outside(self) -> bool:
+        return OUTSIDE in self._entries and not self.roots
+
+    def names(self) -> list[str]:
+        """Every run name under the roots (or the outside model's), sorted; looked up again after NAMES_TTL s."""
+        if self.outside:
+            return [OUTSIDE]
+        when, names = self._names
+        if time.monotonic() - when < NAMES_TTL:
+            return names
+        found = []
+        for label, root in self.roots.items():
+            for path in _find_runs(root):
+                rel = path.relative_to(root).as_posix()
+                found.append(label if rel == "." else f"{label}/{rel}")
+        self._names = (time.monotonic(), sorted(found))
+        return self._names[1]
+
+    def resolve(self, name: str) -> Path:
+        """The run directory that `name` names, confined to its root; NotFound for anything else."""
+        if self.outside:
+            if name != OUTSIDE:
+                raise NotFound(f"no run {name!r}: this dashboard shows one model, named {OUTSIDE!r}")
+            return Path(OUTSIDE)
+        if name in self._resolved:
+            return self._resolved[name]
+        label, _, rest = name.partition("/")
+        root = self.roots.get(label)
+        if root is None or "\x00" in name or rest.startswith(("/", "\\")) or Path(rest).is_absolute():
+            raise NotFound(f"no run {name!r} here; pick one from the Runs view")
+        path = (root / rest).resolve()
+        if not path.is_relative_to(root) or not is_run(path):
+            raise NotFound(f"no run {name!r} here; pick one from the Runs view")
+        self._resolved[name] = path
+        return path
+
+    def entry(self, name: str) -> Entry:
+        """The opened run `name` (opened now if need be; slow the first time, so call it in a worker)."""
+        if name in self._entries:
+            return self._entries[name]
+        path = self.resolve(name)
+        with self._guard:
+            opening = self._opening.setdefault(name, threading.Lock())
+        with opening:  # one thread opens a run; others wait for it
+            if name not in self._entries:
+                subject = open_subject(path)
+                subject.model.to(self.device)
+                self._entries[name] = Entry(name, subject, self.device)
+        return self._entries[name]
+
+    def info(self, name: str) -> RunInfo:
+        """Data, width, epochs and final accuracy of a run, read from its files without loading a model."""
+        if self.outside:
+            subject = self._entries[OUTSIDE].subject
+            data = subject.data.name if subject.data is not None else "no data"
+            return RunInfo(OUTSIDE, Path(OUTSIDE), data, (OUTSIDE,), None, 0, None)
+        path = self.resolve(name)
+        run = Run.open(path)
+        try:
+            epochs = [int(r[0]) for r in run.db.execute("SELECT epoch FROM checkpoints ORDER BY epoch")]
+            metrics = read_metrics(run.db)
+        finally:
+            run.close()
+        config = run.config
+        data = config.get("data", {})
+        last = max(epochs) if epochs else 0
+        final = [
+            m["value"]
+            for m in metrics
+            if (m["split"], m["name"], m["scope"], m["epoch"]) == ("test", "accuracy", "epoch", last)
+        ]
+        accuracy = final[-1] if final and not math.isnan(final[-1]) else None
+        same = (data.get("spec"), data.get("test_limit"), config.get("train", {}).get("seed"))
+        width = config.get("model", {}).get("width")
+        return RunInfo(name, path, str(data.get("name", "?")), same, width, last, accuracy)
+
+
+def _find_runs(root: Path) -> list[Path]:
+    """Run directories at or below `root`, at most SCAN_DEPTH folders down; hidden folders skipped."""
+    found = []
+    for folder, dirs, _files in os.walk(root):
+        path = Path(folder)
+        depth = len(path.relative_to(root).parts)
+        if is_run(path):
+            found.append(path)
+            dirs[:] = []  # a run's own folders (snapshots, state) hold no runs
+        elif depth >= SCAN_DEPTH:
+            dirs[:] = []
+        else:
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    return found
