@@ -309,3 +309,30 @@ def test_a_bad_model_gets_one_line_exit_2_and_writes_nothing(case, tmp_path, sma
     assert status == 2, err
     assert err.count("\n") == 1 and err.startswith("mindscope: error: ") and words in err, err
     assert not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["onnx", "keras"])
+def test_the_dashboard_serves_an_outside_model(kind, sources, images, small_cnn):
+    pytest.importorskip("starlette")
+    from starlette.testclient import TestClient
+
+    from mindscope.baselines import black
+    from mindscope.serve import create_app
+    from serving import TOKEN, figure, login, numbers
+
+    spec, flags = _source(sources, kind)
+    subject = open_subject(model=spec, card=_card(flags), data=f"folder:{images}")
+    app = create_app(subject=subject, token=TOKEN)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        login(client)
+        assert "no training history: an outside model" in client.get("/", params={"view": "training"}).text
+        layer = "conv1" if kind == "keras" else "conv1_Conv"
+        assert figure(client.get("/part/activations", params={"layer": layer}).text, "channel-grid")
+        page = client.get("/part/attribution", params={"method": "integrated", "tolerance": 0.01, "image": 3}).text
+    shown = numbers(page)
+    x, _ = reference_inputs(images)  # the torch network, fed as the card says
+    x = x[3:4]
+    reference = integrated_gradients(small_cnn, x, baseline=black(x, subject.normalization), tolerance=0.01)
+    assert shown["steps used"] == str(int(reference.steps[0]))
+    assert shown["relative completeness error"] == f"{float(reference.relative_completeness_error[0]):.3%}"
