@@ -49,7 +49,7 @@ def test_a_layer_number_asked_for_its_output_says_which_activation_it_took() -> 
     assert last.name == "3"
     assert str(last) == (
         "L2 -> 3 (layer 2, Conv2d: its own output, before any activation; "
-        "no activation module follows it in an nn.Sequential or an fx graph)"
+        "no activation module found after it (followed: nn.Sequential, fx graphs))"
     )
     assert str(explain_layer(model, "L1")) == "L1 -> 0 (layer 1, Conv2d)"
     assert str(explain_layer(model, "0", output=True)) == "0 (Conv2d: its own output)"
@@ -98,7 +98,7 @@ def test_in_an_fx_graph_the_activation_module_is_followed_and_a_function_is_stat
     assert "its own output, before any activation; the activation after it, if any, is the function relu" in str(second)
     assert str(explain_layer(graph, "L3", output=True)).endswith("its output is the model's output)")
     # the same model run eagerly: nothing to follow, and that is said rather than hidden
-    assert "no activation module follows it" in str(explain_layer(eager, "L1", output=True))
+    assert "no activation module found after it" in str(explain_layer(eager, "L1", output=True))
 
 
 def test_unknown_layers_are_refused_with_the_way_out() -> None:

@@ -19,8 +19,10 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from mindscope.activations import capture_activations
 from mindscope.attribution import integrated_gradients
 from mindscope.cli import main
+from mindscope.layers import explain_layer
 from mindscope.subject import open_subject
 from test_report import check_in_chromium
 
@@ -336,3 +338,29 @@ def test_the_dashboard_serves_an_outside_model(kind, sources, images, small_cnn)
     reference = integrated_gradients(small_cnn, x, baseline=black(x, subject.normalization), tolerance=0.01)
     assert shown["steps used"] == str(int(reference.steps[0]))
     assert shown["relative completeness error"] == f"{float(reference.relative_completeness_error[0]):.3%}"
+
+
+def test_a_layer_number_names_the_activation_after_it_in_an_exported_graph(sources):
+    subject = open_subject(model=sources["torch"][0], card=_card(sources["torch"][1]))
+    choice = explain_layer(subject.model, "L2", output=True)
+    assert (choice.name, choice.layer) == ("relu2", "conv2")
+    captured = capture_activations(subject.model, torch.randn(2, 3, 8, 8), [choice.name])[choice.name]
+    assert float(captured.min()) >= 0  # after the ReLU
+
+
+def test_a_keras_layer_with_its_own_activation_says_so(tmp_path):
+    pytest.importorskip("keras")
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    import keras
+
+    inputs = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(4, 3, activation="relu", name="c1")(inputs)
+    h = keras.layers.GlobalAveragePooling2D(name="gap")(h)
+    keras.Model(inputs, keras.layers.Dense(3, name="fc")(h)).save(tmp_path / "m.keras")
+    model = open_subject(model=f"keras:{tmp_path / 'm.keras'}").model
+    choice = explain_layer(model, "L1", output=True)
+    assert choice.name == "c1" and "with its own activation relu" in str(choice)
+    captured = capture_activations(model, torch.randn(2, 3, 8, 8), ["c1"])["c1"]
+    assert float(captured.min()) >= 0

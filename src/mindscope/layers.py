@@ -114,9 +114,10 @@ def _next_in_sequential(model: nn.Module, name: str) -> str | None:
 
 def _next_in_graph(model: nn.Module, name: str) -> tuple[str | None, str]:
     """(the module that alone takes `name`'s output in model's fx graph, or None; why not, if None)."""
-    if not isinstance(model, torch.fx.GraphModule):
+    graph = getattr(model, "graph", None)  # a GraphModule, or torch.export's unflattened module
+    if not isinstance(graph, torch.fx.Graph):
         return None, ""
-    for node in model.graph.nodes:
+    for node in graph.nodes:
         if node.op == "call_module" and node.target == name:
             users = list(node.users)
             if len(users) != 1:
@@ -130,6 +131,14 @@ def _next_in_graph(model: nn.Module, name: str) -> tuple[str | None, str]:
     return None, ""
 
 
+def own_activation(module: nn.Module) -> str | None:
+    """The activation a layer applies itself (Keras's Conv2D(activation="relu")), or None."""
+    wrapped = getattr(module, "_layer", None)  # mindscope.models.keras wraps each Keras layer so
+    activation = getattr(wrapped, "activation", None)
+    name = getattr(activation, "__name__", None)
+    return name if name not in (None, "linear") else None
+
+
 def _following_activation(model: nn.Module, name: str) -> tuple[str | None, list[str], str]:
     """(the activation module after layer `name`, the pass-through modules on the way, why none)."""
     modules = dict(model.named_modules())
@@ -141,7 +150,7 @@ def _following_activation(model: nn.Module, name: str) -> tuple[str | None, list
         if nxt is None:
             nxt, why = _next_in_graph(model, current)
         if nxt is None:
-            return None, passed, why or "no activation module follows it in an nn.Sequential or an fx graph"
+            return None, passed, why or "no activation module found after it (followed: nn.Sequential, fx graphs)"
         if is_activation(modules[nxt]):
             return nxt, passed, ""
         if not isinstance(modules[nxt], PASS_THROUGH_TYPES):
@@ -227,6 +236,10 @@ def explain_layer(model: nn.Module, spec: LayerSpec, *, output: bool = False) ->
     kind = type(modules[layer]).__name__
     if not output:
         return LayerChoice(text, layer, kind, layer, f"{text} -> {layer} (layer {number}, {kind})")
+    own = own_activation(modules[layer])
+    if own is not None:
+        line = f"{text} -> {layer} (layer {number}, {kind} with its own activation {own}: its output is after it)"
+        return LayerChoice(text, layer, kind, layer, line)
     after, passed, why = _following_activation(model, layer)
     if after is None:
         line = f"{text} -> {layer} (layer {number}, {kind}: its own output, before any activation; {why})"
