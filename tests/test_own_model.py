@@ -364,3 +364,10 @@ def test_a_keras_layer_with_its_own_activation_says_so(tmp_path):
     assert choice.name == "c1" and "with its own activation relu" in str(choice)
     captured = capture_activations(model, torch.randn(2, 3, 8, 8), ["c1"])["c1"]
     assert float(captured.min()) >= 0
+
+
+def test_a_flag_that_contradicts_the_model_file_is_pointed_out(sources, capsys):
+    spec, _ = sources["torch"]  # exported at 3x8x8
+    status, out, err = run(["layers", "--model", spec, "--input-size", "3x16x16"], capsys)
+    assert status == 0, err
+    assert "contradicts the model file: input_shape: given 3x16x16, the model file says 3x8x8" in out

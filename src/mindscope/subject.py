@@ -111,6 +111,8 @@ class Subject:
             lo, hi = card.pixel_range
             stats = f"mean {_fmt(card.mean)} std {_fmt(card.std)}" if card.mean else "no mean/std"
             lines.append(f"input: {card.layout} {shape}, pixels scaled to {lo:g}..{hi:g}, {stats}")
+        if card is not None and card.overridden:
+            lines.append(f"note: a card or flag contradicts the model file: {'; '.join(card.overridden)}")
         if self.assumed:
             lines.append(f"assumed (no card said): {', '.join(self.assumed)}; if wrong, pass the flags or a .card.json")
         return lines

@@ -35,6 +35,7 @@ class ModelCard:
     std: tuple[float, ...] | None = None
     classes: tuple[str, ...] | None = None
     assumed: tuple[str, ...] = ()  # names of the fields that were defaulted, not given or read from the file
+    overridden: tuple[str, ...] = ()  # "field: given X, the model file says Y": a card or flag against the file
 
     def __post_init__(self) -> None:
         _check(self)
@@ -184,13 +185,27 @@ def build_card(
     elif given is None:
         explicit = {}
     elif isinstance(given, Mapping):
-        explicit = card_fields(given, "card=")
+        explicit = card_fields(given, "card= (or a command-line flag)")
     else:
         raise TypeError(f"card must be a ModelCard, a mapping or a path to a JSON card, got {type(given).__name__}")
     from_file = read_card(sidecar) if sidecar is not None and sidecar.is_file() else {}
     values = {**(carried or {}), **from_file, **explicit}
+    overridden = tuple(
+        f"{key}: given {_show(values[key])}, the model file says {_show(value)}"
+        for key, value in (carried or {}).items()
+        if key in values and _show(values[key]) != _show(value)
+    )
     assumed = [key for key in CARD_KEYS if key not in values]
     shape = values.get("input_shape")
     defaults = {"input_shape": None, "layout": _default_layout(shape), "pixel_range": (0.0, 1.0)}
     values = {key: values.get(key, defaults.get(key)) for key in CARD_KEYS}
-    return ModelCard(source, assumed=tuple(assumed), **values)
+    return ModelCard(source, assumed=tuple(assumed), overridden=overridden, **values)
+
+
+def _show(value: Any) -> str:
+    """A card value as a person writes it: 3x32x32, 0..255, (0.5, 0.5)."""
+    if isinstance(value, (tuple, list)) and value and all(isinstance(v, int) for v in value):
+        return "x".join(map(str, value))
+    if isinstance(value, (tuple, list)):
+        return "(" + ", ".join(f"{float(v):g}" for v in value) + ")"
+    return str(value)
