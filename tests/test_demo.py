@@ -63,6 +63,7 @@ def test_demo_on_a_cifar10_archive(tmp_path):
         "experiment",
         "weights",
         "activations",
+        "channels",
         "interior",
         "integrated",
         "trust",

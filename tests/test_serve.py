@@ -268,7 +268,7 @@ def test_trust_runs_on_request_shows_progress_and_the_checks_table(served, run):
     assert first.status_code == 200 and 'class="progress"' in first.text
     done = poll(client, f"/part/trust?run={name}&image=7&start=1")
     rows = table_rows(done.text, "trust")
-    assert [r[0] for r in rows[1:]] == ["gradient", "interior", "integrated", "smoothgrad"]
+    assert [r[0] for r in rows[1:]] == ["gradient", "interior", "integrated", "smoothgrad", "gradcam"]
     x = run.data.inputs(run.data.test, [7])
     reference = integrated_gradients(run.model, x, baseline=black(x, run.data.normalization), tolerance=0.01)
     column = rows[0].index("compl. err (worst)")
