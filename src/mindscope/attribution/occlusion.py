@@ -9,7 +9,7 @@ forward pass per window.
 
 from __future__ import annotations
 
-import itertools
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -120,32 +120,43 @@ def occlusion(
     if any(w > s for w, s in zip(sizes, shape)):
         raise ValueError(f"window {sizes} is larger than one example {shape}; use a smaller window")
     strides = sizes if stride is None else _sizes(stride, "stride", shape, whole=False)
-    windows = [
-        tuple(slice(s, s + w) for s, w in zip(corner, sizes))
-        for corner in itertools.product(*(window_starts(n, w, s) for n, w, s in zip(shape, sizes, strides)))
-    ]
+    # The windows are a grid: per dim, which elements each start covers, (starts, size) bool.
+    lines = [_covered(n, w, s, x.device) for n, w, s in zip(shape, sizes, strides)]
+    grid = tuple(line.shape[0] for line in lines)
+    count = _outer([line.sum(0).to(x.dtype) for line in lines])  # (...) windows covering each element
     base = _baseline(baseline, x)
-    count = torch.zeros(shape, dtype=x.dtype, device=x.device)
-    for where in windows:
-        count[where] += 1
-    n, k = x.shape[0], len(windows)
+    n, k = x.shape[0], math.prod(grid)
     with input_gradients_only(model), torch.no_grad():
         logits = batched_logits(model, x, batch_size)
         probabilities, predictions = logits.softmax(dim=-1).max(dim=-1)
         targets = resolve_targets(target, predictions, logits.shape[1])
         scores = output(logits).gather(1, targets[:, None]).squeeze(1)  # (N,)
-        drops = torch.empty(n * k, dtype=x.dtype, device=x.device)  # example-major: F(x) - F(copy)
+        total = torch.zeros_like(x)
         for start in range(0, n * k, batch_size):
-            pairs = [divmod(p, k) for p in range(start, min(start + batch_size, n * k))]
-            examples = torch.tensor([i for i, _ in pairs], device=x.device)
-            copies = x[examples].clone()  # (B, ...)
-            for b, (i, j) in enumerate(pairs):
-                copies[(b, *windows[j])] = base[(i, *windows[j])]
-            occluded = output(model(copies)).gather(1, targets[examples][:, None]).squeeze(1)
-            drops[start : start + len(pairs)] = scores[examples] - occluded
-    drops = drops.view(n, k)
-    total = torch.zeros_like(x)
-    for j, where in enumerate(windows):
-        total[(slice(None), *where)] += drops[:, j].view((n,) + (1,) * len(shape))
+            pair = torch.arange(start, min(start + batch_size, n * k), device=x.device)  # example-major
+            example, index = pair // k, torch.unravel_index(pair % k, grid)
+            mask = _outer([line[i] for line, i in zip(lines, index)], batched=True)  # (B, ...) occluded
+            copies = torch.where(mask, base[example], x[example])
+            drop = scores[example] - output(model(copies)).gather(1, targets[example][:, None]).squeeze(1)
+            total.index_add_(0, example, mask * drop.view((-1,) + (1,) * len(shape)))
     steps = torch.full((n,), k + 1, dtype=torch.int64, device=x.device)
     return Attribution(total / count, targets, predictions, probabilities, steps, output=scores)
+
+
+def _covered(size: int, window: int, stride: int, device: torch.device) -> Tensor:
+    """Return (starts, size) bool: which elements of one dim each window start covers."""
+    starts = torch.tensor(window_starts(size, window, stride), device=device)[:, None]
+    position = torch.arange(size, device=device)[None, :]
+    return (position >= starts) & (position < starts + window)
+
+
+def _outer(factors: list[Tensor], *, batched: bool = False) -> Tensor:
+    """Multiply 1-D factors (or (B, n_d) with `batched`) into one tensor over all dims, (...) or (B, ...)."""
+    lead = 1 if batched else 0
+    result = None
+    for d, factor in enumerate(factors):
+        shape = [factor.shape[0]] * lead + [1] * len(factors)
+        shape[lead + d] = factor.shape[-1]
+        part = factor.reshape(shape)
+        result = part if result is None else result * part
+    return result
