@@ -284,3 +284,24 @@ def test_figures_are_pngs_of_the_size_they_state(served):
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
     assert (str(width), str(height)) == (found["width"], found["height"])
+
+
+def test_grad_cam_and_occlusion_are_choices_that_show_what_the_library_computes(served, run):
+    from mindscope.attribution import grad_cam, occlusion
+
+    _, client, name, _ = served
+    x = run.data.inputs(run.data.test, [3])
+    page = part(client, "attribution", name, method="gradcam", image=3)
+    assert figure(page, "attribution")["method"] == "gradcam"
+    reference = grad_cam(run.model, x)
+    shown = numbers(page)
+    assert shown["layer"] == reference.layer
+    assert shown["explained class"].startswith(run.classes[int(reference.targets[0])])
+    page = part(client, "attribution", name, method="occlusion", baseline="black", image=3)
+    assert figure(page, "attribution")["method"] == "occlusion"
+    start = black(x, run.data.normalization)
+    expected = occlusion(run.model, x, window=(8, 8), stride=(4, 4), baseline=start)
+    shown = numbers(page)
+    assert shown["explained class"].startswith(run.classes[int(expected.targets[0])])
+    assert shown["steps used"] == str(int(expected.steps[0]))
+    assert 'value="gradcam"' in client.get("/", params={"run": name, "view": "attributions"}).text

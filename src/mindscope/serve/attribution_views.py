@@ -12,20 +12,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from matplotlib.figure import Figure
-from torch import Tensor
+from torch import Tensor, nn
 
 from mindscope._util import model_device
 from mindscope.attribution import (
     WALKTHROUGH_ALPHAS,
     Attribution,
     InteriorGradients,
+    grad_cam,
     gradients,
     integrated_gradients,
     interior_gradients,
+    occlusion,
     smoothgrad,
 )
 from mindscope.baselines import black, blurred, dataset_mean, uniform_noise
 from mindscope.render.attribution import attribution_panels, interior_frame_figures, saturation_curve
+from mindscope.render.gradcam import grad_cam_figure
 from mindscope.serve.catalog import Entry
 from mindscope.serve.pictures import Marker, Picture, Rendered
 
@@ -36,6 +39,8 @@ METHODS = {  # name -> label; "interior" has a view of its own
     "interior": "interior gradients (the α slider)",
     "integrated": "integrated gradients",
     "smoothgrad": "SmoothGrad (16 noisy copies of the gradient)",
+    "gradcam": "Grad-CAM (the last layer with a spatial output)",
+    "occlusion": "occlusion (8×8 windows at stride 4, filled with the baseline)",
 }
 BASELINES: dict[str, tuple[str, Callable]] = {  # name -> (label, (x, normalization) -> x')
     "black": ("black image", lambda x, norm: black(x, norm)),
@@ -71,15 +76,20 @@ def attribution_view(
     entry: Entry, epoch: int | None, pixels: Tensor, setting: Setting, caption: str
 ) -> AttributionView:
     """Attribute one image with the setting's method; draw the overlay and |map| with their numbers."""
-    if setting.method not in ("gradient", "integrated", "smoothgrad"):
+    if setting.method not in ("gradient", "integrated", "smoothgrad", "gradcam", "occlusion"):
         raise ValueError(f"unknown method {setting.method!r}; choose one of: {', '.join(METHODS)}")
     classes = entry.subject.classes
     norm = entry.subject.normalization
     with entry.lock:
         model = entry.model(epoch)
         x = entry.subject.inputs(pixels).to(model_device(model))
+        if setting.method == "gradcam":
+            return _grad_cam_view(model, x, pixels, setting, caption, classes)
         if setting.method == "gradient":
             result = gradients(model, x, setting.target)
+        elif setting.method == "occlusion":
+            start = BASELINES[setting.baseline][1](x, norm)
+            result = occlusion(model, x, setting.target, window=(8, 8), stride=(4, 4), baseline=start)
         elif setting.method == "smoothgrad":
             result = smoothgrad(gradients, model, x, setting.target, samples=16, seed=0)
         else:
@@ -116,6 +126,24 @@ def attribution_view(
         )
     else:
         numbers["completeness"] = "n/a: not a path method (no completeness to check)"
+    return AttributionView(Rendered(fig).picture(), numbers, target)
+
+
+def _grad_cam_view(
+    model: nn.Module, x: Tensor, pixels: Tensor, setting: Setting, caption: str, classes: tuple[str, ...]
+) -> AttributionView:
+    """Grad-CAM of the last spatial layer: the heat map over the image, and which layer it read."""
+    result = grad_cam(model, x, setting.target)
+    fig = grad_cam_figure(pixels, result, classes, title=f"{caption}: {METHODS['gradcam']}")
+    predicted, target = int(result.predictions[0]), int(result.targets[0])
+    numbers = {
+        "predicted": f"{classes[predicted]} (p = {float(result.probabilities[0]):.3f})",
+        "explained class": classes[target] + (" (the prediction)" if target == predicted else ""),
+        "layer": result.layer,
+        "completeness": "n/a: not a path method (no completeness to check)",
+    }
+    if bool(result.empty[0]):
+        numbers["map"] = "empty: no position has positive evidence for the class"
     return AttributionView(Rendered(fig).picture(), numbers, target)
 
 

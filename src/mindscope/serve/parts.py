@@ -48,7 +48,8 @@ def attribution_setting(query: Query, state: State) -> Setting:
 
 
 def attribution_key(state: State, setting: Setting) -> tuple:
-    path = setting.method == "integrated"  # only a path method depends on the baseline and tolerance
+    path = setting.method == "integrated"  # only a path method depends on the tolerance
+    filled = setting.method in ("integrated", "occlusion")  # these start from (or fill with) the baseline
     return (
         "attribution",
         state.run,
@@ -56,7 +57,7 @@ def attribution_key(state: State, setting: Setting) -> tuple:
         state.image.key,
         setting.method,
         setting.target,
-        setting.baseline if path else None,
+        setting.baseline if filled else None,
         setting.tolerance if path else None,
     )
 
