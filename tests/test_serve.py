@@ -305,3 +305,21 @@ def test_grad_cam_and_occlusion_are_choices_that_show_what_the_library_computes(
     assert shown["explained class"].startswith(run.classes[int(expected.targets[0])])
     assert shown["steps used"] == str(int(expected.steps[0]))
     assert 'value="gradcam"' in client.get("/", params={"run": name, "view": "attributions"}).text
+
+
+def test_a_clicked_channel_offers_what_it_looks_for_as_feature_visualisation_computes_it(served, run):
+    from mindscope.layers import resolve_layer
+    from mindscope.serve.activation_views import LOOKS_STEPS
+    from mindscope.visualisation import feature_visualisation
+
+    _, client, name, _ = served
+    large = part(client, "channel", name, layer="L3", channel=2, image=3)
+    assert "/part/looks?layer=" in large and "what this channel looks for" in large
+    page = part(client, "looks", name, layer="L3", channel=2)
+    assert figure(page, "looks")["channel"] == "2"
+    layer = resolve_layer(run.model, "L3", output=True)
+    reference = feature_visualisation(
+        run.model, layer, [2], steps=LOOKS_STEPS, size=(32, 32), seed=0, normalise=run.data.normalization.apply
+    )
+    shown = re.search(r'data-number="reached">([^<]+)<', page).group(1)
+    assert shown == f"{float(reference.activations[0]):.4g}"

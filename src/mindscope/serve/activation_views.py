@@ -18,9 +18,13 @@ from mindscope._util import model_device
 from mindscope.activations import TopActivations, capture_activations
 from mindscope.layers import resolve_layer
 from mindscope.render.activations import channel_grid, top_activating_figure
+from mindscope.render.visualisation import feature_visualisation_figure
 from mindscope.serve.catalog import Entry
 from mindscope.serve.pictures import Picture, Rendered
 from mindscope.serve.training_views import private_model
+from mindscope.visualisation import feature_visualisation
+
+LOOKS_STEPS = 128  # optimisation steps of "what this channel looks for" (mindscope visualise defaults to 256)
 
 Progress = Callable[[float, str], None]
 GRID_COLUMNS = 8  # tiles per row up to 32 channels; wider layers get 16
@@ -108,3 +112,26 @@ def top_view(entry: Entry, epoch: int | None, layer: str, channel: int, scores: 
     top = TopActivations(name, channel, order.astype(np.int64), column[order], maps)
     fig = top_activating_figure(pixels, top, label=label)
     return TopView(Rendered(fig).picture(), tuple(int(i) for i in order), tuple(float(s) for s in column[order]))
+
+
+def looks_picture(entry: Entry, epoch: int | None, layer: str, channel: int) -> tuple[Picture, float]:
+    """The input that drives one channel's mean activation highest, and the activation it reaches."""
+    name, label, (channels, _, _) = check_layer(entry, layer)
+    if not 0 <= channel < channels:
+        raise ValueError(f"channel {channel} is out of range; {label} has channels 0 to {channels - 1}")
+    shape = entry.subject.image_shape
+    if shape is None:
+        raise ValueError("feature visualisation draws images: the model's input size is not known")
+    model = private_model(entry, epoch)
+    result = feature_visualisation(
+        model,
+        name,
+        [channel],
+        steps=LOOKS_STEPS,
+        size=shape[1:],
+        image_channels=shape[0],
+        seed=0,
+        normalise=entry.subject.normalization.apply,
+    )
+    fig = feature_visualisation_figure(result, title=f"what channel {channel} of {label} looks for")
+    return Rendered(fig, dpi=LARGE_DPI).picture(), float(result.activations[0])

@@ -15,7 +15,15 @@ import torch
 from starlette.requests import Request
 from starlette.responses import Response
 
-from mindscope.serve.activation_views import channel_picture, check_layer, grid_picture, layer_scores, top_view
+from mindscope.serve.activation_views import (
+    LOOKS_STEPS,
+    channel_picture,
+    check_layer,
+    grid_picture,
+    layer_scores,
+    looks_picture,
+    top_view,
+)
 from mindscope.serve.app import Dashboard, State
 from mindscope.serve.attribution_views import (
     ALPHAS,
@@ -183,6 +191,19 @@ def part_handlers(dash: Dashboard) -> dict[str, Callable[[Request], Awaitable[Re
             caption=state.caption, data=state.entry.subject.data,
         )  # fmt: skip
 
+    async def looks(request: Request) -> Response:
+        query, state = await begin(request)
+        name, label, (count, _, _) = await layer_of(state, query.text("layer", "L3"))
+        number = query.integer("channel", low=0, high=count - 1)
+        key = ("looks", state.run, state.epoch, name, number)
+        if (hit := dash.rendered(key)) is not None:
+            return hit
+        picture, reached = await jobs.get(key, lambda _p: looks_picture(state.entry, state.epoch, name, number))
+        return dash.render(
+            "part_looks.html", memo=key, picture=picture, layer=name, label=label, channel=number,
+            reached=reached, steps=LOOKS_STEPS,
+        )  # fmt: skip
+
     async def topk(request: Request) -> Response:
         query, state = await begin(request)
         layer = query.text("layer", "L3")
@@ -299,6 +320,7 @@ def part_handlers(dash: Dashboard) -> dict[str, Callable[[Request], Awaitable[Re
         "activations": activations,
         "channel": channel,
         "topk": topk,
+        "looks": looks,
         "attribution": attribution_part,
         "alpha": alpha,
         "trust": trust,
