@@ -371,3 +371,10 @@ def test_a_flag_that_contradicts_the_model_file_is_pointed_out(sources, capsys):
     status, out, err = run(["layers", "--model", spec, "--input-size", "3x16x16"], capsys)
     assert status == 0, err
     assert "contradicts the model file: input_shape: given 3x16x16, the model file says 3x8x8" in out
+
+
+def test_a_layer_number_names_the_relu_layer_after_it_in_a_keras_graph(sources):
+    spec, flags = _source(sources, "keras")
+    model = open_subject(model=spec, card=_card(flags)).model
+    choice = explain_layer(model, "L2", output=True)
+    assert (choice.name, choice.layer) == ("relu2", "conv2") and "ReLU after layer 2" in str(choice)

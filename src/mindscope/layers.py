@@ -147,10 +147,13 @@ def _following_activation(model: nn.Module, name: str) -> tuple[str | None, list
     while True:
         nxt = _next_in_sequential(model, current)
         why = ""
+        if nxt is None and callable(getattr(model, "next_module", None)):  # a graph of its own (Keras)
+            nxt = model.next_module(current)
         if nxt is None:
             nxt, why = _next_in_graph(model, current)
         if nxt is None:
-            return None, passed, why or "no activation module found after it (followed: nn.Sequential, fx graphs)"
+            why = why or "no activation module found after it (followed: nn.Sequential, fx and Keras graphs)"
+            return None, passed, why
         if is_activation(modules[nxt]):
             return nxt, passed, ""
         if not isinstance(modules[nxt], PASS_THROUGH_TYPES):

@@ -121,6 +121,14 @@ class KerasModel(nn.Module):
             outputs = graph._run_through_graph([x], operation_fn=self._child_for)
         return outputs[0] if isinstance(outputs, (list, tuple)) and len(outputs) == 1 else outputs
 
+    def next_module(self, name: str) -> str | None:
+        """The child that alone takes child `name`'s output in the Keras graph, or None."""
+        layer = next((self._modules[n]._layer for i, n in self._names.items() if n == name), None)
+        users = [node.operation for node in getattr(layer, "_outbound_nodes", [])]
+        if len(users) != 1:
+            return None
+        return self._names.get(id(users[0]))
+
     def _child_for(self, operation: Any) -> Any:
         name = self._names.get(id(operation))
         return operation if name is None else self._modules[name]
