@@ -8,6 +8,7 @@ command, and write a report whose accuracy is the one the torch network scores.
 
 from __future__ import annotations
 
+import json
 import re
 import warnings
 from html import unescape
@@ -219,10 +220,28 @@ def test_every_command_runs_on_each_source(kind, sources, images, tmp_path, caps
     status, out, err = run(["evaluate", *given, *data, "--images", "2", "--out", str(tmp_path / "e")], capsys)
     assert status == 0, err
     assert (tmp_path / "e" / "evaluation.json").is_file()
+    conv = "conv1" if kind != "onnx" else "conv1_Conv"
+    status, out, err = run(["visualise", *given, "--layer", conv, "--channels", "0-1", "--steps", "8",
+                            "--out", str(tmp_path / "v")], capsys)  # fmt: skip
+    assert status == 0, err
+    assert (tmp_path / "v" / f"{conv}_grid.png").is_file()
+    if _importable("pyarrow"):
+        card = tmp_path / "card.json"  # scan takes the card as a file, the same facts as the flags
+        card.write_text(json.dumps(_card(flags)))
+        weights = ["--weights", flags[flags.index("--weights") + 1]] if "--weights" in flags else []
+        argv = ["scan", "--model", spec, *weights, "--card", str(card), *data, "--methods", "gradient"]
+        status, out, err = run([*argv, "--out", str(tmp_path / "s")], capsys)
+        assert status == 0, err
+        from mindscope.scan import open_scan
+
+        table = open_scan(tmp_path / "s").table()
+        x, y = reference_inputs(images)
+        assert len(table) == 12 and table["label"].tolist() == y.tolist()
+        assert table["prediction"].tolist() == small_cnn(x).argmax(1).tolist()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["onnx", "keras"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_the_report_of_an_outside_model_states_its_card_and_the_accuracy_it_scores(
     kind, sources, images, tmp_path, capsys, small_cnn
 ):
