@@ -279,6 +279,19 @@ def walkthrough(model: nn.Module, x: Tensor, base: Tensor, truth: Truth, mb: int
     return walk_wall / match_wall
 
 
+def open_for_benchmark(path: Path, images: int, device: torch.device):
+    """(the loaded run, its model in eval mode with frozen weights, the first test images, their black baseline)."""
+    from mindscope.run import load_run
+
+    loaded = load_run(path)
+    model = loaded.model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    data = loaded.data
+    x = data.inputs(data.test, list(range(images))).to(device)
+    return loaded, model, x, black(x, data.normalization)
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="demo,fashion-mnist,long,light", help="networks to train once and benchmark")
@@ -293,7 +306,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--skip-walkthrough", action="store_true", help="skip (c), the slowest part")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    from mindscope.run import load_run
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -308,13 +320,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for name, path in runs.items():
         if path is None:
             continue
-        loaded = load_run(path)
-        model = loaded.model.to(device).eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
+        loaded, model, x, base = open_for_benchmark(path, args.images, device)
         data = loaded.data
-        x = data.inputs(data.test, list(range(args.images))).to(device)
-        base = black(x, data.normalization)
         print(
             f"\n== {name}: {data.name}, epoch {loaded.epoch}, {x.shape[0]} test images, device {device}, "
             f"{torch.get_num_threads()} threads, max_batch {mb}; F of the predicted class, black baseline",

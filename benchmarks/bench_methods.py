@@ -40,7 +40,6 @@ from mindscope.attribution import (
     layer_integrated_gradients,
     occlusion,
 )
-from mindscope.baselines import black
 from mindscope.quadrature import gauss_legendre
 
 REFERENCE_STEPS = 256
@@ -192,7 +191,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadier on a shared machine)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    from mindscope.run import load_run
 
     torch.set_num_threads(args.threads)
     if args.run is None:
@@ -203,14 +201,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         path = cached_run("demo", Path(args.cache))
     else:
         path = Path(args.run)
-    loaded = load_run(path)
+    from bench_attribution import open_for_benchmark
+
     device = torch.device(args.device)
-    model = loaded.model.to(device).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
+    loaded, model, x, base = open_for_benchmark(path, args.images, device)
     data = loaded.data
-    x = data.inputs(data.test, list(range(args.images))).to(device)
-    base = black(x, data.normalization)
     print(
         f"== {path.name}: {data.name}, epoch {loaded.epoch}, {x.shape[0]} test images, device {device}, "
         f"{torch.get_num_threads()} threads, median of {args.repeats} runs"
