@@ -13,8 +13,8 @@ from mindscope._util import positive_int
 from mindscope.cli.source import model_source, open_source
 from mindscope.cli.train import DATA_HELP, echo_epoch
 from mindscope.report import ReportOptions, write_report
-from mindscope.report.scan_page import is_scan
 from mindscope.run import Run, is_run, resume_run, train_run
+from mindscope.scan.plan import is_scan
 from mindscope.training import TrainConfig, resolve_device
 
 # Demo defaults: chosen so that the whole demo (data, training, every analysis) takes

@@ -22,9 +22,10 @@ from mindscope.report.model_sections import model_card_section, report_layers, w
 from mindscope.report.options import ReportOptions
 from mindscope.report.page import Section, render_page
 from mindscope.report.run_sections import activations_section, experiment_section, weights_section
-from mindscope.report.scan_page import is_scan, write_scan_report
+from mindscope.report.scan_page import write_scan_report
 from mindscope.report.trust import trust_section
 from mindscope.run import LoadedRun, atomic_write_bytes
+from mindscope.scan.plan import is_scan
 from mindscope.subject import Subject, open_subject
 
 __all__ = ["METHOD_NAMES", "ReportOptions", "build_sections", "format_table", "standard_methods", "write_report"]

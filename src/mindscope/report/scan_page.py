@@ -23,18 +23,12 @@ from mindscope.render.scan import ZERO_ERROR, class_maps_figure, completeness_fi
 from mindscope.report.page import Section, Table, count, pct, render_page
 from mindscope.run import atomic_write_bytes
 from mindscope.scan import Scan, open_scan
-from mindscope.scan.plan import MANIFEST
 
 PixelSource = Callable[[list[int]], tuple[Tensor, str]]
 LISTED_CHANNELS = 16  # dead channels named per layer before "..."
 
 
-def is_scan(path: Path | str) -> bool:
-    """Whether `path` is a scan folder (it holds the manifest that `mindscope scan` writes first)."""
-    return (Path(path) / MANIFEST).is_file()
-
-
-def _error(value: float | None) -> str:
+def error_text(value: float | None) -> str:
     """A relative error as a percentage to three significant figures; "-" where the method has none."""
     return "-" if value is None or value != value else f"{100 * value:.3g}%"
 
@@ -43,7 +37,7 @@ def _data_name(scan: Scan) -> str:
     return scan.plan.source.data or "the run's test split"
 
 
-def _pixels(scan: Scan) -> PixelSource:
+def scan_pixels(scan: Scan) -> PixelSource:
     """A function: image indices -> their pixels in [0, 1] and a note; grey where the data cannot be opened."""
     try:
         data = scan.plan.source.open().require_data("the scan's report")
@@ -82,8 +76,8 @@ def overview_section(scan: Scan) -> Section:
             entry["images"],
             "-" if converged is None else f"{converged} of {entry['images']}",
             entry.get("ill_conditioned", "-"),
-            _error(entry.get("completeness_error_median")),
-            _error(entry.get("completeness_error_max")),
+            error_text(entry.get("completeness_error_median")),
+            error_text(entry.get("completeness_error_max")),
             f"{entry['steps_mean']:.1f}",
             entry["steps_max"],
             f"{entry['seconds']:.1f}",
@@ -126,6 +120,24 @@ def classes_section(scan: Scan) -> Section:
     return sec
 
 
+def completeness_caption(scan: Scan, method: str, kept: np.ndarray, ill: int) -> str:
+    """The caption of `method`'s histogram of the relative completeness errors `kept` (ill-conditioned left out)."""
+    options = scan.plan.options
+    tolerance = options.tolerance if method == "integrated" else None
+    finite = kept[np.isfinite(kept)]
+    caption = f"{method}: relative completeness errors of {count(kept.size, 'image')} on a log axis"
+    if tolerance is not None:
+        caption += f"; {int((finite < tolerance).sum())} lie below the tolerance {tolerance:g} (dashed red line)"
+    else:
+        caption += f"; no tolerance was set (a fixed {options.steps}-point rule)"
+    if finite.size:
+        caption += f"; median {error_text(float(np.median(finite)))}, largest {error_text(float(finite.max()))}"
+    exact = int((finite < ZERO_ERROR).sum())
+    if exact:
+        caption += f"; {exact} exact to rounding (not drawn)"
+    return caption + f". {count(ill, 'ill-conditioned image')} set aside."
+
+
 def completeness_section(scan: Scan, frame) -> Section:
     sec = Section(
         "completeness",
@@ -144,29 +156,17 @@ def completeness_section(scan: Scan, frame) -> Section:
         kept = errors[~ill]
         tolerance = options.tolerance if method == "integrated" else None
         fig = completeness_figure(kept, tolerance, title=method)
-        finite = kept[np.isfinite(kept)]
-        caption = f"{method}: relative completeness errors of {count(kept.size, 'image')} on a log axis"
-        if tolerance is not None:
-            caption += f"; {int((finite < tolerance).sum())} lie below the tolerance {tolerance:g} (dashed red line)"
-        else:
-            caption += f"; no tolerance was set (a fixed {options.steps}-point rule)"
-        if finite.size:
-            caption += f"; median {_error(float(np.median(finite)))}, largest {_error(float(finite.max()))}"
-        exact = int((finite < ZERO_ERROR).sum())
-        if exact:
-            caption += f"; {exact} exact to rounding (not drawn)"
-        caption += f". {count(int(ill.sum()), 'ill-conditioned image')} set aside."
-        sec.add(fig, caption)
+        sec.add(fig, completeness_caption(scan, method, kept, int(ill.sum())))
     if not sec.figures:
         sec.lead = "No scanned method has a completeness error (only integrated gradients do)."
     return sec
 
 
-def _listing(items: list[dict], classes: tuple[str, ...], converged: bool) -> list[list[object]]:
+def listing_rows(items: list[dict], classes: tuple[str, ...], converged: bool) -> list[list[object]]:
     """Table rows of summary images; `converged` False: the method promises no tolerance, so say "-"."""
     return [
         [i["index"], classes[i["label"]], classes[i["prediction"]], f"{i['probability']:.4f}",
-         _error(i["relative_completeness_error"]), _error(i["map_error"]), i["steps"],
+         error_text(i["relative_completeness_error"]), error_text(i["map_error"]), i["steps"],
          ("yes" if i["converged"] else "no") if converged else "-", "yes" if i["ill_conditioned"] else "no"]
         for i in items
     ]  # fmt: skip
@@ -192,12 +192,12 @@ def worst_section(scan: Scan, images: int, pixels: PixelSource) -> Section:
         sec.tables.append(
             Table(
                 f"{method}: the {len(worst)} worst images; the worst is image {first['index']}, with a relative "
-                f"completeness error of {_error(first['relative_completeness_error'])} and a map error of "
-                f"{_error(first['map_error'])} after {count(first['steps'], 'step')}; "
+                f"completeness error of {error_text(first['relative_completeness_error'])} and a map error of "
+                f"{error_text(first['map_error'])} after {count(first['steps'], 'step')}; "
                 f"{sum(bool(i['ill_conditioned']) for i in worst)} of them are ill-conditioned (not refined, "
                 "and set aside in the histogram).",
                 LISTING,
-                _listing(worst, scan.plan.classes, "converged" in entry),
+                listing_rows(worst, scan.plan.classes, "converged" in entry),
             )
         )
         shown = [i["index"] for i in worst[:images]]
@@ -229,7 +229,7 @@ def wrong_section(scan: Scan, frame, images: int, pixels: PixelSource) -> Sectio
             f"The {len(wrong)} most confidently wrong of {scan.summary['images']} images; completeness, steps and "
             f"convergence are those of {method}.",
             LISTING,
-            _listing(errors, classes, "converged" in scan.summary["methods"][method]),
+            listing_rows(errors, classes, "converged" in scan.summary["methods"][method]),
         )
     )
     shown = [i["index"] for i in wrong[:images]]
@@ -278,7 +278,7 @@ def scan_sections(scan: Scan, *, images: int = 6, progress: Callable[[str], None
     """The scan page's sections; `images` worst and wrong images are drawn with their maps."""
     say = progress or (lambda _msg: None)
     frame = scan.table()
-    pixels = _pixels(scan)
+    pixels = scan_pixels(scan)
     sections = [overview_section(scan)]
     say("per-class mean maps")
     sections.append(classes_section(scan))

@@ -18,7 +18,7 @@ from mindscope.scan.compute import BatchResult, Scanner, ShardReport, scan_batch
 from mindscope.scan.engines import LocalEngine, RayEngine
 from mindscope.scan.job import ScanProgress, merge_scan, plan_scan, scan
 from mindscope.scan.options import METHODS, ScanOptions, ScanSource
-from mindscope.scan.plan import Plan, Shard, parse_shard
+from mindscope.scan.plan import Plan, Shard, is_scan, parse_shard
 from mindscope.scan.reader import ClassMaps, Scan, open_scan
 from mindscope.scan.statistics import Moments
 
@@ -38,6 +38,7 @@ __all__ = [
     "Shard",
     "ShardReport",
     "merge_scan",
+    "is_scan",
     "open_scan",
     "parse_shard",
     "plan_scan",

@@ -81,7 +81,7 @@ def _sums(plan: Plan):
     return sums, counts, layers, saturation
 
 
-def _columns(table, method: str | None = None) -> dict[str, np.ndarray]:
+def method_columns(table, method: str | None = None) -> dict[str, np.ndarray]:
     """numpy columns of the rows of `method`, sorted by index: nulls as nan (floats) or False (bools)."""
     pa = arrow()
     if method is not None:
@@ -97,7 +97,26 @@ def _columns(table, method: str | None = None) -> dict[str, np.ndarray]:
     return columns
 
 
-def _images(columns: dict[str, np.ndarray], order: np.ndarray, classes: tuple[str, ...]) -> list[dict]:
+def worst_order(columns: dict[str, np.ndarray]) -> np.ndarray | None:
+    """Rows from the least accurate map down: the larger of the relative completeness and map errors.
+
+    None where the method has no completeness error (gradient, SmoothGrad). Ties go by image index.
+    """
+    error = columns["relative_completeness_error"]
+    if np.isnan(error).all():
+        return None
+    badness = np.nan_to_num(np.fmax(error, columns["map_error"]), nan=-np.inf)
+    return np.lexsort((columns["index"], -badness))
+
+
+def wrong_order(columns: dict[str, np.ndarray]) -> np.ndarray:
+    """The rows of wrong predictions, most confident first; ties go by image index."""
+    wrong = np.flatnonzero(columns["prediction"] != columns["label"])
+    return wrong[np.lexsort((columns["index"][wrong], -columns["probability"][wrong]))]
+
+
+def image_items(columns: dict[str, np.ndarray], order: np.ndarray, classes: tuple[str, ...]) -> list[dict]:
+    """The rows `order` as plain dicts (NaN as None), with their label's and prediction's class names."""
     keep = ("index", "label", "prediction", "probability", "target", "delta", "relative_completeness_error",
             "map_error", "steps", "converged", "ill_conditioned")  # fmt: skip
     items = []
@@ -119,7 +138,7 @@ def summarise(plan: Plan, table_path: Path, layers: dict[str, Moments]) -> dict:
     table = read_table(table_path)
     methods = {}
     for method in plan.options.methods:
-        c = _columns(table, method)
+        c = method_columns(table, method)
         entry: dict = {"images": len(c["index"]), "steps_mean": float(c["steps"].mean()),
                        "steps_max": int(c["steps"].max()), "seconds": float(c["seconds"].sum())}  # fmt: skip
         error = c["relative_completeness_error"]
@@ -127,19 +146,16 @@ def summarise(plan: Plan, table_path: Path, layers: dict[str, Moments]) -> dict:
             entry["completeness_error_median"] = float(np.nanmedian(error))
             entry["completeness_error_max"] = float(np.nanmax(error))
             entry["ill_conditioned"] = int(c["ill_conditioned"].sum())
-            badness = np.nan_to_num(np.fmax(error, c["map_error"]), nan=-np.inf)
-            entry["worst"] = _images(c, np.lexsort((c["index"], -badness))[:WORST], plan.classes)
+            entry["worst"] = image_items(c, worst_order(c)[:WORST], plan.classes)
         if plan.options.tolerance is not None and method == "integrated":
             entry["converged"] = int(c["converged"].sum())
             entry["tolerance"] = plan.options.tolerance
         methods[method] = entry
-    c = _columns(table, plan.options.methods[0])
-    wrong = np.flatnonzero(c["prediction"] != c["label"])
-    order = wrong[np.lexsort((c["index"][wrong], -c["probability"][wrong]))][:WORST]
+    c = method_columns(table, plan.options.methods[0])
     return {
         "images": plan.images,
         "accuracy": float((c["prediction"] == c["label"]).mean()),
         "methods": methods,
-        "most_confident_wrong": _images(c, order, plan.classes),
+        "most_confident_wrong": image_items(c, wrong_order(c)[:WORST], plan.classes),
         "dead_channels": {name: np.flatnonzero(m.maximum <= 0).tolist() for name, m in layers.items()},
     }

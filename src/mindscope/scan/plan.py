@@ -105,7 +105,13 @@ class Plan:
             tuple(record["image_shape"]),  # type: ignore[arg-type]
             tuple(record["layers"]),
             record["weights"],
+            record.get("card"),
         )
+
+
+def is_scan(path: Path | str) -> bool:
+    """Whether `path` is a scan folder (it holds the manifest that `mindscope scan` writes first)."""
+    return (Path(path) / MANIFEST).is_file()
 
 
 def parse_shard(spec: str) -> tuple[int, int]:

@@ -15,7 +15,16 @@ from torch import Tensor
 
 from mindscope.activations import LayerStatistics
 from mindscope.attribution import Attribution
-from mindscope.scan.merge import CLASSES, LAYERS, SUMMARY, TABLE
+from mindscope.scan.merge import (
+    CLASSES,
+    LAYERS,
+    SUMMARY,
+    TABLE,
+    image_items,
+    method_columns,
+    worst_order,
+    wrong_order,
+)
 from mindscope.scan.plan import Plan, open_plan
 from mindscope.scan.statistics import Moments
 from mindscope.scan.table import arrow, read_table
@@ -43,13 +52,25 @@ class Scan:
     def complete(self) -> bool:
         return (self.path / SUMMARY).exists() and not self.plan.missing()
 
-    def _require(self, name: str) -> Path:
-        if not self.complete:
-            missing = len(self.plan.missing())
-            raise ValueError(
-                f"the scan in {self.path} is not finished ({missing} of {len(self.plan.shards)} shards missing, "
-                "or not merged); run the scan again, or 'mindscope scan --merge --out' it"
+    def unfinished(self) -> str | None:
+        """None for a finished scan; else one line that says what is missing and what to run."""
+        if self.complete:
+            return None
+        missing, shards = len(self.plan.missing()), len(self.plan.shards)
+        if missing:
+            return (
+                f"the scan in {self.path} is not finished ({missing} of {shards} shards missing); run the scan "
+                "again (the same 'mindscope scan' command, or each missing --shard I/N) and it merges itself"
             )
+        return (
+            f"the scan in {self.path} is not finished (all {shards} shards are in, but not merged); "
+            f"run the scan again, or 'mindscope scan --merge --out {self.path}'"
+        )
+
+    def _require(self, name: str) -> Path:
+        problem = self.unfinished()
+        if problem is not None:
+            raise ValueError(problem)
         return self.path / name
 
     @cached_property
@@ -68,6 +89,22 @@ class Scan:
         except ImportError:
             raise ValueError("table() needs pandas; use .arrow() for a pyarrow Table, or pip install pandas") from None
         return frame.sort_values(["method", "index"], kind="stable").reset_index(drop=True)
+
+    def columns(self, method: str | None = None) -> dict[str, np.ndarray]:
+        """The table's rows of `method` (default: the first scanned) as numpy columns, sorted by image index."""
+        return method_columns(self.arrow(), self._method(method))
+
+    def ranking(self, which: str, method: str | None = None) -> list[dict]:
+        """Every image ranked, as the summary ranks its first WORST, with `method`'s numbers.
+
+        `which` is "worst" (least accurate map first; empty for a method without completeness)
+        or "wrong" (wrong predictions only, most confident first).
+        """
+        if which not in ("worst", "wrong"):
+            raise ValueError(f"unknown ranking {which!r}; choose worst or wrong")
+        c = self.columns(method)
+        order = worst_order(c) if which == "worst" else wrong_order(c)
+        return [] if order is None else image_items(c, order, self.plan.classes)
 
     def class_maps(self, method: str | None = None) -> ClassMaps:
         """Per-class mean maps of `method` (default: the first scanned)."""
