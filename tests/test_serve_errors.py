@@ -176,7 +176,7 @@ def test_a_run_given_as_a_model_spec_keeps_its_history(tiny_run):
 @pytest.mark.parametrize(
     "args, message",
     [
-        ([], "give a run directory or a folder of runs, or --model SPEC --data SPEC"),
+        ([], "give a run directory, a scan folder or a folder of runs, or --model SPEC --data SPEC"),
         (["{run}", "--model", "torch:m.pt2"], "give run folders or --model, not both"),
         (["{run}", "--data", "builtin"], "--data and --epoch go with --model"),
         (["{run}", "--port", "70000"], "--port must lie in 0..65535, got 70000"),

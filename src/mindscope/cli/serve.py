@@ -33,11 +33,11 @@ def _check(name: str, value: int, low: int, high: int) -> None:
 @click.option("--threads", type=int, default=None, help="torch threads (default: CPU cores / workers).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda")
 def serve(paths, model_spec, data_spec, epoch, port, host, allowed, workers, threads, device) -> None:
-    """Serve a dashboard of RUN_DIR or FOLDER_OF_RUNS (or --model SPEC --data SPEC) at 127.0.0.1."""
+    """Serve a dashboard of RUN_DIR, SCAN_DIR or a FOLDER_OF_RUNS and scans (or --model SPEC --data SPEC)."""
     if model_spec is not None and paths:
         raise ValueError(f"give run folders or --model, not both (got {paths[0]} and {model_spec!r})")
     if model_spec is None and not paths:
-        raise ValueError("give a run directory or a folder of runs, or --model SPEC --data SPEC")
+        raise ValueError("give a run directory, a scan folder or a folder of runs, or --model SPEC --data SPEC")
     if model_spec is None and (data_spec is not None or epoch is not None):
         raise ValueError("--data and --epoch go with --model; a run directory brings its own data and epochs")
     _check("--port", port, 0, 65535)
@@ -52,7 +52,10 @@ def serve(paths, model_spec, data_spec, epoch, port, host, allowed, workers, thr
         raise ValueError("the dashboard needs Starlette and uvicorn: pip install 'mindscope[serve]'") from None
     import torch
 
+    from mindscope.report.page import count
+    from mindscope.scan import is_scan, open_scan
     from mindscope.serve import address, bind, create_app, serve_forever
+    from mindscope.serve.catalog import SEARCH_DEPTH
     from mindscope.subject import open_subject
     from mindscope.training import resolve_device
 
@@ -70,12 +73,21 @@ def serve(paths, model_spec, data_spec, epoch, port, host, allowed, workers, thr
             click.echo(line)
     for path in paths:
         if not path.is_dir():
-            raise FileNotFoundError(f"no folder {str(path)!r}; give a run directory or a folder of runs")
+            raise FileNotFoundError(f"no folder {str(path)!r}; give a run directory, a scan folder or a folder of runs")
+        if is_scan(path) and (problem := open_scan(path).unfinished()) is not None:
+            raise ValueError(problem)
     app = create_app(paths, subject=subject, host=host, allowed_hosts=allowed, workers=workers, device=str(device))
+    catalog = app.state.dashboard.catalog
+    runs, scans = catalog.names(), catalog.scan_names()
+    if not runs and not scans:
+        raise ValueError(
+            f"no run and no scan in {', '.join(map(str, paths))} (looked {SEARCH_DEPTH} folders down); give a run "
+            "directory, a scan folder or a folder of runs ('mindscope train --out', 'mindscope scan --out' make them)"
+        )
     sock = bind(host, port)
     port = sock.getsockname()[1]
-    names = app.state.dashboard.catalog.names()
-    click.echo(f"serving {len(names)} run{'s' if len(names) != 1 else ''} with {workers} workers x {threads} threads")
+    found = count(len(runs), "run") + (f" and {count(len(scans), 'scan')}" if scans else "")
+    click.echo(f"serving {found} with {workers} workers x {threads} threads")
     if host not in LOOPBACK:
         click.echo(
             f"warning: listening on {host}: anyone who can reach this machine on port {port} and learns the "

@@ -35,7 +35,8 @@ def class_maps_figure(
     limit = float(np.abs(maps).max())
     columns = min(len(classes), 5)
     rows = math.ceil(len(classes) / columns)
-    fig = Figure(figsize=(2.1 * columns + 0.9, 2.3 * rows + 0.5), layout="constrained")
+    # at least 3.4 inches tall: the colour bar's label runs along it
+    fig = Figure(figsize=(2.1 * columns + 0.9, max(2.3 * rows + 0.5, 3.4)), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
     norm = TwoSlopeNorm(0.0, -limit, limit) if limit > 0 else TwoSlopeNorm(0.0, -1.0, 1.0)
     image = None
@@ -48,7 +49,7 @@ def class_maps_figure(
         ax.set_axis_off()
     fig.colorbar(image, ax=axes.tolist(), shrink=0.8, label="attribution (summed over channels)")
     caption = f"one colour scale: ±{limit:.3g}" if limit > 0 else "every mean map is zero"
-    fig.suptitle(f"{title}; {caption}", fontsize=10)
+    fig.suptitle(f"{title}; {caption}", fontsize=10, wrap=True)  # one class alone is a narrow figure
     return fig
 
 

@@ -106,9 +106,7 @@ class Dashboard:
             autoescape=True,
             undefined=jinja2.StrictUndefined,
         )
-        self.templates.globals.update(
-            pct=lambda v: "-" if v is None else f"{100 * v:.1f}%", views=VIEWS, htmx_config=HTMX_CONFIG
-        )
+        self.templates.globals.update(pct=lambda v: "-" if v is None else f"{100 * v:.1f}%", htmx_config=HTMX_CONFIG)
 
     def render(self, template: str, *, memo: Hashable | None = None, **context: object) -> HTMLResponse:
         """Render a template; with `memo`, keep the HTML under that key (everything it shows depends on it)."""

@@ -1,10 +1,11 @@
-"""What the dashboard may open: the runs under the folders given on the command line, or one outside model.
+"""What the dashboard may open: the runs and scans under the folders given on the command line, or one outside model.
 
-A run is named in URLs by its folder's label and its path inside that folder
-("runs/demo"). A name is resolved and must stay inside its folder and be a run: `../`,
-absolute paths and links that lead out are NotFound, never opened. Opened runs are kept
-(their data and the models of the epochs asked for), each with one lock: hooks and
-requires_grad flags live on the model itself, so two threads must not use it at once.
+A run (or a scan folder) is named in URLs by its folder's label and its path inside that
+folder ("runs/demo"). A name is resolved and must stay inside its folder and be a run (or a
+scan): `../`, absolute paths and links that lead out are NotFound, never opened. Opened runs
+are kept (their data and the models of the epochs asked for), each with one lock: hooks and
+requires_grad flags live on the model itself, so two threads must not use it at once. Opened
+scans are kept too; reading one needs no model.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from torch import nn
 
 from mindscope.layers import describe_layers, numbered_layers, resolve_layer
 from mindscope.run import Run, is_run, read_metrics
+from mindscope.scan import Scan, is_scan, open_scan
 from mindscope.subject import Subject, open_subject
 
 OUTSIDE = "model"  # the one name of an outside model given with --model
-SCAN_DEPTH = 4  # folders below a root searched for runs
+SEARCH_DEPTH = 4  # folders below a root searched for runs and scans
 NAMES_TTL = 5.0  # seconds a listing of the runs is reused (runs appear while others train)
 
 
@@ -44,6 +46,23 @@ class RunInfo:
     width: int | None
     epochs: int  # the last epoch with a snapshot
     accuracy: float | None  # final test accuracy, where recorded
+
+
+@dataclass(frozen=True)
+class ScanInfo:
+    """One line of the Scans table in the Runs view, read from the manifest (and summary once finished)."""
+
+    name: str
+    model: str  # the model spec the scan looked at
+    data: str  # the data spec, or the run's own test split
+    images: int
+    methods: tuple[str, ...]
+    missing: int  # shards not yet written; 0 with no summary means not merged
+    accuracy: float | None  # once finished
+
+    @property
+    def finished(self) -> bool:
+        return self.accuracy is not None
 
 
 @dataclass
@@ -106,12 +125,14 @@ class Catalog:
         self, roots: Sequence[Path | str] = (), *, subject: Subject | None = None, device: str = "cpu"
     ) -> None:
         if subject is None and not roots:
-            raise ValueError("give a run directory, a folder of runs, or --model SPEC to serve")
+            raise ValueError("give a run directory, a folder of runs, a scan folder, or --model SPEC to serve")
         self.roots: dict[str, Path] = {}
         for root in roots:
             path = Path(root).expanduser().resolve()
             if not path.is_dir():
-                raise FileNotFoundError(f"no folder {str(root)!r} to serve; give a run directory or a folder of runs")
+                raise FileNotFoundError(
+                    f"no folder {str(root)!r} to serve; give a run directory, a folder of runs or a scan folder"
+                )
             label, n = path.name or "root", 2
             while label in self.roots:
                 label, n = f"{path.name}-{n}", n + 1
@@ -119,8 +140,9 @@ class Catalog:
         self._entries: dict[str, Entry] = {}
         self._opening: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
-        self._resolved: dict[str, Path] = {}  # names found to be runs inside their root
-        self._names: tuple[float, list[str]] = (-math.inf, [])
+        self._resolved: dict[tuple[str, str], Path] = {}  # (kind, name) found inside its root
+        self._names: tuple[float, list[str], list[str]] = (-math.inf, [], [])  # when, runs, scans
+        self._scans: dict[str, Scan] = {}
         self.device = device
         if subject is not None:
             subject.model.to(device)
@@ -134,16 +156,24 @@ class Catalog:
         """Every run name under the roots (or the outside model's), sorted; looked up again after NAMES_TTL s."""
         if self.outside:
             return [OUTSIDE]
-        when, names = self._names
+        return self._listing()[0]
+
+    def scan_names(self) -> list[str]:
+        """Every scan folder's name under the roots, sorted (none for an outside model)."""
+        return [] if self.outside else self._listing()[1]
+
+    def _listing(self) -> tuple[list[str], list[str]]:
+        when, runs, scans = self._names
         if time.monotonic() - when < NAMES_TTL:
-            return names
-        found = []
+            return runs, scans
+        found: tuple[list[str], list[str]] = ([], [])
         for label, root in self.roots.items():
-            for path in _find_runs(root):
-                rel = path.relative_to(root).as_posix()
-                found.append(label if rel == "." else f"{label}/{rel}")
-        self._names = (time.monotonic(), sorted(found))
-        return self._names[1]
+            for kind, paths in enumerate(_find(root)):
+                for path in paths:
+                    rel = path.relative_to(root).as_posix()
+                    found[kind].append(label if rel == "." else f"{label}/{rel}")
+        self._names = (time.monotonic(), sorted(found[0]), sorted(found[1]))
+        return self._names[1], self._names[2]
 
     def resolve(self, name: str) -> Path:
         """The run directory that `name` names, confined to its root; NotFound for anything else."""
@@ -151,17 +181,40 @@ class Catalog:
             if name != OUTSIDE:
                 raise NotFound(f"no run {name!r}: this dashboard shows one model, named {OUTSIDE!r}")
             return Path(OUTSIDE)
-        if name in self._resolved:
-            return self._resolved[name]
+        return self._confined("run", name, is_run, "pick one from the Runs view")
+
+    def resolve_scan(self, name: str) -> Path:
+        """The scan folder that `name` names, confined to its root; NotFound for anything else."""
+        return self._confined("scan", name, is_scan, "pick one from the Runs view")
+
+    def _confined(self, kind: str, name: str, test, hint: str) -> Path:
+        if (kind, name) in self._resolved:
+            return self._resolved[kind, name]
         label, _, rest = name.partition("/")
         root = self.roots.get(label)
         if root is None or "\x00" in name or rest.startswith(("/", "\\")) or Path(rest).is_absolute():
-            raise NotFound(f"no run {name!r} here; pick one from the Runs view")
+            raise NotFound(f"no {kind} {name!r} here; {hint}")
         path = (root / rest).resolve()
-        if not path.is_relative_to(root) or not is_run(path):
-            raise NotFound(f"no run {name!r} here; pick one from the Runs view")
-        self._resolved[name] = path
+        if not path.is_relative_to(root) or not test(path):
+            raise NotFound(f"no {kind} {name!r} here; {hint}")
+        self._resolved[kind, name] = path
         return path
+
+    def scan(self, name: str) -> Scan:
+        """The scan folder `name`, opened for reading (its manifest only: cheap) and kept."""
+        path = self.resolve_scan(name)
+        with self._guard:
+            if name not in self._scans:
+                self._scans[name] = open_scan(path)
+            return self._scans[name]
+
+    def scan_info(self, name: str) -> ScanInfo:
+        """What a scan looked at and whether it is finished, from its manifest and summary."""
+        scan = self.scan(name)
+        plan = scan.plan
+        accuracy = scan.summary["accuracy"] if scan.complete else None
+        return ScanInfo(name, plan.source.model, plan.source.data or "the run's test split", plan.images,
+                        plan.options.methods, len(plan.missing()), accuracy)  # fmt: skip
 
     def entry(self, name: str) -> Entry:
         """The opened run `name` (opened now if need be; slow the first time, so call it in a worker)."""
@@ -204,17 +257,17 @@ class Catalog:
         return RunInfo(name, path, str(data.get("name", "?")), same, width, last, accuracy)
 
 
-def _find_runs(root: Path) -> list[Path]:
-    """Run directories at or below `root`, at most SCAN_DEPTH folders down; hidden folders skipped."""
-    found = []
+def _find(root: Path) -> tuple[list[Path], list[Path]]:
+    """(runs, scan folders) at or below `root`, at most SEARCH_DEPTH folders down; hidden folders skipped."""
+    runs, scans = [], []
     for folder, dirs, _files in os.walk(root):
         path = Path(folder)
         depth = len(path.relative_to(root).parts)
-        if is_run(path):
-            found.append(path)
-            dirs[:] = []  # a run's own folders (snapshots, state) hold no runs
-        elif depth >= SCAN_DEPTH:
+        if is_run(path) or is_scan(path):
+            (runs if is_run(path) else scans).append(path)
+            dirs[:] = []  # a run's own folders (snapshots, state) hold no runs; a scan's hold shards
+        elif depth >= SEARCH_DEPTH:
             dirs[:] = []
         else:
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-    return found
+    return runs, scans

@@ -15,8 +15,9 @@ from starlette.responses import JSONResponse, Response
 from mindscope.serve.activation_views import check_layer
 from mindscope.serve.app import VIEWS, Dashboard, State, page_id
 from mindscope.serve.attribution_views import BASELINES, METHODS
-from mindscope.serve.catalog import RunInfo
+from mindscope.serve.catalog import RunInfo, ScanInfo
 from mindscope.serve.params import BadRequest, Query
+from mindscope.serve.scan_parts import scan_link, scan_page
 from mindscope.serve.training_views import weight_tensors
 from mindscope.serve.uploads import TooLarge
 
@@ -27,6 +28,12 @@ async def run_infos(dash: Dashboard) -> list[RunInfo]:
     """Every run's line of the Runs view, read afresh (runs may be training), in the pool."""
     catalog = dash.catalog
     return await dash.jobs.get(("runs",), lambda _p: [catalog.info(n) for n in catalog.names()], keep=False)
+
+
+async def scan_infos(dash: Dashboard) -> list[ScanInfo]:
+    """Every scan's line of the Runs view, read afresh (scans may be running), in the pool."""
+    catalog = dash.catalog
+    return await dash.jobs.get(("scans",), lambda _p: [catalog.scan_info(n) for n in catalog.scan_names()], keep=False)
 
 
 async def layers(dash: Dashboard, state: State) -> list[tuple[str, str, tuple[int, ...]]]:
@@ -53,7 +60,8 @@ async def default_layer(dash: Dashboard, state: State) -> str:
 async def view_context(dash: Dashboard, view: str, state: State | None) -> dict[str, object]:
     """What the view's controls offer: tensors, layers, classes, methods, other runs."""
     if view == "runs":
-        return {"runs": await run_infos(dash), "roots": ", ".join(map(str, dash.catalog.roots.values()))}
+        roots = ", ".join(map(str, dash.catalog.roots.values()))
+        return {"runs": await run_infos(dash), "scans": await scan_infos(dash), "roots": roots, "scan_link": scan_link}
     entry = state.entry
     context: dict[str, object] = {"classes": entry.subject.classes, "methods": METHODS, "baselines": BASELINES}
     history = entry.subject.run is not None
@@ -75,8 +83,14 @@ def page_handler(dash: Dashboard):
     async def page(request: Request) -> Response:
         query = Query(request.query_params)
         names = [name for name, _ in VIEWS]
-        several = len(dash.catalog.names()) > 1
-        view = query.choice("view", names, "runs" if several else "training")
+        runs, scans = dash.catalog.names(), dash.catalog.scan_names()
+        if not runs and len(scans) == 1:
+            default = "scan"  # `mindscope serve SCAN_DIR`
+        else:
+            default = "runs" if len(runs) + len(scans) > 1 else "training"
+        view = query.choice("view", [*names, "scan"], default)
+        if view == "scan":
+            return await scan_page(dash, query)
         state = await dash.state(query, need_run=False)
         note = ""
         if state is None and view != "runs":
@@ -99,6 +113,7 @@ def page_handler(dash: Dashboard):
             state=state,
             thumb=thumb,
             link=link,
+            nav=[(name, label, link(name)) for name, label in VIEWS] if runs else [("runs", "Runs", link("runs"))],
             page=page_id(),
             note=note,
             history=state is not None and state.entry.subject.run is not None,

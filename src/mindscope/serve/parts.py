@@ -37,6 +37,7 @@ from mindscope.serve.jobs import Work
 from mindscope.serve.pages import page_handler, upload_handler
 from mindscope.serve.params import BadRequest, Query
 from mindscope.serve.pictures import image_src
+from mindscope.serve.scan_parts import scan_part_handlers
 from mindscope.serve.training_views import Filter, predictions, training_picture, weights_view
 from mindscope.serve.trust_view import trust_view
 
@@ -325,4 +326,5 @@ def part_handlers(dash: Dashboard) -> dict[str, Callable[[Request], Awaitable[Re
         "alpha": alpha,
         "trust": trust,
         "compare": compare,
+        **scan_part_handlers(dash),
     }

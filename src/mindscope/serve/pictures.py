@@ -122,6 +122,26 @@ class Rendered:
             spots.append(Spot(left, top, right - left, bottom - top, label, channel))
         return spots
 
+    def panel_spot(self, ax: Axes, label: str) -> Spot:
+        """One box over the whole panel `ax`."""
+        x0, y0, x1, y1 = ax.bbox.extents  # display pixels, origin at the bottom
+        return Spot(100 * x0 / self.width, 100 * (1 - y1 / self.height), 100 * (x1 - x0) / self.width,
+                    100 * (y1 - y0) / self.height, label)  # fmt: skip
+
+    def bar_spots(self, ax: Axes, *, x_name: str, noun: str = "images") -> list[Spot]:
+        """One hover box per non-empty bar of a histogram on `ax`, labelled with its count and edges as drawn."""
+        spots = []
+        for bar in ax.patches:
+            x, width, height = bar.get_x(), bar.get_width(), bar.get_height()
+            if not height > 0:
+                continue
+            left, top = self.percent(ax, x, height)
+            right, bottom = self.percent(ax, x + width, ax.get_ylim()[0])
+            what = noun if height != 1 else noun.removesuffix("s")
+            label = f"{height:.0f} {what} with {x_name} from {x:.6g} to {x + width:.6g}"
+            spots.append(Spot(left, top, right - left, bottom - top, label))
+        return spots
+
     def marker(self, ax: Axes, x: float) -> Marker:
         """A vertical line at data x across the panel `ax`."""
         left, _ = self.percent(ax, x, ax.get_ylim()[0])
