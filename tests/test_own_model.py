@@ -226,11 +226,7 @@ def test_every_command_runs_on_each_source(kind, sources, images, tmp_path, caps
     assert status == 0, err
     assert (tmp_path / "v" / f"{conv}_grid.png").is_file()
     if _importable("pyarrow"):
-        card = tmp_path / "card.json"  # scan takes the card as a file, the same facts as the flags
-        card.write_text(json.dumps(_card(flags)))
-        weights = ["--weights", flags[flags.index("--weights") + 1]] if "--weights" in flags else []
-        argv = ["scan", "--model", spec, *weights, "--card", str(card), *data, "--methods", "gradient"]
-        status, out, err = run([*argv, "--out", str(tmp_path / "s")], capsys)
+        status, out, err = run(["scan", *given, *data, "--methods", "gradient", "--out", str(tmp_path / "s")], capsys)
         assert status == 0, err
         from mindscope.scan import open_scan
 
@@ -238,6 +234,41 @@ def test_every_command_runs_on_each_source(kind, sources, images, tmp_path, caps
         x, y = reference_inputs(images)
         assert len(table) == 12 and table["label"].tolist() == y.tolist()
         assert table["prediction"].tolist() == small_cnn(x).argmax(1).tolist()
+
+
+@pytest.mark.parametrize("kind", ["python", "onnx"])
+def test_a_scan_takes_the_card_as_flags_or_as_a_file_and_they_are_one_scan(kind, sources, images, tmp_path, capsys,
+                                                                             small_cnn):  # fmt: skip
+    pytest.importorskip("pyarrow")
+    from mindscope.scan import open_scan
+
+    spec, flags = _source(sources, kind)
+    weights = flags[flags.index("--weights") : flags.index("--weights") + 2] if "--weights" in flags else []
+    card = tmp_path / "card.json"
+    card.write_text(json.dumps(_card(flags)))
+    common = ["scan", "--model", spec, *weights, "--data", f"folder:{images}", "--methods", "gradient,integrated",
+              "--steps", "8", "--layers", "none", "--shard-size", "8"]  # fmt: skip
+    by_flags = [*common, *[f for f in flags if f not in weights]]
+    by_file = [*common, "--card", str(card)]
+    for argv, out in ((by_flags, "flags"), (by_file, "file")):
+        status, _, err = run([*argv, "--out", str(tmp_path / out)], capsys)
+        assert status == 0, err
+    a, b = open_scan(tmp_path / "flags"), open_scan(tmp_path / "file")
+    assert a.table().drop(columns="seconds").equals(b.table().drop(columns="seconds"))
+    assert torch.equal(a.maps(range(12), "integrated"), b.maps(range(12), "integrated"))
+    x, y = reference_inputs(images)  # the card's normalisation, done here: the model saw these inputs
+    table = a.table()[lambda t: t["method"] == "gradient"]
+    assert table["label"].tolist() == y.tolist() and table["prediction"].tolist() == small_cnn(x).argmax(1).tolist()
+    manifest = json.loads((tmp_path / "flags" / "scan.json").read_text())
+    assert manifest["source"]["card"] == _card(flags)  # what every worker opens the model with
+    assert manifest["card"] == {**_card(flags), "layout": "NCHW"}  # the card as used: part of the identity
+    # the same card by the other route is the same scan: a rerun finds every shard done
+    status, out, err = run([*by_file, "--out", str(tmp_path / "flags")], capsys)
+    assert status == 0 and "computed 0 shard(s), 2 already done" in out, err
+    # another card is another scan: refused, nothing written
+    other = [*by_flags[: by_flags.index("--mean")], "--mean", "0,0,0", *by_flags[by_flags.index("--mean") + 2 :]]
+    status, out, err = run([*other, "--out", str(tmp_path / "flags")], capsys)
+    assert status == 2 and re.search(r"holds a different scan \(card .* there, .* here\)", err), err
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
+from mindscope.cli.source import model_source, source_card
 from mindscope.scan import LocalEngine, RayEngine, ScanOptions, ScanSource, merge_scan, parse_shard, scan
 from mindscope.scan.compute import ShardReport
 from mindscope.scan.options import BASELINES, SCORES, TARGETS
@@ -96,11 +97,7 @@ def _describe(summary: dict) -> list[str]:
 
 
 @click.command("scan")
-@click.argument("run_dir", required=False, type=click.Path(path_type=Path))
-@click.option("--model", "model_spec", default=None, help="run:DIR, torch:FILE, onnx:FILE, keras:FILE, python:...")
-@click.option("--weights", default=None, help="weights file for an outside model")
-@click.option("--card", default=None, help="model card (.card.json) for an outside model")
-@click.option("--data", "data_spec", default=None, help="builtin, cifar10:PATH, folder:PATH, ... (default: the run's)")
+@model_source
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="scan folder (created, or resumed)")
 @click.option(
     "--methods", default="integrated", show_default=True, help="comma-separated: gradient,integrated,smoothgrad"
@@ -125,12 +122,12 @@ def _describe(summary: dict) -> list[str]:
 @click.option("--float16", is_flag=True, help="store maps as float16 (half the size, ~3 significant digits)")
 @click.option("--epoch", type=int, default=None, help="snapshot of a run to load (default: the last)")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda")
-def scan_command(run_dir, model_spec, weights, card, data_spec, out, methods, tolerance, steps, max_steps, baseline,
-                 score, target, layer_spec, limit, shard_spec, merge, engine, workers, shard_size, batch_size, float16,
-                 epoch, device) -> None:  # fmt: skip
+def scan_command(out, methods, tolerance, steps, max_steps, baseline, score, target, layer_spec, limit, shard_spec,
+                 merge, engine, workers, shard_size, batch_size, float16, epoch, device, **source) -> None:  # fmt: skip
     """Scan a data set with attributions and activation statistics into OUT, resuming what is there."""
+    run_dir, model_spec = source["run_dir"], source["model_spec"]
     if merge:
-        if run_dir is not None or model_spec is not None or shard_spec is not None:
+        if any(value is not None for value in source.values()) or shard_spec is not None:
             raise ValueError("--merge joins the shards already in --out; give only --out")
         progress = merge_scan(out)
     else:
@@ -155,11 +152,12 @@ def scan_command(run_dir, model_spec, weights, card, data_spec, out, methods, to
             batch_size=batch_size,
         )
         device = str(resolve_device(device))
-        source = ScanSource(model_spec or f"run:{run_dir}", data_spec, epoch, weights, card, device)
+        card = source_card(source)  # the file, or the flags' fields: every worker opens the model with these
+        where = ScanSource(model_spec or f"run:{run_dir}", source["data_spec"], epoch, source["weights"], card, device)
         runner = LocalEngine(workers) if engine == "local" else RayEngine(workers)
         bar = _Progress()
         try:
-            progress = scan(source, out, options=options, limit=limit, shard=shard, engine=runner,
+            progress = scan(where, out, options=options, limit=limit, shard=shard, engine=runner,
                             on_start=bar.start, on_shard=bar.shard)  # fmt: skip
         finally:
             bar.close()

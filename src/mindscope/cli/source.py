@@ -101,8 +101,8 @@ def card_overrides(source: dict[str, Any]) -> dict[str, Any]:
     return card
 
 
-def open_source(source: dict[str, Any], *, epoch: int | None = None, quiet: bool = False) -> Subject:
-    """Open RUN_DIR or --model with its data; print what the model is and what was assumed."""
+def source_card(source: dict[str, Any]) -> Path | dict[str, Any] | None:
+    """The model card the options give: --card FILE, the flags, or the file's fields with the flags over them."""
     overrides = card_overrides(source)
     is_run = source["model_spec"] is None or str(source["model_spec"]).startswith("run:")
     if is_run and overrides:
@@ -117,11 +117,16 @@ def open_source(source: dict[str, Any], *, epoch: int | None = None, quiet: bool
         card = {**read_card(card), **overrides}
     elif overrides:
         card = overrides
+    return card
+
+
+def open_source(source: dict[str, Any], *, epoch: int | None = None, quiet: bool = False) -> Subject:
+    """Open RUN_DIR or --model with its data; print what the model is and what was assumed."""
     subject = open_subject(
         source["run_dir"],
         model=source["model_spec"],
         weights=source["weights"],
-        card=card,
+        card=source_card(source),
         data=source["data_spec"],
         epoch=epoch,
     )

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mindscope._util import check_fits
+from mindscope.models.card import CARD_KEYS
 from mindscope.scan.compute import ShardReport
 from mindscope.scan.engines import LocalEngine, RayEngine
 from mindscope.scan.files import remove_leftovers
 from mindscope.scan.merge import SUMMARY, merge
-from mindscope.scan.options import ScanOptions, ScanSource
+from mindscope.scan.options import ScanOptions, ScanSource, plain_card
 from mindscope.scan.plan import SHARDS, Plan, claim, open_plan, resolve_scan_layers, weights_hash
 from mindscope.scan.table import arrow
 
@@ -49,8 +50,9 @@ def plan_scan(source: ScanSource, out: Path | str, options: ScanOptions, *, limi
         needed = options.batch_size * options.max_steps * math.prod(shape) * 4  # float32 gradients
         check_fits(needed, what, "lower --batch-size or --max-steps")
     layers = resolve_scan_layers(subject.model, options.layers)
+    card = None if subject.card is None else plain_card({k: getattr(subject.card, k) for k in CARD_KEYS})
     plan = Plan(Path(out), source, options, images, tuple(subject.classes or test.classes), shape, layers,  # type: ignore[arg-type]
-                weights_hash(subject.model))  # fmt: skip
+                weights_hash(subject.model), card)  # fmt: skip
     return plan, subject
 
 

@@ -7,10 +7,10 @@ map to the looks here, in one place.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -88,18 +88,29 @@ class ScanOptions:
 
 @dataclass(frozen=True)
 class ScanSource:
-    """What to open, in any process: `open_subject`'s arguments (a run directory is `run:DIR`)."""
+    """What to open, in any process: `open_subject`'s arguments (a run directory is `run:DIR`).
+
+    `card` is a card file's path or the card's fields themselves (what the command line's
+    --input-size, --mean, ... give), so that every worker, a Ray actor included, opens the
+    model with the same card.
+    """
 
     model: str
     data: str | None = None
     epoch: int | None = None
     weights: str | None = None
-    card: str | None = None
+    card: str | dict | None = None
     device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.model.startswith("run:"):  # one run, however its path is written, in every process
             object.__setattr__(self, "model", f"run:{Path(self.model[4:]).expanduser().resolve()}")
+        if isinstance(self.weights, Path):
+            object.__setattr__(self, "weights", str(self.weights))
+        if isinstance(self.card, Path):
+            object.__setattr__(self, "card", str(self.card))
+        elif isinstance(self.card, Mapping):  # as JSON gives it back, so the manifest reads back equal
+            object.__setattr__(self, "card", plain_card(self.card))
 
     def open(self) -> Subject:
         """Open the model and its data, on `device`, in eval mode with frozen parameters."""
@@ -108,6 +119,11 @@ class ScanSource:
         subject = open_subject(model=self.model, data=self.data, epoch=self.epoch, weights=self.weights, card=self.card)
         prepare_model(subject.model, torch.device(self.device))
         return subject
+
+
+def plain_card(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Card fields as JSON holds them: lists for tuples, in a plain dict."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
 
 
 def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:

@@ -49,6 +49,7 @@ class Plan:
     image_shape: tuple[int, int, int]  # (C, H, W)
     layers: tuple[str, ...]  # resolved module names for activation statistics
     weights: str  # sha256 of the model's state dict
+    card: dict | None = None  # an outside model's card as used (given, read or assumed); None for a run
 
     @property
     def identity(self) -> dict:
@@ -56,6 +57,7 @@ class Plan:
         return {
             "model": self.source.model,
             "weights": self.weights,
+            "card": self.card,
             "data": self.source.data,
             "images": self.images,
             "layers": list(self.layers),
@@ -92,6 +94,7 @@ class Plan:
             "image_shape": list(self.image_shape),
             "layers": list(self.layers),
             "weights": self.weights,
+            "card": self.card,
         }
 
     @classmethod
