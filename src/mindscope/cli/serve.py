@@ -86,7 +86,7 @@ def serve(paths, model_spec, data_spec, epoch, port, host, allowed, workers, thr
         )
     sock = bind(host, port)
     port = sock.getsockname()[1]
-    found = count(len(runs), "run") + (f" and {count(len(scans), 'scan')}" if scans else "")
+    found = " and ".join(count(n, noun) for n, noun in ((len(runs), "run"), (len(scans), "scan")) if n)
     click.echo(f"serving {found} with {workers} workers x {threads} threads")
     if host not in LOOPBACK:
         click.echo(
