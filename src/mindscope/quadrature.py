@@ -29,7 +29,7 @@ __all__ = [
     "trapezoid",
 ]
 
-SPLIT_FRACTION = 0.5  # bisect every panel whose error indicator is at least this fraction of the worst
+SPLIT_FRACTION = 0.9  # bisect every panel whose error indicator is at least this fraction of the worst
 
 
 @dataclass(frozen=True)
