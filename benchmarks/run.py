@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         ),
         "attribution (vs raw gradients, Captum)": (
             bench_attribution.main,
-            (["--run", args.run] if args.run else ["--runs", "demo" if quick else "demo,fashion-mnist,long"])
+            (["--run", args.run] if args.run else ["--runs", "demo" if quick else "demo,fashion-mnist,long,light"])
             + ["--repeats", "1" if quick else "3"],
         ),
         "Grad-CAM, layer IG, occlusion (vs Captum)": (
