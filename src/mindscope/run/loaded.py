@@ -102,7 +102,9 @@ class LoadedRun:
                 f"snapshot of epoch {epoch} in {self.path} holds NaN or Inf in {bad[0]}; "
                 f"load an earlier --epoch (snapshots: {', '.join(map(str, self.epochs))})"
             )
-        return model.eval()
+        # As in training: channels_last convolutions take about a quarter less CPU time per
+        # gradient step (the demo run, 16 images, Gauss-Legendre 32); the values are unchanged.
+        return model.to(memory_format=torch.channels_last).eval()
 
     def histograms(self) -> list[dict[str, Any]]:
         with closing(sqlite3.connect(self.path / DATABASE)) as db:
