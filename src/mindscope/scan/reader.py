@@ -97,8 +97,8 @@ class Scan:
     def ranking(self, which: str, method: str | None = None) -> list[dict]:
         """Every image ranked, as the summary ranks its first WORST, with `method`'s numbers.
 
-        `which` is "worst" (least accurate map first; empty for a method without completeness)
-        or "wrong" (wrong predictions only, most confident first).
+        `which` is "worst" (least accurate map first, ill-conditioned images left out; empty for a
+        method without completeness) or "wrong" (wrong predictions only, most confident first).
         """
         if which not in ("worst", "wrong"):
             raise ValueError(f"unknown ranking {which!r}; choose worst or wrong")

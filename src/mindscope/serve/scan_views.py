@@ -17,7 +17,14 @@ import numpy as np
 from mindscope.render.attribution import attribution_panels
 from mindscope.render.scan import class_maps_figure, completeness_figure
 from mindscope.report.page import count
-from mindscope.report.scan_page import LISTING, PixelSource, completeness_caption, error_text, listing_rows
+from mindscope.report.scan_page import (
+    LISTING,
+    PixelSource,
+    completeness_caption,
+    error_text,
+    listing_rows,
+    set_aside_text,
+)
 from mindscope.scan import Scan
 from mindscope.serve.pictures import Picture, Rendered, image_src
 
@@ -130,9 +137,16 @@ def ranking_view(scan: Scan, pixels: PixelSource, ranking: list[dict], which: st
     if page >= pages:
         raise ValueError(f"page {page} is out of range; the {RANKINGS[which]} list has {pages} page(s), 0..{pages - 1}")
     shown = ranking[page * LIST_ROWS : (page + 1) * LIST_ROWS]
+    aside = ""  # the worst list: how many ill-conditioned images it leaves out
+    if which == "worst":
+        columns = scan.columns(method)
+        if not np.isnan(columns["relative_completeness_error"]).all():
+            aside = " " + set_aside_text(int(columns["ill_conditioned"].sum()), len(columns["index"]))
     if not shown:
         if which == "wrong":
             note = f"The model classifies all {scan.plan.images} scanned images correctly."
+        elif aside:
+            note = f"{method}: no image to rank.{aside}"
         else:
             note = f"{method} has no completeness error to rank images by (only integrated gradients do)."
         return RankingView(which, 0, 0, 1, tuple(LISTING), (), (), None, note)
@@ -149,7 +163,8 @@ def ranking_view(scan: Scan, pixels: PixelSource, ranking: list[dict], which: st
     )
     caption = (
         f"{method}: images {page * LIST_ROWS + 1}-{page * LIST_ROWS + len(shown)} of the {len(ranking)} "
-        f"{RANKINGS[which]} ({order}); each row of the figure has its own colour scale, given in its titles.{note}"
+        f"{RANKINGS[which]} ({order}); each row of the figure has its own colour scale, given in its titles."
+        f"{aside}{note}"
     )
     thumbs = tuple(image_src(x[i], scale=2) for i in range(len(shown)))
     return RankingView(which, len(ranking), page, pages, tuple(LISTING), rows, thumbs, Rendered(fig).picture(),
