@@ -87,7 +87,9 @@ class Scan:
         try:
             frame = self.arrow().to_pandas()
         except ImportError:
-            raise ValueError("table() needs pandas; use .arrow() for a pyarrow Table, or pip install pandas") from None
+            raise ValueError(
+                "table() needs pandas; use .arrow() for a pyarrow Table, or pip install 'mindscope[scan]'"
+            ) from None
         return frame.sort_values(["method", "index"], kind="stable").reset_index(drop=True)
 
     def columns(self, method: str | None = None) -> dict[str, np.ndarray]:
