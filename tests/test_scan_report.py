@@ -167,6 +167,7 @@ def test_class_maps_share_the_scale_of_a_naive_class_mean(scanned, page):
         limit = max(np.abs(maps[targets == k].mean(axis=0)).max() for k in np.unique(targets))
         scale = float(re.search(r"one shared colour scale, ±([0-9.e+-]+)", caption).group(1))
         assert scale == pytest.approx(limit, rel=5e-3)  # printed to three figures
+        assert f"±{scale:.3g} (blue raises the class's score, red lowers it)" in caption  # the panels' convention
         empty = [found.plan.classes[k] for k in range(10) if k not in targets]
         assert ("No image was attributed to " + ", ".join(empty) in caption) == bool(empty)
 

@@ -20,7 +20,7 @@ from mindscope._version import __version__
 from mindscope.attribution import ILL_CONDITIONING_FLOOR
 from mindscope.render.activations import layer_statistics_figure
 from mindscope.render.attribution import attribution_panels
-from mindscope.render.scan import ZERO_ERROR, class_maps_figure, completeness_figure
+from mindscope.render.scan import SIGNS, ZERO_ERROR, class_maps_figure, completeness_figure
 from mindscope.report.page import Section, Table, count, pct, render_page
 from mindscope.run import atomic_write_bytes
 from mindscope.scan import Scan, open_scan
@@ -114,7 +114,7 @@ def classes_section(scan: Scan) -> Section:
         empty = [name for name, n in zip(scan.plan.classes, counts) if n == 0]
         caption = (
             f"{method}: mean map of each class over {count(sum(counts), 'image')}, every panel on one shared "
-            f"colour scale, ±{limit:.3g} (red: raises the class's score, blue: lowers it)."
+            f"colour scale, ±{limit:.3g} ({SIGNS})."
         )
         if empty:
             caption += f" No image was attributed to {', '.join(empty)}: those panels are blank."

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mindscope.render.attribution import attribution_panels
-from mindscope.render.scan import class_maps_figure, completeness_figure
+from mindscope.render.scan import SIGNS, class_maps_figure, completeness_figure
 from mindscope.report.page import count
 from mindscope.report.scan_page import (
     LISTING,
@@ -62,7 +62,7 @@ def classes_view(scan: Scan, method: str, chosen: int | None) -> ClassesView:
     if chosen is None:
         caption = (
             f"{method}: the mean map of each class over {count(n, 'image')}, summed over colour channels, every "
-            f"panel on one shared colour scale, ±{limit:.3g} (red raises the class's score, blue lowers it)."
+            f"panel on one shared colour scale, ±{limit:.3g} ({SIGNS})."
         )
         empty = [classes[k] for k in ks if counts[k] == 0]
         if empty:
@@ -72,7 +72,7 @@ def classes_view(scan: Scan, method: str, chosen: int | None) -> ClassesView:
     abs_mean = maps.mean_abs[chosen].numpy()
     caption = (
         f"{method}: the mean map of the {count(n, 'image')} attributed to {classes[chosen]}, summed over colour "
-        f"channels, on its own colour scale, ±{limit:.3g}."
+        f"channels, on its own colour scale, ±{limit:.3g} ({SIGNS})."
     )
     numbers = {
         "class": f"{chosen}: {classes[chosen]}",
