@@ -246,12 +246,10 @@ def test_scan_parts_need_the_token(folder):
         assert fresh.get("/part/scan-class-values", params={"class": 0}).status_code == 403
 
 
-@pytest.mark.parametrize("what", ["unfinished", "empty", "merged-but-for-the-summary"])
+@pytest.mark.parametrize("what", ["unfinished", "merged-but-for-the-summary"])
 def test_the_command_refuses_a_folder_it_cannot_show_with_one_line(folder, tmp_path, capsys, what):
     if what == "unfinished":
         path, message = folder / "scans" / "half", r"not finished \(1 of 3 shards missing\); run the scan again"
-    elif what == "empty":
-        path, message = tmp_path, r"no run and no scan in .* \(looked 4 folders down\); give a run directory"
     else:
         path = tmp_path / "scan"
         shutil.copytree(folder / "scans" / "whole", path)
