@@ -122,6 +122,27 @@ def test_serving_a_scan_folder_opens_its_page_with_the_counts_of_its_table(folde
         assert f'hx-get="/part/{part}"' in page
 
 
+@pytest.mark.parametrize("served", ["the run", "its folder"])
+def test_a_scan_stored_inside_a_run_folder_is_listed_and_opens(folder, table, tmp_path, served):
+    run = tmp_path / "tiny"
+    shutil.copytree(folder / "tiny", run)
+    shutil.copytree(folder / "scans" / "whole", run / "scan")  # as 'mindscope scan RUN --out RUN/scan' writes it
+    root = run if served == "the run" else tmp_path
+    name = root.name if root == run else f"{root.name}/tiny"
+    app = create_app([root], token=TOKEN)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        login(client)
+        page = client.get("/", params={"view": "runs"}).text
+        assert [r[0] for r in table_rows(page, "runs")[1:]] == [name]
+        assert [r[0] for r in table_rows(page, "scans")[1:]] == [f"{name}/scan"]
+        part = client.get("/part/scan-list", params={"scan": f"{name}/scan", "which": "wrong"})
+    assert part.status_code == 200, part.text
+    columns = table["integrated"]
+    wrong = [i for i in range(IMAGES) if columns["prediction"][i] != columns["label"][i]]
+    first = min(wrong, key=lambda i: (-columns["probability"][i], columns["index"][i]))
+    assert int(table_rows(part.text, "scan-wrong")[1][0]) == columns["index"][first]
+
+
 @pytest.mark.parametrize("method", ["integrated", "gradient"])
 def test_the_worst_list_pages_through_the_tables_ranking(client, table, method):
     columns = table[method]
