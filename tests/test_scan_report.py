@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 import shutil
 from html.parser import HTMLParser
@@ -201,3 +202,21 @@ def test_python_and_the_cli_refuse_what_a_scan_page_cannot_use(scanned, tmp_path
     with pytest.raises(ValueError, match=r"the scan in .* is not finished .* run the scan again"):
         write_report(unfinished, tmp_path / "page.html")
     assert not (tmp_path / "page.html").exists()
+
+
+@pytest.mark.slow
+def test_a_scan_recorded_on_cuda_opens_its_report_with_its_images_on_a_cpu(scanned, tmp_path, one_thread):
+    copy = tmp_path / "on-cuda"
+    shutil.copytree(scanned, copy)
+    manifest = json.loads((copy / "scan.json").read_text())
+    manifest["source"]["device"] = "cuda"  # as 'mindscope scan --device cuda' records it
+    (copy / "scan.json").write_text(json.dumps(manifest))
+    assert open_scan(copy).plan.source.device == "cuda"
+    assert main(["report", str(copy), "--images", "1"]) == 0
+    sections = Page((copy / "report.html").read_text()).sections
+    captions = sections["worst"]["captions"] + sections["wrong"]["captions"]
+    assert len(captions) == 2 and not any("could not be opened" in c for c in captions), captions  # not grey
+    frame = open_scan(scanned).table()  # the page is the scan's: its most confidently wrong image first
+    first = frame[(frame["method"] == "gradient") & (frame["prediction"] != frame["label"])]
+    index = int(first.sort_values(["probability", "index"], ascending=[False, True])["index"].iloc[0])
+    assert f"the maps of images [{index}]" in sections["wrong"]["captions"][0]

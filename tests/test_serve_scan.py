@@ -8,6 +8,7 @@ per-class means.
 from __future__ import annotations
 
 import html
+import json
 import math
 import re
 import shutil
@@ -141,6 +142,20 @@ def test_a_scan_stored_inside_a_run_folder_is_listed_and_opens(folder, table, tm
     wrong = [i for i in range(IMAGES) if columns["prediction"][i] != columns["label"][i]]
     first = min(wrong, key=lambda i: (-columns["probability"][i], columns["index"][i]))
     assert int(table_rows(part.text, "scan-wrong")[1][0]) == columns["index"][first]
+
+
+def test_a_scan_recorded_on_cuda_shows_its_images_on_a_cpu(folder, tmp_path):
+    copy = tmp_path / "on-cuda"
+    shutil.copytree(folder / "scans" / "whole", copy)
+    manifest = json.loads((copy / "scan.json").read_text())
+    manifest["source"]["device"] = "cuda"  # as 'mindscope scan --device cuda' records it
+    (copy / "scan.json").write_text(json.dumps(manifest))
+    app = create_app([copy], token=TOKEN)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        login(client)
+        part = client.get("/part/scan-image", params={"scan": "on-cuda", "index": 3})
+    assert part.status_code == 200, part.text
+    assert numbers(part.text)["image"] == "3" and "note" not in numbers(part.text)  # no grey stand-in
 
 
 @pytest.mark.parametrize("method", ["integrated", "gradient"])

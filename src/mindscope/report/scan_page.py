@@ -40,9 +40,13 @@ def _data_name(scan: Scan) -> str:
 
 
 def scan_pixels(scan: Scan) -> PixelSource:
-    """A function: image indices -> their pixels in [0, 1] and a note; grey where the data cannot be opened."""
+    """A function: image indices -> their pixels in [0, 1] and a note; grey where the data cannot be opened.
+
+    Only the data is read, never the model run, so the model is opened on the CPU whatever device
+    the scan ran on: a scan recorded on CUDA opens on a machine without it.
+    """
     try:
-        data = scan.plan.source.open().require_data("the scan's report")
+        data = scan.plan.source.open(device="cpu").require_data("the scan's report")
     except (ValueError, OSError) as err:
         reason = str(err).splitlines()[0]
 
