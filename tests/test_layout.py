@@ -174,3 +174,32 @@ def test_unknown_names_are_an_attribute_error():
         warnings.simplefilter("error")
         with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
             _ = mindscope.nonsense
+
+
+def test_the_scan_extra_brings_what_reading_a_scan_needs():
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    project = tomllib.loads((SRC.parents[1] / "pyproject.toml").read_text())["project"]
+    extras = {name: {Requirement(r).name: Requirement(r) for r in reqs}
+              for name, reqs in project["optional-dependencies"].items()}  # fmt: skip
+    # Scan.arrow() and the shards' tables need pyarrow; Scan.table() and the scan's report need pandas
+    for extra in ("scan", "test"):
+        assert {"pyarrow", "pandas"} <= set(extras[extra]), extra
+    pandas = pytest.importorskip("pandas")
+    assert Version(pandas.__version__) in extras["scan"]["pandas"].specifier  # the floor admits what we test with
+
+
+def test_a_scan_table_without_pandas_names_the_extra(monkeypatch):
+    pytest.importorskip("pyarrow")
+    from mindscope.scan import Scan
+
+    class NoPandas:
+        def to_pandas(self):
+            raise ImportError("No module named 'pandas'")
+
+    scan = Scan.__new__(Scan)
+    monkeypatch.setattr(Scan, "arrow", lambda self: NoPandas())
+    with pytest.raises(ValueError, match=r"^table\(\) needs pandas; .* pip install 'mindscope\[scan\]'$"):
+        scan.table()

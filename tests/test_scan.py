@@ -119,6 +119,13 @@ def test_class_maps_statistics_and_summary_equal_a_naive_reading(tiny_run, tmp_p
     assert [w["index"] for w in summary["most_confident_wrong"]] == wrong["index"].tolist()[:20]
     assert summary["accuracy"] == pytest.approx((first["prediction"] == first["label"]).mean())
     assert "converged" not in summary["methods"]["integrated"]  # a fixed rule promises no tolerance
+    integrated = table[table["method"] == "integrated"]
+    ill = integrated["ill_conditioned"].astype(bool)
+    assert ill.any() and summary["methods"]["integrated"]["ill_conditioned"] == int(ill.sum())
+    well = integrated[~ill]  # the worst list ranks only images with something to explain
+    badness = np.fmax(well["relative_completeness_error"], well["map_error"]).fillna(-np.inf)
+    ranked = well.assign(badness=badness).sort_values(["badness", "index"], ascending=[False, True])
+    assert [w["index"] for w in summary["methods"]["integrated"]["worst"]] == ranked["index"].tolist()[:20]
     assert summary["dead_channels"] == {n: s.dead_channels.tolist() for n, s in whole.items()}
     chosen = found.attribution([40, 3], "integrated")  # the worst images of a report, say, with their maps
     rows = table[table["method"] == "integrated"].set_index("index").loc[[40, 3]]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+from mindscope.render.attribution import overlay
 from mindscope.render.scan import class_maps_figure, completeness_figure
 
 
@@ -24,6 +26,34 @@ def test_every_class_map_shares_one_symmetric_scale_set_by_the_largest_pixel():
     titles = [ax.get_title() for ax in fig.axes if ax.images]
     assert titles == ["a (5 images)", "b (no images)", "c (7 images)"]
     assert f"±{limit:.3g}" in fig._suptitle.get_text()
+
+
+def test_class_maps_are_blue_for_the_class_and_red_against_it_as_the_attribution_panels_are():
+    mean = np.zeros((2, 3, 5, 5))
+    mean[0, 0, 1, 1] = 2.0  # for class a: the largest |mean|
+    mean[1, 2, 3, 3] = -1.5  # against class b
+    fig = class_maps_figure(mean, ("a", "b"), [4, 3])
+    images = [ax.images[0] for ax in fig.axes if ax.images]
+    rgb = [image.to_rgba(image.get_array())[..., :3] for image in images]
+    for_a, against_b, nothing = rgb[0][1, 1], rgb[1][3, 3], rgb[0][0, 0]
+    assert for_a[2] > for_a[0] + 0.5 and against_b[0] > against_b[2] + 0.3, (for_a, against_b)
+    assert np.allclose(nothing, 1.0, atol=0.01)  # zero is white
+    # the walk-through's overlay: positive attribution is drawn blue, negative red
+    marked = overlay(np.full((3, 2, 2), 0.5), np.array([[[1.0, -1.0], [0.0, 0.0]]]))
+    assert marked[0, 0, 2] > marked[0, 0, 0] and marked[0, 1, 0] > marked[0, 1, 2]
+
+    (bar,) = [image.colorbar for image in images if image.colorbar is not None]
+    assert bar.ax.get_ylim() == pytest.approx((-2.0, 2.0))  # symmetric, the largest |mean|
+    assert "blue: for the class, red: against it" in bar.ax.get_ylabel()
+    # read the drawn colour bar back from the rendered figure: blue at its top, red at its bottom
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    pixels = np.asarray(canvas.buffer_rgba())[..., :3].astype(float) / 255  # (rows from the top, columns, 3)
+    box = bar.ax.get_window_extent()
+    height = pixels.shape[0]
+    column = int((box.x0 + box.x1) / 2)
+    top, bottom = pixels[height - int(box.y1) + 3, column], pixels[height - int(box.y0) - 3, column]
+    assert top[2] > top[0] + 0.5 and bottom[0] > bottom[2] + 0.5, (top, bottom)
 
 
 def test_the_histogram_counts_every_error_once_and_marks_the_tolerance():

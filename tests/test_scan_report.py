@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 import shutil
 from html.parser import HTMLParser
@@ -121,12 +122,18 @@ def test_the_page_counts_what_the_table_holds(scanned, page):
 def test_the_worst_and_the_most_confidently_wrong_image_are_the_tables(scanned, page):
     frame = open_scan(scanned).table()
     integrated = frame[frame["method"] == "integrated"].sort_values("index")
-    badness = np.fmax(integrated["relative_completeness_error"], integrated["map_error"]).fillna(-np.inf)
-    ranked = integrated.assign(badness=badness).sort_values(["badness", "index"], ascending=[False, True])
+    ill = integrated["ill_conditioned"].fillna(False).astype(bool)
+    assert 0 < ill.sum() < IMAGES  # else leaving them out of the ranking could not be seen
+    well = integrated[~ill]  # an ill-conditioned image has nothing to explain: not ranked
+    badness = np.fmax(well["relative_completeness_error"], well["map_error"]).fillna(-np.inf)
+    ranked = well.assign(badness=badness).sort_values(["badness", "index"], ascending=[False, True])
     worst = ranked.iloc[0]
     header, *rows = page["worst"]["tables"][0]
     listed = [dict(zip(header, r)) for r in rows]
-    assert [int(r["image"]) for r in listed] == ranked["index"].tolist()[: len(listed)]
+    assert [int(r["image"]) for r in listed] == ranked["index"].tolist()[:20]
+    assert {r["ill-conditioned"] for r in listed} == {"no"}
+    aside = f"{int(ill.sum())} of the {IMAGES} images are ill-conditioned and left out of this ranking"
+    assert aside in page["worst"]["tablecaps"][0]
     assert percent(listed[0]["completeness error"]) == pytest.approx(worst["relative_completeness_error"], rel=5e-3)
     assert percent(listed[0]["map error"]) == pytest.approx(worst["map_error"], rel=5e-3)
     assert int(listed[0]["steps"]) == worst["steps"]
@@ -161,6 +168,7 @@ def test_class_maps_share_the_scale_of_a_naive_class_mean(scanned, page):
         limit = max(np.abs(maps[targets == k].mean(axis=0)).max() for k in np.unique(targets))
         scale = float(re.search(r"one shared colour scale, ±([0-9.e+-]+)", caption).group(1))
         assert scale == pytest.approx(limit, rel=5e-3)  # printed to three figures
+        assert f"±{scale:.3g} (blue raises the class's score, red lowers it)" in caption  # the panels' convention
         empty = [found.plan.classes[k] for k in range(10) if k not in targets]
         assert ("No image was attributed to " + ", ".join(empty) in caption) == bool(empty)
 
@@ -194,3 +202,21 @@ def test_python_and_the_cli_refuse_what_a_scan_page_cannot_use(scanned, tmp_path
     with pytest.raises(ValueError, match=r"the scan in .* is not finished .* run the scan again"):
         write_report(unfinished, tmp_path / "page.html")
     assert not (tmp_path / "page.html").exists()
+
+
+@pytest.mark.slow
+def test_a_scan_recorded_on_cuda_opens_its_report_with_its_images_on_a_cpu(scanned, tmp_path, one_thread):
+    copy = tmp_path / "on-cuda"
+    shutil.copytree(scanned, copy)
+    manifest = json.loads((copy / "scan.json").read_text())
+    manifest["source"]["device"] = "cuda"  # as 'mindscope scan --device cuda' records it
+    (copy / "scan.json").write_text(json.dumps(manifest))
+    assert open_scan(copy).plan.source.device == "cuda"
+    assert main(["report", str(copy), "--images", "1"]) == 0
+    sections = Page((copy / "report.html").read_text()).sections
+    captions = sections["worst"]["captions"] + sections["wrong"]["captions"]
+    assert len(captions) == 2 and not any("could not be opened" in c for c in captions), captions  # not grey
+    frame = open_scan(scanned).table()  # the page is the scan's: its most confidently wrong image first
+    first = frame[(frame["method"] == "gradient") & (frame["prediction"] != frame["label"])]
+    index = int(first.sort_values(["probability", "index"], ascending=[False, True])["index"].iloc[0])
+    assert f"the maps of images [{index}]" in sections["wrong"]["captions"][0]

@@ -17,7 +17,7 @@ from starlette.testclient import TestClient  # noqa: E402
 from mindscope.cli import main  # noqa: E402
 from mindscope.serve import create_app  # noqa: E402
 from mindscope.subject import Subject, open_subject  # noqa: E402
-from serving import TOKEN, figure, login, make_folder, text  # noqa: E402
+from serving import TOKEN, figure, login, make_folder, table_rows, text  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -182,9 +182,40 @@ def test_a_run_given_as_a_model_spec_keeps_its_history(tiny_run):
         (["{run}", "--port", "70000"], "--port must lie in 0..65535, got 70000"),
         (["{run}", "--workers", "0"], "--workers must lie in 1..64, got 0"),
         (["{run}/nowhere"], "no folder"),
+        (["{run}/config.json"], "config.json' is a file, not a folder; give a run directory, a scan folder"),
     ],
 )
 def test_the_command_refuses_bad_options_with_one_line(tiny_run, capsys, args, message):
     assert main(["serve", *(a.format(run=tiny_run) for a in args)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("mindscope: error: ") and message in err[0]
+
+
+def test_an_empty_folder_is_served_and_a_run_trained_into_it_later_shows_up(tiny_run, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    import mindscope.serve
+    import mindscope.serve.catalog
+
+    served = []
+
+    def serve_forever(app, sock):  # instead of serving until Ctrl-C: keep the app, free the port
+        served.append(app)
+        sock.close()
+
+    monkeypatch.setattr(mindscope.serve, "serve_forever", serve_forever)
+    empty = tmp_path / "runs"
+    empty.mkdir()
+    assert main(["serve", str(empty), "--port", "0"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    said = [line for line in out if line.startswith("no run or scan in ")]
+    assert len(said) == 1 and "runs and scans appear as they are written" in said[0], out
+    (app,) = served
+    monkeypatch.setattr(mindscope.serve.catalog, "NAMES_TTL", 0.0)  # the listing is read again at once
+    token = re.search(r"\?token=(\S+)", next(line for line in out if "dashboard: " in line)).group(1)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        assert client.get("/", params={"token": token}, follow_redirects=False).status_code == 303
+        assert "No runs or scans under" in text(client.get("/").text)
+        shutil.copytree(tiny_run, empty / "later")  # as `mindscope train --out runs/later` would
+        page = client.get("/", params={"view": "runs"}).text
+    assert table_rows(page, "runs")[1][0] == "runs/later"

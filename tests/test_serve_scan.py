@@ -8,6 +8,7 @@ per-class means.
 from __future__ import annotations
 
 import html
+import json
 import math
 import re
 import shutil
@@ -122,6 +123,41 @@ def test_serving_a_scan_folder_opens_its_page_with_the_counts_of_its_table(folde
         assert f'hx-get="/part/{part}"' in page
 
 
+@pytest.mark.parametrize("served", ["the run", "its folder"])
+def test_a_scan_stored_inside_a_run_folder_is_listed_and_opens(folder, table, tmp_path, served):
+    run = tmp_path / "tiny"
+    shutil.copytree(folder / "tiny", run)
+    shutil.copytree(folder / "scans" / "whole", run / "scan")  # as 'mindscope scan RUN --out RUN/scan' writes it
+    root = run if served == "the run" else tmp_path
+    name = root.name if root == run else f"{root.name}/tiny"
+    app = create_app([root], token=TOKEN)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        login(client)
+        page = client.get("/", params={"view": "runs"}).text
+        assert [r[0] for r in table_rows(page, "runs")[1:]] == [name]
+        assert [r[0] for r in table_rows(page, "scans")[1:]] == [f"{name}/scan"]
+        part = client.get("/part/scan-list", params={"scan": f"{name}/scan", "which": "wrong"})
+    assert part.status_code == 200, part.text
+    columns = table["integrated"]
+    wrong = [i for i in range(IMAGES) if columns["prediction"][i] != columns["label"][i]]
+    first = min(wrong, key=lambda i: (-columns["probability"][i], columns["index"][i]))
+    assert int(table_rows(part.text, "scan-wrong")[1][0]) == columns["index"][first]
+
+
+def test_a_scan_recorded_on_cuda_shows_its_images_on_a_cpu(folder, tmp_path):
+    copy = tmp_path / "on-cuda"
+    shutil.copytree(folder / "scans" / "whole", copy)
+    manifest = json.loads((copy / "scan.json").read_text())
+    manifest["source"]["device"] = "cuda"  # as 'mindscope scan --device cuda' records it
+    (copy / "scan.json").write_text(json.dumps(manifest))
+    app = create_app([copy], token=TOKEN)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        login(client)
+        part = client.get("/part/scan-image", params={"scan": "on-cuda", "index": 3})
+    assert part.status_code == 200, part.text
+    assert numbers(part.text)["image"] == "3" and "note" not in numbers(part.text)  # no grey stand-in
+
+
 @pytest.mark.parametrize("method", ["integrated", "gradient"])
 def test_the_worst_list_pages_through_the_tables_ranking(client, table, method):
     columns = table[method]
@@ -129,12 +165,17 @@ def test_the_worst_list_pages_through_the_tables_ranking(client, table, method):
     if np.isnan(columns["relative_completeness_error"]).all():
         assert f"{method} has no completeness error to rank images by" in text(first)
         return
+    # ranked: the well-conditioned images only (an ill-conditioned one has nothing to explain)
+    ill = columns["ill_conditioned"].astype(bool)
+    assert 0 < ill.sum() < IMAGES  # else leaving them out could not be seen
     badness = np.fmax(columns["relative_completeness_error"], columns["map_error"])
-    expected = sorted(range(IMAGES), key=lambda i: (-badness[i], columns["index"][i]))
+    kept = [i for i in range(IMAGES) if not ill[i]]
+    expected = sorted(kept, key=lambda i: (-badness[i], columns["index"][i]))
+    aside = f"{int(ill.sum())} of the {IMAGES} images are ill-conditioned and left out of this ranking"
     shown = []
-    for page in range(math.ceil(IMAGES / LIST_ROWS)):
+    for page in range(math.ceil(len(kept) / LIST_ROWS)):
         part = first if page == 0 else get(client, "scan-list", which="worst", method=method, page=page)
-        assert f"of the {IMAGES} worst-converged" in text(part)
+        assert f"of the {len(kept)} worst-converged" in text(part) and aside in text(part)
         shown += table_rows(part, "scan-worst")[1:]
     assert [int(r[0]) for r in shown] == [int(columns["index"][i]) for i in expected]
     for row, i in zip(shown, expected):
@@ -142,6 +183,7 @@ def test_the_worst_list_pages_through_the_tables_ranking(client, table, method):
         assert percent(row[5]) == pytest.approx(columns["map_error"][i], rel=5e-3)
         assert int(row[6]) == columns["steps"][i]
         assert row[7] == ("yes" if columns["converged"][i] else "no")
+        assert row[8] == "no"
     response = client.get("/part/scan-list", params={"scan": f"{folder_label(client)}/scans/whole", "page": 99})
     assert response.status_code == 400 and "page 99 is out of range" in response.text
 
@@ -240,12 +282,10 @@ def test_scan_parts_need_the_token(folder):
         assert fresh.get("/part/scan-class-values", params={"class": 0}).status_code == 403
 
 
-@pytest.mark.parametrize("what", ["unfinished", "empty", "merged-but-for-the-summary"])
+@pytest.mark.parametrize("what", ["unfinished", "merged-but-for-the-summary"])
 def test_the_command_refuses_a_folder_it_cannot_show_with_one_line(folder, tmp_path, capsys, what):
     if what == "unfinished":
         path, message = folder / "scans" / "half", r"not finished \(1 of 3 shards missing\); run the scan again"
-    elif what == "empty":
-        path, message = tmp_path, r"no run and no scan in .* \(looked 4 folders down\); give a run directory"
     else:
         path = tmp_path / "scan"
         shutil.copytree(folder / "scans" / "whole", path)

@@ -84,7 +84,7 @@ def _describe(summary: dict) -> list[str]:
                 + f", {w['steps']} steps)"
                 for w in worst
             )
-            lines.append(f"  least accurate maps: {shown}")
+            lines.append(f"  least accurate maps (ill-conditioned images set aside): {shown}")
     wrong = summary["most_confident_wrong"][:3]
     if wrong:
         shown = ", ".join(f"#{w['index']} {w['label_name']} -> {w['prediction_name']} (p={w['probability']:.3f})"

@@ -72,6 +72,10 @@ def serve(paths, model_spec, data_spec, epoch, port, host, allowed, workers, thr
         for line in subject.describe():
             click.echo(line)
     for path in paths:
+        if path.exists() and not path.is_dir():
+            raise NotADirectoryError(
+                f"{str(path)!r} is a file, not a folder; give a run directory, a scan folder or a folder of runs"
+            )
         if not path.is_dir():
             raise FileNotFoundError(f"no folder {str(path)!r}; give a run directory, a scan folder or a folder of runs")
         if is_scan(path) and (problem := open_scan(path).unfinished()) is not None:
@@ -79,15 +83,17 @@ def serve(paths, model_spec, data_spec, epoch, port, host, allowed, workers, thr
     app = create_app(paths, subject=subject, host=host, allowed_hosts=allowed, workers=workers, device=str(device))
     catalog = app.state.dashboard.catalog
     runs, scans = catalog.names(), catalog.scan_names()
-    if not runs and not scans:
-        raise ValueError(
-            f"no run and no scan in {', '.join(map(str, paths))} (looked {SEARCH_DEPTH} folders down); give a run "
-            "directory, a scan folder or a folder of runs ('mindscope train --out', 'mindscope scan --out' make them)"
-        )
     sock = bind(host, port)
     port = sock.getsockname()[1]
     found = " and ".join(count(n, noun) for n, noun in ((len(runs), "run"), (len(scans), "scan")) if n)
-    click.echo(f"serving {found} with {workers} workers x {threads} threads")
+    if found:
+        click.echo(f"serving {found} with {workers} workers x {threads} threads")
+    else:  # the catalog lists the folders again as pages ask (every NAMES_TTL s): runs trained into them show up
+        click.echo(
+            f"no run or scan in {', '.join(map(str, paths))} yet (looked {SEARCH_DEPTH} folders down); runs and "
+            f"scans appear as they are written ('mindscope train --out', 'mindscope scan --out' into it); "
+            f"serving with {workers} workers x {threads} threads"
+        )
     if host not in LOOPBACK:
         click.echo(
             f"warning: listening on {host}: anyone who can reach this machine on port {port} and learns the "

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 from matplotlib import colormaps
-from matplotlib.colors import ListedColormap, Normalize
+from matplotlib.colors import LinearSegmentedColormap, ListedColormap, Normalize
 from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor
@@ -39,6 +39,8 @@ _RAMP = np.abs(np.linspace(-1.0, 1.0, 257))
 SIGNED = ListedColormap(
     np.column_stack([np.where(np.linspace(-1, 1, 257)[:, None] < 0, NEGATIVE, POSITIVE), _RAMP]), name="signed"
 )
+# The same colours on white, for maps drawn without an image under them (a class's mean map).
+SIGNED_ON_WHITE = LinearSegmentedColormap.from_list("signed_on_white", [NEGATIVE, np.ones(3), POSITIVE], N=257)
 
 
 def _array(t: Tensor | np.ndarray) -> np.ndarray:

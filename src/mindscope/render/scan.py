@@ -13,13 +13,19 @@ import numpy as np
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
+from mindscope.render.attribution import SIGNED_ON_WHITE
+
 ZERO_ERROR = 1e-12  # relative completeness errors below this are drawn (and counted) as exact
+SIGNS = "blue raises the class's score, red lowers it"  # SIGNED_ON_WHITE's ends, for captions
+COLOUR_BAR = "mean attribution, summed over channels\n(blue: for the class, red: against it)"
 
 
 def class_maps_figure(
     mean: np.ndarray, classes: Sequence[str], counts: Sequence[int], *, title: str = "mean attribution per class"
 ) -> Figure:
     """One panel per class: its mean map summed over channels, every panel on one symmetric colour scale.
+
+    Blue is evidence for the class and red against it, as in `render.attribution`'s panels.
 
     Args:
         mean: (K, C, H, W) mean attribution of the images attributed to each class.
@@ -41,13 +47,13 @@ def class_maps_figure(
     norm = TwoSlopeNorm(0.0, -limit, limit) if limit > 0 else TwoSlopeNorm(0.0, -1.0, 1.0)
     image = None
     for ax, name, m, n in zip(axes, classes, maps, counts):
-        image = ax.imshow(m, cmap="RdBu_r", norm=norm)
+        image = ax.imshow(m, cmap=SIGNED_ON_WHITE, norm=norm)
         ax.set_title(f"{name} ({int(n)} images)" if n else f"{name} (no images)", fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
     for ax in axes[len(classes) :]:
         ax.set_axis_off()
-    fig.colorbar(image, ax=axes.tolist(), shrink=0.8, label="attribution (summed over channels)")
+    fig.colorbar(image, ax=axes.tolist(), shrink=0.8, label=COLOUR_BAR)
     caption = f"one colour scale: ±{limit:.3g}" if limit > 0 else "every mean map is zero"
     fig.suptitle(f"{title}; {caption}", fontsize=10, wrap=True)  # one class alone is a narrow figure
     return fig

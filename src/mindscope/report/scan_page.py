@@ -17,12 +17,14 @@ import torch
 from torch import Tensor
 
 from mindscope._version import __version__
+from mindscope.attribution import ILL_CONDITIONING_FLOOR
 from mindscope.render.activations import layer_statistics_figure
 from mindscope.render.attribution import attribution_panels
-from mindscope.render.scan import ZERO_ERROR, class_maps_figure, completeness_figure
+from mindscope.render.scan import SIGNS, ZERO_ERROR, class_maps_figure, completeness_figure
 from mindscope.report.page import Section, Table, count, pct, render_page
 from mindscope.run import atomic_write_bytes
 from mindscope.scan import Scan, open_scan
+from mindscope.scan.merge import WORST
 
 PixelSource = Callable[[list[int]], tuple[Tensor, str]]
 LISTED_CHANNELS = 16  # dead channels named per layer before "..."
@@ -38,9 +40,13 @@ def _data_name(scan: Scan) -> str:
 
 
 def scan_pixels(scan: Scan) -> PixelSource:
-    """A function: image indices -> their pixels in [0, 1] and a note; grey where the data cannot be opened."""
+    """A function: image indices -> their pixels in [0, 1] and a note; grey where the data cannot be opened.
+
+    Only the data is read, never the model run, so the model is opened on the CPU whatever device
+    the scan ran on: a scan recorded on CUDA opens on a machine without it.
+    """
     try:
-        data = scan.plan.source.open().require_data("the scan's report")
+        data = scan.plan.source.open(device="cpu").require_data("the scan's report")
     except (ValueError, OSError) as err:
         reason = str(err).splitlines()[0]
 
@@ -112,7 +118,7 @@ def classes_section(scan: Scan) -> Section:
         empty = [name for name, n in zip(scan.plan.classes, counts) if n == 0]
         caption = (
             f"{method}: mean map of each class over {count(sum(counts), 'image')}, every panel on one shared "
-            f"colour scale, ±{limit:.3g} (red: raises the class's score, blue: lowers it)."
+            f"colour scale, ±{limit:.3g} ({SIGNS})."
         )
         if empty:
             caption += f" No image was attributed to {', '.join(empty)}: those panels are blank."
@@ -176,35 +182,51 @@ LISTING = ["image", "label", "prediction", "probability", "completeness error", 
            "converged", "ill-conditioned"]  # fmt: skip
 
 
+def set_aside_text(ill: int, images: int) -> str:
+    """One line: how many ill-conditioned images the worst-converged ranking leaves out, and why."""
+    if not ill:
+        return f"None of the {count(images, 'image')} is ill-conditioned: every one is ranked."
+    return (
+        f"{ill} of the {count(images, 'image')} {'is' if ill == 1 else 'are'} ill-conditioned and left out of "
+        f"this ranking: the baseline already scores about F(x) (|F(x) − F(x′)| ≤ {ILL_CONDITIONING_FLOOR:.0%} of "
+        "F), so there is nothing to explain and the relative error divides by nearly nothing."
+    )
+
+
 def worst_section(scan: Scan, images: int, pixels: PixelSource) -> Section:
     sec = Section(
         "worst",
         "4. The worst-converged images",
-        "The images whose maps are least accurate: ranked by the larger of the relative completeness error "
-        "and the estimated error of the map itself. Each row of a figure has its own colour scale, given in "
-        "its titles.",
+        "The well-conditioned images whose maps are least accurate: ranked by the larger of the relative "
+        "completeness error and the estimated error of the map itself. Each row of a figure has its own colour "
+        "scale, given in its titles.",
     )
-    for method, entry in scan.summary["methods"].items():
-        worst = entry.get("worst") or []
+    ranked = False
+    for method in scan.plan.options.methods:
+        columns = scan.columns(method)
+        if np.isnan(columns["relative_completeness_error"]).all():
+            continue  # a method without a baseline has no completeness to rank by
+        ranked = True
+        aside = set_aside_text(int(columns["ill_conditioned"].sum()), len(columns["index"]))
+        worst = scan.ranking("worst", method)[:WORST]
         if not worst:
+            sec.lead += f" {method}: no image to rank. {aside}"
             continue
         first = worst[0]
         sec.tables.append(
             Table(
                 f"{method}: the {len(worst)} worst images; the worst is image {first['index']}, with a relative "
                 f"completeness error of {error_text(first['relative_completeness_error'])} and a map error of "
-                f"{error_text(first['map_error'])} after {count(first['steps'], 'step')}; "
-                f"{sum(bool(i['ill_conditioned']) for i in worst)} of them are ill-conditioned (not refined, "
-                "and set aside in the histogram).",
+                f"{error_text(first['map_error'])} after {count(first['steps'], 'step')}. {aside}",
                 LISTING,
-                listing_rows(worst, scan.plan.classes, "converged" in entry),
+                listing_rows(worst, scan.plan.classes, "converged" in scan.summary["methods"][method]),
             )
         )
         shown = [i["index"] for i in worst[:images]]
         x, note = pixels(shown)
         fig = attribution_panels(x, scan.attribution(shown, method), scan.plan.classes, title=f"{method}: worst")
         sec.add(fig, f"{method}: the maps of images {shown}, worst first.{note}")
-    if not sec.tables:
+    if not ranked:
         sec.lead = "No scanned method has a completeness error to rank images by (only integrated gradients do)."
     return sec
 

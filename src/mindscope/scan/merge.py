@@ -3,7 +3,8 @@
     SCAN/images.parquet          every shard's rows, streamed into one table
     SCAN/classes.safetensors     per method: mean map and mean |map| per attributed class, counts
     SCAN/layers.safetensors      per layer: the statistics of one pass over every image
-    SCAN/summary.json            convergence, the worst-converged and the most confidently wrong images
+    SCAN/summary.json            convergence, the worst-converged (well-conditioned) and the most confidently
+                                 wrong images
 
 Reading a shard takes only its sums (never its maps), so memory stays one class-sum per
 method and one set of layer accumulators, whatever the number of images.
@@ -98,15 +99,19 @@ def method_columns(table, method: str | None = None) -> dict[str, np.ndarray]:
 
 
 def worst_order(columns: dict[str, np.ndarray]) -> np.ndarray | None:
-    """Rows from the least accurate map down: the larger of the relative completeness and map errors.
+    """Well-conditioned rows, least accurate map first: by the larger of the relative completeness and map errors.
 
-    None where the method has no completeness error (gradient, SmoothGrad). Ties go by image index.
+    Ill-conditioned rows are left out: their baseline already scores about F(x), so their maps
+    explain nothing, are not refined, and their relative errors divide by nearly nothing; ranked
+    with the rest they would fill the list. None where the method has no completeness error
+    (gradient, SmoothGrad). Ties go by image index.
     """
     error = columns["relative_completeness_error"]
     if np.isnan(error).all():
         return None
-    badness = np.nan_to_num(np.fmax(error, columns["map_error"]), nan=-np.inf)
-    return np.lexsort((columns["index"], -badness))
+    kept = np.flatnonzero(~columns["ill_conditioned"])
+    badness = np.nan_to_num(np.fmax(error[kept], columns["map_error"][kept]), nan=-np.inf)
+    return kept[np.lexsort((columns["index"][kept], -badness))]
 
 
 def wrong_order(columns: dict[str, np.ndarray]) -> np.ndarray:
@@ -145,7 +150,7 @@ def summarise(plan: Plan, table_path: Path, layers: dict[str, Moments]) -> dict:
         if not np.isnan(error).all():
             entry["completeness_error_median"] = float(np.nanmedian(error))
             entry["completeness_error_max"] = float(np.nanmax(error))
-            entry["ill_conditioned"] = int(c["ill_conditioned"].sum())
+            entry["ill_conditioned"] = int(c["ill_conditioned"].sum())  # left out of "worst"
             entry["worst"] = image_items(c, worst_order(c)[:WORST], plan.classes)
         if plan.options.tolerance is not None and method == "integrated":
             entry["converged"] = int(c["converged"].sum())

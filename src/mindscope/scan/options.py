@@ -112,12 +112,12 @@ class ScanSource:
         elif isinstance(self.card, Mapping):  # as JSON gives it back, so the manifest reads back equal
             object.__setattr__(self, "card", plain_card(self.card))
 
-    def open(self) -> Subject:
-        """Open the model and its data, on `device`, in eval mode with frozen parameters."""
+    def open(self, device: str | None = None) -> Subject:
+        """Open the model and its data in eval mode with frozen parameters, on `device` (default: the recorded one)."""
         from mindscope.subject import open_subject
 
         subject = open_subject(model=self.model, data=self.data, epoch=self.epoch, weights=self.weights, card=self.card)
-        prepare_model(subject.model, torch.device(self.device))
+        prepare_model(subject.model, torch.device(self.device if device is None else device))
         return subject
 
 

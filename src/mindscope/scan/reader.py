@@ -87,7 +87,9 @@ class Scan:
         try:
             frame = self.arrow().to_pandas()
         except ImportError:
-            raise ValueError("table() needs pandas; use .arrow() for a pyarrow Table, or pip install pandas") from None
+            raise ValueError(
+                "table() needs pandas; use .arrow() for a pyarrow Table, or pip install 'mindscope[scan]'"
+            ) from None
         return frame.sort_values(["method", "index"], kind="stable").reset_index(drop=True)
 
     def columns(self, method: str | None = None) -> dict[str, np.ndarray]:
@@ -97,8 +99,8 @@ class Scan:
     def ranking(self, which: str, method: str | None = None) -> list[dict]:
         """Every image ranked, as the summary ranks its first WORST, with `method`'s numbers.
 
-        `which` is "worst" (least accurate map first; empty for a method without completeness)
-        or "wrong" (wrong predictions only, most confident first).
+        `which` is "worst" (least accurate map first, ill-conditioned images left out; empty for a
+        method without completeness) or "wrong" (wrong predictions only, most confident first).
         """
         if which not in ("worst", "wrong"):
             raise ValueError(f"unknown ranking {which!r}; choose worst or wrong")

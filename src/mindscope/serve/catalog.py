@@ -258,15 +258,21 @@ class Catalog:
 
 
 def _find(root: Path) -> tuple[list[Path], list[Path]]:
-    """(runs, scan folders) at or below `root`, at most SEARCH_DEPTH folders down; hidden folders skipped."""
+    """(runs, scan folders) at or below `root`, at most SEARCH_DEPTH folders down; hidden folders skipped.
+
+    A scan's own folders hold only its shards, so the search stops at a scan; it goes on inside a
+    run, whose folders may hold a scan of it (`mindscope scan RUN --out RUN/scan`).
+    """
     runs, scans = [], []
     for folder, dirs, _files in os.walk(root):
         path = Path(folder)
-        depth = len(path.relative_to(root).parts)
-        if is_run(path) or is_scan(path):
-            (runs if is_run(path) else scans).append(path)
-            dirs[:] = []  # a run's own folders (snapshots, state) hold no runs; a scan's hold shards
-        elif depth >= SEARCH_DEPTH:
+        if is_scan(path):
+            scans.append(path)
+            dirs[:] = []
+            continue
+        if is_run(path):
+            runs.append(path)
+        if len(path.relative_to(root).parts) >= SEARCH_DEPTH:
             dirs[:] = []
         else:
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))

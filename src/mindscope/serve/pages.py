@@ -87,7 +87,7 @@ def page_handler(dash: Dashboard):
         if not runs and len(scans) == 1:
             default = "scan"  # `mindscope serve SCAN_DIR`
         else:
-            default = "runs" if len(runs) + len(scans) > 1 else "training"
+            default = "training" if len(runs) + len(scans) == 1 else "runs"  # none yet: the Runs view says so
         view = query.choice("view", [*names, "scan"], default)
         if view == "scan":
             return await scan_page(dash, query)

@@ -15,9 +15,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from mindscope.render.attribution import attribution_panels
-from mindscope.render.scan import class_maps_figure, completeness_figure
+from mindscope.render.scan import SIGNS, class_maps_figure, completeness_figure
 from mindscope.report.page import count
-from mindscope.report.scan_page import LISTING, PixelSource, completeness_caption, error_text, listing_rows
+from mindscope.report.scan_page import (
+    LISTING,
+    PixelSource,
+    completeness_caption,
+    error_text,
+    listing_rows,
+    set_aside_text,
+)
 from mindscope.scan import Scan
 from mindscope.serve.pictures import Picture, Rendered, image_src
 
@@ -55,7 +62,7 @@ def classes_view(scan: Scan, method: str, chosen: int | None) -> ClassesView:
     if chosen is None:
         caption = (
             f"{method}: the mean map of each class over {count(n, 'image')}, summed over colour channels, every "
-            f"panel on one shared colour scale, ±{limit:.3g} (red raises the class's score, blue lowers it)."
+            f"panel on one shared colour scale, ±{limit:.3g} ({SIGNS})."
         )
         empty = [classes[k] for k in ks if counts[k] == 0]
         if empty:
@@ -65,7 +72,7 @@ def classes_view(scan: Scan, method: str, chosen: int | None) -> ClassesView:
     abs_mean = maps.mean_abs[chosen].numpy()
     caption = (
         f"{method}: the mean map of the {count(n, 'image')} attributed to {classes[chosen]}, summed over colour "
-        f"channels, on its own colour scale, ±{limit:.3g}."
+        f"channels, on its own colour scale, ±{limit:.3g} ({SIGNS})."
     )
     numbers = {
         "class": f"{chosen}: {classes[chosen]}",
@@ -130,9 +137,16 @@ def ranking_view(scan: Scan, pixels: PixelSource, ranking: list[dict], which: st
     if page >= pages:
         raise ValueError(f"page {page} is out of range; the {RANKINGS[which]} list has {pages} page(s), 0..{pages - 1}")
     shown = ranking[page * LIST_ROWS : (page + 1) * LIST_ROWS]
+    aside = ""  # the worst list: how many ill-conditioned images it leaves out
+    if which == "worst":
+        columns = scan.columns(method)
+        if not np.isnan(columns["relative_completeness_error"]).all():
+            aside = " " + set_aside_text(int(columns["ill_conditioned"].sum()), len(columns["index"]))
     if not shown:
         if which == "wrong":
             note = f"The model classifies all {scan.plan.images} scanned images correctly."
+        elif aside:
+            note = f"{method}: no image to rank.{aside}"
         else:
             note = f"{method} has no completeness error to rank images by (only integrated gradients do)."
         return RankingView(which, 0, 0, 1, tuple(LISTING), (), (), None, note)
@@ -149,7 +163,8 @@ def ranking_view(scan: Scan, pixels: PixelSource, ranking: list[dict], which: st
     )
     caption = (
         f"{method}: images {page * LIST_ROWS + 1}-{page * LIST_ROWS + len(shown)} of the {len(ranking)} "
-        f"{RANKINGS[which]} ({order}); each row of the figure has its own colour scale, given in its titles.{note}"
+        f"{RANKINGS[which]} ({order}); each row of the figure has its own colour scale, given in its titles."
+        f"{aside}{note}"
     )
     thumbs = tuple(image_src(x[i], scale=2) for i in range(len(shown)))
     return RankingView(which, len(ranking), page, pages, tuple(LISTING), rows, thumbs, Rendered(fig).picture(),
