@@ -157,10 +157,10 @@ def _row_sums(x: Tensor, near_zero: float) -> list[Tensor]:
 
     The sum and the norm in float64 (float32 on MPS); the count in x's dtype, exact below 2^24 values.
     """
-    xd = x.to(_acc_dtype(x.device))
+    acc = _acc_dtype(x.device)
     flags = x.abs().le_(_floor(near_zero, x.dtype))  # 0 or 1, in place (cheaper than a bool)
-    near = flags.sum(1) if x.shape[1] < 2**24 else flags.sum(1, dtype=xd.dtype)
-    return [x.amin(1), x.amax(1), xd.sum(1), torch.linalg.vector_norm(xd, dim=1), near]
+    near = flags.sum(1) if x.shape[1] < 2**24 else flags.sum(1, dtype=acc)
+    return [x.amin(1), x.amax(1), x.sum(1, dtype=acc), torch.linalg.vector_norm(x, dim=1, dtype=acc), near]
 
 
 def _small(x: np.ndarray, sizes: np.ndarray, spec: _Spec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -216,8 +216,9 @@ def _bin_small(x: np.ndarray, sizes: np.ndarray, edges: np.ndarray, *, clip: boo
     count, bins = edges.shape[0], edges.shape[1] - 1
     first, last = edges[:, 0], edges[:, -1]
     norm = bins / (last - first)
-    linear = np.isfinite(norm) & (_tau(first, last, bins, 2.0**-52) < 0.25)
-    start, scale, base = np.repeat([first, np.where(linear, norm, 0.0), np.arange(count) * (bins + 1.0)], sizes, 1)
+    searched = np.flatnonzero(~(np.isfinite(norm) & (_tau(first, last, bins, 2.0**-52) < 0.25)))
+    norm[searched] = 0.0  # (their estimate: bin 0)
+    start, scale, base = np.repeat([first, norm, np.arange(0.0, count * (bins + 1), bins + 1)], sizes, 1)
     if clip:  # beyond the edges: the end bins
         x = np.clip(x, start, np.repeat(last, sizes))
     k = (np.minimum((x - start) * scale, bins - 1) + base).astype(np.intp)  # (n,) into the edges, flat
@@ -226,8 +227,9 @@ def _bin_small(x: np.ndarray, sizes: np.ndarray, edges: np.ndarray, *, clip: boo
     compare = compare.ravel()
     k -= x < compare[k]
     k += x >= compare[k + 1]
-    for t in np.flatnonzero(~linear & (sizes > 0)):  # searched tensors
-        at = slice(sizes[:t].sum(), sizes[: t + 1].sum())
+    ends = np.cumsum(sizes)
+    for t in searched:
+        at = slice(ends[t] - sizes[t], ends[t])
         k[at] = np.searchsorted(edges[t, 1:-1], x[at], side="right") + t * (bins + 1)
     return k
 
