@@ -86,7 +86,9 @@ def _on_device(values: list[Tensor], spec: _Spec) -> list[Result]:
     small = [i for i, n in enumerate(sizes) if n < TINY or not n]  # (an empty tensor has no min)
     batches = _batches(values, [i for i, n in enumerate(sizes) if n >= TINY and n])
     matrices = [_matrix([values[i] for i in members]) for members in batches]  # (R, m) each
-    parts = [torch.stack(_row_sums(x, spec.near_zero), 1).view(-1) for x in matrices] + [values[i] for i in small]
+    scratch = _Scratch(max((x.numel() for x in matrices), default=0), device)
+    parts = [torch.stack(_row_sums(x, spec.near_zero, scratch), 1).view(-1) for x in matrices]
+    parts += [values[i] for i in small]
     host = torch.cat(parts).to(acc).cpu().numpy().astype(np.float64, copy=False)
     large = [i for members in batches for i in members]
     sums, host = host[: 5 * len(large)].reshape(-1, 5), host[5 * len(large) :]  # (L, 5), small tensors' values
@@ -107,7 +109,7 @@ def _on_device(values: list[Tensor], spec: _Spec) -> list[Result]:
     start = 0
     for members, x in (pair for pair, ok in zip(zip(batches, matrices), finite) if ok):
         at = slice(start, start + len(members))
-        found = zip(_bin_rows(x, large_edges[at], spec), table[len(small) :][at], [rows[i] for i in members])
+        found = zip(_bin_rows(x, large_edges[at], spec, scratch), table[len(small) :][at], [rows[i] for i in members])
         out.update(zip(members, found))
         start = at.stop
     redo = [i for members, ok in zip(batches, finite) if not ok for i in members]
@@ -152,15 +154,32 @@ def _matrix(tensors: list[Tensor]) -> Tensor:
     return x.to(dtype)
 
 
-def _row_sums(x: Tensor, near_zero: float) -> list[Tensor]:
+class _Scratch:
+    """Memory for the temporaries of large tensors, one allocation per dtype and call: fresh memory
+    for every temporary costs a page fault per 4 KiB."""
+
+    def __init__(self, size: int, device: torch.device) -> None:
+        self.size, self.device, self.memory = size, device, {}
+
+    def like(self, x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """Uninitialised, of the shape of x (R, m) and of `dtype` (x's by default)."""
+        dtype = dtype or x.dtype
+        if dtype not in self.memory:
+            self.memory[dtype] = torch.empty(self.size, dtype=dtype, device=self.device)
+        return self.memory[dtype].as_strided(x.shape, (x.shape[1], 1))  # (R, m), contiguous, at the start
+
+
+def _row_sums(x: Tensor, near_zero: float, scratch: _Scratch) -> list[Tensor]:
     """Per row of x (R, m): its min, max, sum, L2 norm and near-zero count, five (R,) on its device.
 
-    The sum and the norm in float64 (float32 on MPS); the count in x's dtype, exact below 2^24 values.
+    The sum and the norm of a float64 copy (float32 on MPS: `sum(dtype=)` would copy anyway, into
+    fresh memory); the count in x's dtype, exact below 2^24 values.
     """
     acc = _acc_dtype(x.device)
-    flags = x.abs().le_(_floor(near_zero, x.dtype))  # 0 or 1, in place (cheaper than a bool)
+    xd = x if x.dtype == acc else scratch.like(x, acc).copy_(x)
+    flags = torch.abs(x, out=scratch.like(x)).le_(_floor(near_zero, x.dtype))  # 0 or 1 (cheaper than a bool)
     near = flags.sum(1) if x.shape[1] < 2**24 else flags.sum(1, dtype=acc)
-    return [x.amin(1), x.amax(1), x.sum(1, dtype=acc), torch.linalg.vector_norm(x, dim=1, dtype=acc), near]
+    return [x.amin(1), x.amax(1), xd.sum(1), torch.linalg.vector_norm(xd, dim=1), near]
 
 
 def _small(x: np.ndarray, sizes: np.ndarray, spec: _Spec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -234,7 +253,7 @@ def _bin_small(x: np.ndarray, sizes: np.ndarray, edges: np.ndarray, *, clip: boo
     return k
 
 
-def _bin_rows(x: Tensor, edges: np.ndarray, spec: _Spec) -> Tensor:
+def _bin_rows(x: Tensor, edges: np.ndarray, spec: _Spec, scratch: _Scratch) -> Tensor:
     """Counts (R, bins) int64 of the finite rows of x (R, m) on their `edges` (R, bins + 1), on x's device.
 
     Slot k of a row's counts holds bin k - 1, and `bounds` (R, bins + 2) what a value in slot k is
@@ -256,18 +275,18 @@ def _bin_rows(x: Tensor, edges: np.ndarray, spec: _Spec) -> Tensor:
         return torch.stack([_count(torch.bucketize(row, b, right=True), bins) for row, b in zip(x, interior)])
     offset = 1.0 - tau - first * scale
     if count == 1:  # Python numbers: rounded to x's dtype in the kernel
-        t = torch.mul(x, float(scale[0])).add_(float(offset[0]))  # (1, m) 1 + position in bins - tau
+        t = torch.mul(x, float(scale[0]), out=scratch.like(x)).add_(float(offset[0]))  # (1, m) 1 + position - tau
     else:  # rounded to x's dtype by numpy, as by torch
         params = np.array([scale, offset], dtype=np.float64 if x.dtype == torch.float64 else np.float32)
         params = torch.from_numpy(params[:, :, None]).to(x.device, non_blocking=True)
-        t = torch.mul(x, params[0]).add_(params[1])  # (R, m)
+        t = torch.mul(x, params[0], out=scratch.like(x)).add_(params[1])  # (R, m)
     if spec.span is not None:  # values beyond the outer edges: into the end bins, slots 1 and bins
         t.clamp_(1.0, bins + 1.0 - 4 * tau)
     # A value's slot is that of position - tau, or the next one if its position is within tau of the
     # edge between them (past 1 - 2 tau in its slot): then it is compared with the edge. Without a
     # span the outer edges are the min and the max, so slots lie in 0 .. bins (tau is twice the
     # bound): a value in slot 0 is near slot 1, whose edge is -inf.
-    slots = t.to(torch.int32)
+    slots = scratch.like(t, torch.int32).copy_(t)  # (truncated)
     near = t.frac_().ge_(1.0 - 3.0 * tau)  # 0 or 1, in place (margin for the rounding of 1 - 2 tau)
     if count > 1:  # each row's slots apart
         slots += torch.arange(0, count * stride, stride, dtype=torch.int32, device=x.device)[:, None]
