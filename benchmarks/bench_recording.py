@@ -13,8 +13,9 @@ but "tb default":
   histc+stats   torch.histc(p, bins), p.mean(), p.std(), p.min(), p.max() for every tensor
 
 Timed side by side in one process, timeit-style: a warm-up round, then --repeats rounds in
-which every column is called once, in a rotating order, the device synchronised before and
-after each call. The tables give the median (and the fastest) time per call; TensorBoard's
+which every column is called once, in a new random order each round (seeded: no column always
+follows the same one, whose work would leave its caches warm or cold), the device synchronised
+before and after each call. The tables give the median (and the fastest) time per call; TensorBoard's
 event queue is flushed between calls, outside the timing. Then the two ratios the issue asks
 about (mindscope / add_histogram at equal bins, mindscope / histc+stats) and each column as a
 share of one training step (forward, backward, SGD) at batch --step-batch on 3x32x32 inputs,
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import tempfile
 import time
@@ -103,11 +105,12 @@ def time_interleaved(
     repeats: int,
     clock: Callable[[], float],
 ) -> dict[str, list[float]]:
-    """Seconds per call of each column: a warm-up round, then `repeats` rounds, the order rotated every round."""
+    """Seconds per call of each column: a warm-up round, then `repeats` rounds, each in a new random order."""
     names = list(calls)
     times: dict[str, list[float]] = {n: [] for n in names}
+    order = random.Random(0)
     for r in range(repeats + 1):  # round 0 warms up
-        for name in names[r % len(names) :] + names[: r % len(names)]:
+        for name in order.sample(names, len(names)):
             sync(device)
             began = clock()
             calls[name](r)

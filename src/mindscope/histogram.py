@@ -263,16 +263,17 @@ def _bin_rows(x: Tensor, edges: np.ndarray, spec: _Spec, scratch: _Scratch) -> T
     """
     count, bins, stride = len(x), spec.bins, spec.bins + 2  # slots 0 and bins + 1 stay empty
     first, last = edges[:, 0], edges[:, -1]
-    eps, big = _LIMITS[x.dtype]  # big: neither the scale nor x - first may overflow
-    with np.errstate(all="ignore"):
-        scale = bins / (last - first)
-        fits = (scale < big) & (np.abs(first) + np.abs(last) < big)
-        tau = float(np.where(fits, _tau(first, last, bins, eps), 1.0).max())
+    eps, big = _LIMITS[x.dtype]  # big: neither the scale nor x - first may overflow (Python floats give inf)
+    tau = max(
+        _tau(a, b, bins, eps) if bins / (b - a) < big and abs(a) + abs(b) < big else 1.0
+        for a, b in zip(first.tolist(), last.tolist())
+    )
     inf = np.full((count, 1), np.inf)
     bounds = np.concatenate([-inf, -inf, edges[:, 1:-1], inf], 1)
     if spec.edges is not None or tau >= 0.25:  # uneven edges, or a range too narrow for the bound: searched
         interior = torch.from_numpy(_ceil(bounds[:, 2:-1], x.dtype)).to(x.device, non_blocking=True)
         return torch.stack([_count(torch.bucketize(row, b, right=True), bins) for row, b in zip(x, interior)])
+    scale = bins / (last - first)
     offset = 1.0 - tau - first * scale
     if count == 1:  # Python numbers: rounded to x's dtype in the kernel
         t = torch.mul(x, float(scale[0]), out=scratch.like(x)).add_(float(offset[0]))  # (1, m) 1 + position - tau
@@ -354,7 +355,10 @@ def _finite(*numbers: float) -> bool:
 
 def _floor(value: float, dtype: torch.dtype) -> float:
     """The largest number of `dtype` <= value: for x of that dtype, x <= it exactly when x <= value."""
-    return float(-_ceil(np.array([-value]), dtype)[0])
+    if dtype == torch.float64:
+        return value
+    f = np.float32(value)
+    return float(f) if float(f) <= value else float(np.nextafter(f, np.float32(-np.inf)))  # (compared in float64)
 
 
 def _count(slots: Tensor, size: int) -> Tensor:
