@@ -214,14 +214,17 @@ def _small(x: np.ndarray, sizes: np.ndarray, spec: _Spec) -> tuple[np.ndarray, n
 
 def _segments(x: np.ndarray, sizes: np.ndarray, near_zero: float) -> np.ndarray:
     """(5, S): min, max, sum, sum of squares and near-zero count of S tensors laid end to end in x (0 if empty)."""
-    out, live = np.zeros((5, len(sizes))), sizes > 0
-    if live.any():
-        starts = (np.cumsum(sizes) - sizes)[live]
-        out[:, live] = [
-            np.minimum.reduceat(x, starts),
-            np.maximum.reduceat(x, starts),
-            *np.add.reduceat(np.stack([x, x * x, np.abs(x) <= near_zero]), starts, axis=1),
-        ]
+
+    def reduce(starts: np.ndarray) -> list[np.ndarray]:
+        sums = np.add.reduceat(np.stack([x, x * x, np.abs(x) <= near_zero]), starts, axis=1)
+        return [np.minimum.reduceat(x, starts), np.maximum.reduceat(x, starts), *sums]
+
+    live = sizes > 0
+    if len(sizes) and live.all():  # (the usual case)
+        return np.array(reduce(np.cumsum(sizes) - sizes))
+    out = np.zeros((5, len(sizes)))
+    if live.any():  # (reduceat cannot take an empty segment)
+        out[:, live] = reduce((np.cumsum(sizes) - sizes)[live])
     return out
 
 
@@ -235,8 +238,11 @@ def _bin_small(x: np.ndarray, sizes: np.ndarray, edges: np.ndarray, *, clip: boo
     count, bins = edges.shape[0], edges.shape[1] - 1
     first, last = edges[:, 0], edges[:, -1]
     norm = bins / (last - first)
-    searched = np.flatnonzero(~(np.isfinite(norm) & (_tau(first, last, bins, 2.0**-52) < 0.25)))
-    norm[searched] = 0.0  # (their estimate: bin 0)
+    tau = _tau((np.abs(first) + np.abs(last)) / (last - first), bins, 2.0**-52)
+    searched = []
+    if not (np.all(tau < 0.25) and np.isfinite(norm).all()):  # (rarely)
+        searched = np.flatnonzero(~(np.isfinite(norm) & (tau < 0.25)))
+        norm[searched] = 0.0  # (their estimate: bin 0)
     start, scale, base = np.repeat([first, norm, np.arange(0.0, count * (bins + 1), bins + 1)], sizes, 1)
     if clip:  # beyond the edges: the end bins
         x = np.clip(x, start, np.repeat(last, sizes))
@@ -265,7 +271,7 @@ def _bin_rows(x: Tensor, edges: np.ndarray, spec: _Spec, scratch: _Scratch) -> T
     first, last = edges[:, 0], edges[:, -1]
     eps, big = _LIMITS[x.dtype]  # big: neither the scale nor x - first may overflow (Python floats give inf)
     tau = max(
-        _tau(a, b, bins, eps) if bins / (b - a) < big and abs(a) + abs(b) < big else 1.0
+        _tau((abs(a) + abs(b)) / (b - a), bins, eps) if bins / (b - a) < big and abs(a) + abs(b) < big else 1.0
         for a, b in zip(first.tolist(), last.tolist())
     )
     inf = np.full((count, 1), np.inf)
@@ -306,15 +312,15 @@ def _bin_rows(x: Tensor, edges: np.ndarray, spec: _Spec, scratch: _Scratch) -> T
     return counts.view(count, stride)[:, 1:-1]
 
 
-def _tau(first: float, last: float, bins: int, eps: float) -> float:
-    """A bound, in bins, on how far a computed position of a value can lie from its exact position.
+def _tau(ratio, bins: int, eps: float):
+    """A bound, in bins, on how far a computed position of a value can lie from its exact position,
+    for edges first .. last with ratio = (|first| + |last|) / (last - first) (a number or an array).
 
-    The position is fl(fl(x * fl(scale)) + fl(offset)), then + 2 tau: each rounding is within eps / 2
-    of its result, at most (|first| + |last|) * scale + bins + 2 in size; and numpy's float64 edges
-    are off the exact ones by a few float64 roundings of the larger of |first| and |last|. Doubled,
-    for margin. (numpy's own fl(fl(x - first) * fl(bins / width)) is within the same bound.)
+    The position is fl(fl(x * fl(scale)) + fl(offset)): each rounding is within eps / 2 of its
+    result, at most (|first| + |last|) * scale + bins + 2 in size; and numpy's float64 edges are off
+    the exact ones by a few float64 roundings of the larger of |first| and |last|. Doubled, for
+    margin. (numpy's own fl(fl(x - first) * fl(bins / width)) is within the same bound.)
     """
-    ratio = (abs(first) + abs(last)) / (last - first)
     return 2 * (eps / 2 * (2 * bins + 5 + 3 * bins * ratio) + 2**-53 * bins * (3 + ratio))
 
 
