@@ -171,6 +171,25 @@ def test_values_beside_random_edges_are_binned_exactly_like_numpy(dtype, seed, p
     assert misplaced > 0
 
 
+def test_tensors_of_one_size_binned_together_like_numpy(path, monkeypatch):
+    """Rows of one matrix, each on its own edges: the slots of the last rows lie far from 0."""
+    import mindscope.histogram
+
+    monkeypatch.setattr(mindscope.histogram, "BATCH", 1 << 40)
+    rng = np.random.default_rng(3)
+    tensors = {}
+    for k in range(16):
+        x = (rng.normal(size=2000) * 10.0 ** rng.uniform(-4, 1) + rng.normal() * rng.choice([0, 1, 30])).astype(
+            np.float32
+        )
+        x = _beside_edges(x, np.histogram_bin_edges(x.astype(np.float64), 64)[1:-1])[:2100]  # one size for all
+        tensors[f"t{k}"] = torch.from_numpy(np.concatenate([x, [x.min(), x.max()]]))
+    for options in ({"bins": 64}, {"bins": 64, "range": (-0.5, 2.0)}):
+        hists = weight_histograms(tensors, **options)
+        for name, t in tensors.items():
+            _assert_like_numpy(hists[name], t, **options)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_explicit_range_and_edges_count_values_beyond_them_in_the_end_bins(dtype, path):
     rng = np.random.default_rng(1)
@@ -260,6 +279,9 @@ def test_results_do_not_depend_on_the_path_or_the_order(model, monkeypatch, tiny
             reference = {"edges": options["edges"].numpy()} if "edges" in options else options
             _assert_like_numpy(hists[name], t, **reference)
             assert torch.equal(hists[name].counts, reordered[name].counts)
+    for name, h in weight_histograms(model, bins=12).items():  # the parameters themselves, which require grad
+        _assert_like_numpy(h, state[name], bins=12)
+        assert not (h.counts.requires_grad or h.edges.requires_grad)
 
 
 def test_shared_edges_are_shared_and_span_both_states(model):

@@ -262,16 +262,19 @@ def _bin_small(x: np.ndarray, sizes: np.ndarray, edges: np.ndarray, *, clip: boo
 def _bin_rows(x: Tensor, edges: np.ndarray, spec: _Spec, scratch: _Scratch) -> Tensor:
     """Counts (R, bins) int64 of the finite rows of x (R, m) on their `edges` (R, bins + 1), on x's device.
 
-    Slot k of a row's counts holds bin k - 1, and `bounds` (R, bins + 2) what a value in slot k is
-    compared with: edge k - 1, except the first and the last edge, taken as -inf and inf, so that
-    values beyond the edges go to the end bins and the last bin is closed. On the device the
-    comparison is with the edge rounded up to x's dtype, which decides exactly as the edge does.
+    Row r's values fall in slots r * (bins + 2) + k, slot k holding bin k - 1; `bounds` (R, bins + 2)
+    holds what a value in slot k is compared with: edge k - 1, except the first and the last edge,
+    taken as -inf and inf, so that values beyond the edges go to the end bins and the last bin is
+    closed. On the device the comparison is with the edge rounded up to x's dtype, which decides
+    exactly as the edge does.
     """
     count, bins, stride = len(x), spec.bins, spec.bins + 2  # slots 0 and bins + 1 stay empty
     first, last = edges[:, 0], edges[:, -1]
     eps, big = _LIMITS[x.dtype]  # big: neither the scale nor x - first may overflow (Python floats give inf)
     tau = max(
-        _tau((abs(a) + abs(b)) / (b - a), bins, eps) if bins / (b - a) < big and abs(a) + abs(b) < big else 1.0
+        _tau((abs(a) + abs(b)) / (b - a), bins, eps, (count - 1) * stride)
+        if bins / (b - a) < big and abs(a) + abs(b) < big
+        else 1.0
         for a, b in zip(first.tolist(), last.tolist())
     )
     inf = np.full((count, 1), np.inf)
@@ -280,23 +283,25 @@ def _bin_rows(x: Tensor, edges: np.ndarray, spec: _Spec, scratch: _Scratch) -> T
         interior = torch.from_numpy(_ceil(bounds[:, 2:-1], x.dtype)).to(x.device, non_blocking=True)
         return torch.stack([_count(torch.bucketize(row, b, right=True), bins) for row, b in zip(x, interior)])
     scale = bins / (last - first)
-    offset = 1.0 - tau - first * scale
+    base = np.arange(count) * float(stride)  # each row's first slot
+    offset = base + (1.0 - tau) - first * scale
     if count == 1:  # Python numbers: rounded to x's dtype in the kernel
         t = torch.mul(x, float(scale[0]), out=scratch.like(x)).add_(float(offset[0]))  # (1, m) 1 + position - tau
-    else:  # rounded to x's dtype by numpy, as by torch
-        params = np.array([scale, offset], dtype=np.float64 if x.dtype == torch.float64 else np.float32)
-        params = torch.from_numpy(params[:, :, None]).to(x.device, non_blocking=True)
-        t = torch.mul(x, params[0], out=scratch.like(x)).add_(params[1])  # (R, m)
-    if spec.span is not None:  # values beyond the outer edges: into the end bins, slots 1 and bins
-        t.clamp_(1.0, bins + 1.0 - 4 * tau)
+        if spec.span is not None:  # values beyond the outer edges: into the end bins, slots 1 and bins
+            t.clamp_(1.0, bins + 1.0 - 4 * tau)
+    else:  # each row's numbers, rounded to x's dtype by numpy as by torch
+        params = np.array([scale, offset, base + 1.0, base + (bins + 1.0 - 4 * tau)])[:, :, None]
+        params = torch.from_numpy(params.astype(np.float64 if x.dtype == torch.float64 else np.float32))
+        scale_r, offset_r, low, high = params.to(x.device, non_blocking=True).unbind()  # (R, 1) each
+        t = torch.mul(x, scale_r, out=scratch.like(x)).add_(offset_r)  # (R, m)
+        if spec.span is not None:
+            t.clamp_(low, high)
     # A value's slot is that of position - tau, or the next one if its position is within tau of the
     # edge between them (past 1 - 2 tau in its slot): then it is compared with the edge. Without a
-    # span the outer edges are the min and the max, so slots lie in 0 .. bins (tau is twice the
-    # bound): a value in slot 0 is near slot 1, whose edge is -inf.
+    # span the outer edges are the min and the max, so slots lie in 0 .. bins of the row (tau is
+    # twice the bound): a value in slot 0 is near slot 1, whose edge is -inf.
     slots = scratch.like(t, torch.int32).copy_(t)  # (truncated)
     near = t.frac_().ge_(1.0 - 3.0 * tau)  # 0 or 1, in place (margin for the rounding of 1 - 2 tau)
-    if count > 1:  # each row's slots apart
-        slots += torch.arange(0, count * stride, stride, dtype=torch.int32, device=x.device)[:, None]
     counts = _count(slots.view(-1), count * stride)
     if _host(x.device):  # a few values in 10^4: pick them out, with numpy on the tensors' memory
         at = np.flatnonzero(near.numpy().ravel() > 0)
@@ -312,16 +317,17 @@ def _bin_rows(x: Tensor, edges: np.ndarray, spec: _Spec, scratch: _Scratch) -> T
     return counts.view(count, stride)[:, 1:-1]
 
 
-def _tau(ratio, bins: int, eps: float):
+def _tau(ratio, bins: int, eps: float, base: float = 0.0):
     """A bound, in bins, on how far a computed position of a value can lie from its exact position,
-    for edges first .. last with ratio = (|first| + |last|) / (last - first) (a number or an array).
+    for edges first .. last with ratio = (|first| + |last|) / (last - first) (a number or an array),
+    the position counted from `base` (a row's first slot).
 
     The position is fl(fl(x * fl(scale)) + fl(offset)): each rounding is within eps / 2 of its
-    result, at most (|first| + |last|) * scale + bins + 2 in size; and numpy's float64 edges are off
-    the exact ones by a few float64 roundings of the larger of |first| and |last|. Doubled, for
-    margin. (numpy's own fl(fl(x - first) * fl(bins / width)) is within the same bound.)
+    result, at most (|first| + |last|) * scale + base + bins + 2 in size; and numpy's float64 edges
+    are off the exact ones by a few float64 roundings of the larger of |first| and |last|. Doubled,
+    for margin. (numpy's own fl(fl(x - first) * fl(bins / width)) is within the same bound.)
     """
-    return 2 * (eps / 2 * (2 * bins + 5 + 3 * bins * ratio) + 2**-53 * bins * (3 + ratio))
+    return 2 * (eps / 2 * (2 * bins + 5 + 2 * base + 3 * bins * ratio) + 2**-53 * bins * (3 + ratio))
 
 
 def _linspace(first: np.ndarray, last: np.ndarray, bins: int) -> np.ndarray:
