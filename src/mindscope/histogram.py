@@ -3,8 +3,8 @@
 `histograms` counts each tensor's finite values exactly as numpy.histogram counts them in
 float64 (edges from np.linspace, bins half-open but the last, values beyond an explicit range
 in the end bins), and gives its moments. It is the engine under `weights.weight_histograms`,
-which a training loop calls every few steps, so it is built to cost no more than a plain loop
-of torch.histc, mean, std, min and max (benchmarks/bench_recording.py measures both).
+which a training loop calls every few steps, so it is built to cost about what a plain loop of
+torch.histc, mean, std, min and max costs (benchmarks/bench_recording.py measures both).
 
 Two paths, by size, because a small tensor costs the calls made for it, a large one the passes
 over its values:
