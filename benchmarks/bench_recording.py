@@ -1,8 +1,8 @@
 """What does one recording of weight histograms cost, against what a user would write instead?
 
 One recording = a histogram and summary of every parameter tensor of AllConvNet(width), the
-weights perturbed as after some training (no all-zero biases). Columns, at --bins (64) unless
-named otherwise:
+weights perturbed as after some training (no all-zero biases). Every column at --bins (64)
+but "tb default":
 
   mindscope     weight_histograms(model): counts exactly as numpy.histogram, NaN/Inf counted
                 apart, mean, std, min, max, L2 norm, near-zero fraction
@@ -12,20 +12,30 @@ named otherwise:
   histc         torch.histc(p, bins) for every tensor: counts only, the floor
   histc+stats   torch.histc(p, bins), p.mean(), p.std(), p.min(), p.max() for every tensor
 
-The columns are timed side by side in one process, interleaved in a rotating order, each call
-with the device synchronised before and after; the table gives the best of --repeats calls and
-the median. TensorBoard's event queue is flushed between calls, outside the timing. Then each
-column as a multiple of mindscope's time, and as a share of one training step (Adam, batch
---step-batch) at that width: one step is timed after a small warm-up step.
+Timed side by side in one process, timeit-style: a warm-up round, then --repeats rounds in
+which every column is called once, in a new random order each round (seeded: no column always
+follows the same one, whose work would leave its caches warm or cold), the device synchronised
+before and after each call. The tables give the median (and the fastest) time per call; TensorBoard's
+event queue is flushed between calls, outside the timing. Then the two ratios the issue asks
+about (mindscope / add_histogram at equal bins, mindscope / histc+stats) and each column as a
+share of one training step (forward, backward, SGD) at batch --step-batch on 3x32x32 inputs,
+timed after a warm-up step. A step that a probe at batch 8 says would take more than
+--step-seconds is timed at batch 8 and scaled to --step-batch (marked ~): the cost of a
+convolution grows in proportion to the batch.
 
-    python benchmarks/bench_recording.py                        # widths 32 128 512, CPU
-    python benchmarks/bench_recording.py --device cuda
-    python benchmarks/bench_recording.py --widths 8 32 --repeats 40
+--clock cpu times the process's CPU time instead of the wall clock: on a machine shared with
+other work it does not count the time the process waits for a core (use it with --threads 1).
+
+    python benchmarks/bench_recording.py                      # widths 8 32 128 512; CPU, and CUDA if present
+    python benchmarks/bench_recording.py --threads 1 --clock cpu
+    python benchmarks/bench_recording.py --widths 8 32 --repeats 40 --devices cpu
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import random
 import statistics
 import tempfile
 import time
@@ -39,6 +49,8 @@ from mindscope.model import AllConvNet
 from mindscope.run import Run, RunRecorder
 from mindscope.weights import weight_histograms
 
+COLUMNS = ("mindscope", "+SQLite", "tb bins={bins}", "tb default", "histc", "histc+stats")
+
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -46,7 +58,7 @@ def sync(device: torch.device) -> None:
 
 
 def recorders(model: nn.Module, bins: int, folder: Path) -> tuple[dict[str, Callable[[int], object]], Callable]:
-    """One call per column (taking the step number), and a function that closes what they opened."""
+    """One call per column (taking the step number), a flush, and a function that closes what they opened."""
     from torch.utils.tensorboard import SummaryWriter
 
     run = Run.create(folder / "run", {"benchmark": "recording"}, model, {})
@@ -64,117 +76,156 @@ def recorders(model: nn.Module, bins: int, folder: Path) -> tuple[dict[str, Call
         for _, p in params():
             torch.histc(p, bins=bins), p.mean(), p.std(), p.min(), p.max()
 
-    calls = {
-        "mindscope": lambda step: weight_histograms(model, bins=bins),
-        "+SQLite": lambda step: recorder.log_weights(step, 0.0, model),
-        f"tb bins={bins}": lambda step: tensorboard(step, bins=bins),
-        "tb default": lambda step: tensorboard(step),
-        "histc": lambda step: [torch.histc(p, bins=bins) for _, p in params()],
-        "histc+stats": histc_stats,
-    }
+    names = [c.format(bins=bins) for c in COLUMNS]
+    calls = dict(
+        zip(
+            names,
+            [
+                lambda step: weight_histograms(model, bins=bins),
+                lambda step: recorder.log_weights(step, 0.0, model),
+                lambda step: tensorboard(step, bins=bins),
+                lambda step: tensorboard(step),
+                lambda step: [torch.histc(p, bins=bins) for _, p in params()],
+                histc_stats,
+            ],
+        )
+    )
 
     def close() -> None:
         writer.close()
         recorder.close()
 
-    calls["flush"] = lambda step: writer.flush()
-    return calls, close
+    return calls, writer.flush, close
 
 
 def time_interleaved(
-    calls: dict[str, Callable[[int], object]], device: torch.device, repeats: int
+    calls: dict[str, Callable[[int], object]],
+    flush: Callable[[], None],
+    device: torch.device,
+    repeats: int,
+    clock: Callable[[], float],
 ) -> dict[str, list[float]]:
-    """Seconds per call of each column, `repeats` rounds, the order rotated every round."""
-    names = [n for n in calls if n != "flush"]
+    """Seconds per call of each column: a warm-up round, then `repeats` rounds, each in a new random order."""
+    names = list(calls)
     times: dict[str, list[float]] = {n: [] for n in names}
+    order = random.Random(0)
     for r in range(repeats + 1):  # round 0 warms up
-        for name in names[r % len(names) :] + names[: r % len(names)]:
+        for name in order.sample(names, len(names)):
             sync(device)
-            began = time.perf_counter()
+            began = clock()
             calls[name](r)
             sync(device)
             if r:
-                times[name].append(time.perf_counter() - began)
-            calls["flush"](r)  # TensorBoard's writer thread drains here, outside the timing
+                times[name].append(clock() - began)
+            flush()  # TensorBoard's writer thread drains here, outside the timing
     return times
 
 
-def step_seconds(model: nn.Module, batch: int, device: torch.device) -> float:
-    """Wall time of one Adam training step at `batch`, after a warm-up step at batch 8."""
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-4)
-    result = 0.0
-    for n in (8, batch):
+def step_seconds(
+    model: nn.Module, batch: int, device: torch.device, budget: float, clock: Callable[[], float]
+) -> tuple[float, bool]:
+    """Seconds of one SGD training step at `batch` (after a warm-up step at batch 2), and whether it
+    was scaled from a step at batch 8 because a probe said it would take more than `budget` seconds."""
+    optimiser = torch.optim.SGD(model.parameters(), lr=1e-3)
+
+    def one_step(n: int) -> float:
         x = torch.randn(n, 3, 32, 32, device=device)
         y = torch.randint(0, 10, (n,), device=device)
         sync(device)
-        began = time.perf_counter()
+        began = clock()
         loss = nn.functional.cross_entropy(model(x), y)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
         sync(device)
-        result = time.perf_counter() - began
-    return result
+        return clock() - began
+
+    one_step(2)
+    probe = min(8, batch)
+    seconds = one_step(probe)
+    if seconds * batch / probe > budget:
+        return seconds * batch / probe, True
+    return one_step(batch), False
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--widths", type=int, nargs="+", default=[32, 128, 512], help="AllConvNet widths")
+    parser.add_argument("--widths", type=int, nargs="+", default=[8, 32, 128, 512], help="AllConvNet widths")
     parser.add_argument("--bins", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=15, help="timed calls per column and width")
     parser.add_argument("--step-batch", type=int, default=128, help="batch of the training step (0: skip it)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--step-seconds", type=float, default=20.0, help="longest training step timed in full")
+    default_devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    parser.add_argument("--devices", nargs="+", default=default_devices)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="cpu: the process's CPU time")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    print(
-        f"one recording of every parameter tensor of AllConvNet, {args.bins} bins, on {device} "
-        f"({torch.get_num_threads()} threads); best of {args.repeats} interleaved calls, median in brackets"
-    )
-    columns = ["mindscope", "+SQLite", f"tb bins={args.bins}", "tb default", "histc", "histc+stats"]
-    best: dict[int, dict[str, float]] = {}
-    steps: dict[int, float] = {}
-    print(f"\n{'width':>5} {'params':>11}" + "".join(f"{name:>17}" for name in columns) + f"{'train step':>12}")
-    for width in args.widths:
-        torch.manual_seed(0)
-        model = AllConvNet(width=width).to(device)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(torch.randn_like(p), alpha=0.01)
-        with tempfile.TemporaryDirectory() as folder:
-            calls, close = recorders(model, args.bins, Path(folder))
-            try:
-                times = time_interleaved(calls, device, args.repeats)
-            finally:
-                close()
-        best[width] = {name: min(t) for name, t in times.items()}
-        steps[width] = step_seconds(model, args.step_batch, device) if args.step_batch else float("nan")
-        cells = "".join(
-            f"{1e3 * min(t):>8.2f} ({1e3 * statistics.median(t):>6.2f})" for t in (times[n] for n in columns)
-        )
-        params = sum(p.numel() for p in model.parameters())
-        print(f"{width:>5} {params:>11,}{cells}{1e3 * steps[width]:>9.0f} ms", flush=True)
-
-    print("\ntime per recording / mindscope's (best times)")
-    print(f"{'width':>5}" + "".join(f"{name:>13}" for name in columns))
-    for width, row in best.items():
-        print(f"{width:>5}" + "".join(f"{row[n] / row['mindscope']:>12.2f}x" for n in columns))
-    print(f"\nshare of one training step (Adam, batch {args.step_batch})")
-    print(f"{'width':>5}" + "".join(f"{name:>13}" for name in columns))
-    for width, row in best.items():
-        print(f"{width:>5}" + "".join(f"{100 * row[n] / steps[width]:>12.3f}%" for n in columns))
-
+    columns = [c.format(bins=args.bins) for c in COLUMNS]
+    tb_equal = columns[2]
+    load_before = os.getloadavg()
     headline: dict[str, float] = {}
-    for width, row in best.items():
-        headline[f"add_histogram(bins={args.bins}) / mindscope, time per recording, width {width}"] = (
-            row[f"tb bins={args.bins}"] / row["mindscope"]
+    for device in map(torch.device, args.devices):
+        clock = time.process_time if args.clock == "cpu" and device.type == "cpu" else time.perf_counter
+        print(
+            f"\none recording of every parameter tensor of AllConvNet, {args.bins} bins, on {device} "
+            f"({torch.get_num_threads()} threads, {'CPU time' if clock is time.process_time else 'wall clock'}); "
+            f"median of {args.repeats} interleaved calls, fastest in brackets, ms"
         )
-        headline[f"mindscope / naive histc+mean/std/min/max, width {width}"] = row["mindscope"] / row["histc+stats"]
-        headline[f"mindscope + SQLite, % of one training step (batch {args.step_batch}), width {width}"] = (
-            100 * row["+SQLite"] / steps[width]
-        )
+        print(f"\n{'width':>5} {'params':>11}" + "".join(f"{name:>18}" for name in columns) + f"{'train step':>13}")
+        medians: dict[int, dict[str, float]] = {}
+        steps: dict[int, tuple[float, bool]] = {}
+        for width in args.widths:
+            torch.manual_seed(0)
+            model = AllConvNet(width=width).to(device)
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(torch.randn_like(p), alpha=0.01)
+            with tempfile.TemporaryDirectory() as folder:
+                calls, flush, close = recorders(model, args.bins, Path(folder))
+                try:
+                    times = time_interleaved(calls, flush, device, args.repeats, clock)
+                finally:
+                    close()
+            medians[width] = {n: statistics.median(t) for n, t in times.items()}
+            steps[width] = (
+                step_seconds(model, args.step_batch, device, args.step_seconds, clock)
+                if args.step_batch
+                else (float("nan"), False)
+            )
+            cells = "".join(f"{1e3 * medians[width][n]:>9.2f} ({1e3 * min(times[n]):>6.2f})" for n in columns)
+            params = sum(p.numel() for p in model.parameters())
+            step, scaled = steps[width]
+            print(f"{width:>5} {params:>11,}{cells}{'~' if scaled else ' ':>4}{step:>7.2f} s", flush=True)
+
+        print(f"\nmindscope / add_histogram(bins={args.bins}) and mindscope / histc+stats (medians)")
+        for width, row in medians.items():
+            print(
+                f"{width:>5}  {row['mindscope'] / row[tb_equal]:>6.2f}x  {row['mindscope'] / row['histc+stats']:>6.2f}x"
+            )
+        print(f"\nshare of one training step (SGD, batch {args.step_batch}; ~: scaled from batch 8)")
+        print(f"{'width':>5}" + "".join(f"{name:>13}" for name in columns))
+        for width, row in medians.items():
+            step, scaled = steps[width]
+            print(f"{width:>4}{'~' if scaled else ' '}" + "".join(f"{100 * row[n] / step:>12.3f}%" for n in columns))
+
+        where = "" if device.type == "cpu" else f" on {device.type}"
+        for width, row in medians.items():
+            headline[f"mindscope / add_histogram(bins={args.bins}), time per recording{where}, width {width}"] = (
+                row["mindscope"] / row[tb_equal]
+            )
+            headline[f"mindscope / naive histc+mean/std/min/max{where}, width {width}"] = (
+                row["mindscope"] / row["histc+stats"]
+            )
+            headline[f"mindscope + SQLite, % of one SGD step (batch {args.step_batch}){where}, width {width}"] = (
+                100 * row["+SQLite"] / steps[width][0]
+            )
+    load_after = os.getloadavg()
+    print(
+        f"\nload average (1/5/15 min) before {'/'.join(f'{v:.2f}' for v in load_before)}, "
+        f"after {'/'.join(f'{v:.2f}' for v in load_after)}; {os.cpu_count()} CPUs"
+    )
     return headline
 
 

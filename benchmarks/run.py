@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     suites = {
         "recording (vs TensorBoard add_histogram)": (
             bench_recording.main,
-            ["--repeats", "5" if quick else "15", "--widths", "32", "128", *([] if quick else ["512"])],
+            ["--repeats", "5" if quick else "15", "--widths", "8", "32", "128", *([] if quick else ["512"])],
         ),
         "activations (vs plain forward)": (
             bench_activations.main,

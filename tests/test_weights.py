@@ -142,9 +142,21 @@ def _beside_edges(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return np.random.default_rng(0).permutation(np.concatenate([x, *near]))
 
 
+@pytest.fixture(params=["small", "large", "large, masked"])
+def path(request, monkeypatch):
+    """Send every tensor down one of the engine's paths: all at once in float64 on the host, or in
+    its own dtype with the values near an edge picked out on the host, or masked as on a GPU."""
+    import mindscope.histogram
+
+    monkeypatch.setattr(mindscope.histogram, "TINY", 1 << 40 if request.param == "small" else 0)
+    if request.param == "large, masked":
+        monkeypatch.setattr(mindscope.histogram, "_host", lambda device: False)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("seed", range(4))
-def test_values_beside_random_edges_are_binned_exactly_like_numpy(dtype, seed):
+def test_values_beside_random_edges_are_binned_exactly_like_numpy(dtype, seed, path):
     rng = np.random.default_rng(seed)
     misplaced = 0  # values that rounded arithmetic in the tensor's dtype puts in the wrong bin: the data is hard
     for bins in (1, 3, 64, 255, 300):
@@ -159,8 +171,27 @@ def test_values_beside_random_edges_are_binned_exactly_like_numpy(dtype, seed):
     assert misplaced > 0
 
 
+def test_tensors_of_one_size_binned_together_like_numpy(path, monkeypatch):
+    """Rows of one matrix, each on its own edges: the slots of the last rows lie far from 0."""
+    import mindscope.histogram
+
+    monkeypatch.setattr(mindscope.histogram, "BATCH", 1 << 40)
+    rng = np.random.default_rng(3)
+    tensors = {}
+    for k in range(16):
+        x = (rng.normal(size=2000) * 10.0 ** rng.uniform(-4, 1) + rng.normal() * rng.choice([0, 1, 30])).astype(
+            np.float32
+        )
+        x = _beside_edges(x, np.histogram_bin_edges(x.astype(np.float64), 64)[1:-1])[:2100]  # one size for all
+        tensors[f"t{k}"] = torch.from_numpy(np.concatenate([x, [x.min(), x.max()]]))
+    for options in ({"bins": 64}, {"bins": 64, "range": (-0.5, 2.0)}):
+        hists = weight_histograms(tensors, **options)
+        for name, t in tensors.items():
+            _assert_like_numpy(hists[name], t, **options)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_explicit_range_and_edges_count_values_beyond_them_in_the_end_bins(dtype):
+def test_explicit_range_and_edges_count_values_beyond_them_in_the_end_bins(dtype, path):
     rng = np.random.default_rng(1)
     even, uneven = np.linspace(-0.7, 1.3, 17), np.sort(rng.uniform(-1.0, 1.0, 9))
     raw = rng.normal(0.0, 1.0, 4000).astype(np.float32 if dtype == torch.float32 else np.float64)
@@ -223,28 +254,34 @@ def test_tensors_of_very_different_sizes_and_dtypes_at_once():
 @pytest.mark.parametrize(
     "tiny, batch, host",
     [
-        (0, 0, True),  # every tensor alone
-        (1 << 13, 1 << 16, True),  # the defaults: equal sizes as rows, small mixed ones by numpy
-        (1 << 13, 1 << 16, False),  # small mixed ones by torch, as on a GPU
-        (0, 1 << 40, True),  # every size its own batch of rows
-        (1 << 40, 1 << 40, True),  # all in one mixed batch
-        (1 << 40, 1 << 40, False),
-        (1 << 40, 1000, False),  # many small mixed batches
+        (0, 0, True),  # every tensor large and alone: binned in its dtype, near-edge values picked out on the host
+        (0, 0, False),  # ... near-edge values masked, as on a GPU
+        (0, 1 << 40, True),  # large tensors of one size as the rows of one matrix
+        (0, 1 << 40, False),
+        (1 << 12, 1 << 16, True),  # the defaults: small tensors all together on the host, in float64
+        (1 << 12, 1 << 16, False),
+        (1 << 40, 1 << 40, True),  # every tensor small
     ],
 )
-def test_results_do_not_depend_on_how_tensors_are_batched(model, monkeypatch, tiny, batch, host):
+def test_results_do_not_depend_on_the_path_or_the_order(model, monkeypatch, tiny, batch, host):
     import mindscope.histogram
 
-    for name, value in (("TINY", tiny), ("BATCH_ELEMENTS", batch)):
-        monkeypatch.setattr(mindscope.histogram, name, value)
+    monkeypatch.setattr(mindscope.histogram, "TINY", tiny)
+    monkeypatch.setattr(mindscope.histogram, "BATCH", batch)
     monkeypatch.setattr(mindscope.histogram, "_host", lambda device: host and device.type == "cpu")
     state = model.state_dict()
     state["features.0.weight"][0, 0, 0, :2] = torch.tensor([float("nan"), float("-inf")])
     tensors = {**state, **_awkward_tensors()}
-    for options in ({"bins": 12}, {"bins": 7, "range": (-0.1, 0.2)}):
-        hists = weight_histograms(tensors, **options)
+    shuffled = dict(reversed(list(tensors.items())))
+    for options in ({"bins": 12}, {"bins": 7, "range": (-0.1, 0.2)}, {"edges": torch.tensor([-1.0, -0.01, 0.0, 0.3])}):
+        hists, reordered = weight_histograms(tensors, **options), weight_histograms(shuffled, **options)
         for name, t in tensors.items():
-            _assert_like_numpy(hists[name], t, **options)
+            reference = {"edges": options["edges"].numpy()} if "edges" in options else options
+            _assert_like_numpy(hists[name], t, **reference)
+            assert torch.equal(hists[name].counts, reordered[name].counts)
+    for name, h in weight_histograms(model, bins=12).items():  # the parameters themselves, which require grad
+        _assert_like_numpy(h, state[name], bins=12)
+        assert not (h.counts.requires_grad or h.edges.requires_grad)
 
 
 def test_shared_edges_are_shared_and_span_both_states(model):
