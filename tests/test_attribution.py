@@ -353,7 +353,7 @@ def test_cli_integrated_with_tolerance_prints_errors_below_it(tiny_run, tmp_path
     status = main(
         ["attribute", str(tiny_run), "--image", "3", "--image", "4", "--tolerance", "0.01", "--out", str(tmp_path)]
     )
-    assert status == 0 and (tmp_path / "integrated.png").is_file()
+    assert status == 0 and (tmp_path / "integrated_3_4.png").is_file()
     errors = [float(e) for e in re.findall(r"completeness error ([0-9.]+)%", capsys.readouterr().out)]
     assert len(errors) == 2 and max(errors) < 1.0
 

@@ -26,7 +26,7 @@ def test_gradcam_names_its_default_layer_and_prints_the_maps_it_draws(tiny_run, 
 
     status, out, _ = run_cli(["attribute", str(tiny_run), "--image", "0", "--image", "2", "--method", "gradcam"]
                              + ["--out", str(tmp_path)], capsys)  # fmt: skip
-    assert status == 0 and (tmp_path / "gradcam.png").is_file()
+    assert status == 0 and (tmp_path / "gradcam_0_2.png").is_file()
     assert "Grad-CAM of layer features.18 (the last with a spatial output)" in out
     run = load_run(tiny_run)
     expected = grad_cam(run.model, run.data.inputs(run.data.test, [0, 2]))
@@ -47,7 +47,7 @@ def test_layer_integrated_resolves_a_layer_number_and_writes_one_figure_per_imag
 def test_occlusion_counts_its_windows(tiny_run, tmp_path, capsys) -> None:
     args = ["attribute", str(tiny_run), "--image", "0", "--method", "occlusion", "--window", "8", "--stride", "8"]
     status, out, _ = run_cli(args + ["--out", str(tmp_path)], capsys)
-    assert status == 0 and (tmp_path / "occlusion.png").is_file()
+    assert status == 0 and (tmp_path / "occlusion_0.png").is_file()
     assert "steps 17" in out  # 4 x 4 windows of 8 pixels on a 32x32 image, and x itself
 
 
@@ -112,3 +112,16 @@ def test_evaluate_runs_the_trust_checks_on_gradcam_and_occlusion(tiny_run, tmp_p
     assert saved["methods"]["gradcam"]["completeness"] is None  # Grad-CAM makes no completeness claim
     status, _, err = run_cli(["evaluate", str(tiny_run), "--methods", "gradcam,lime"], capsys)
     assert status == 2 and "unknown method 'lime' in --methods" in err
+
+
+def test_figures_of_other_images_do_not_overwrite_each_other(tiny_run, tmp_path, capsys) -> None:
+    from mindscope.cli.attribute_layers import figure_path
+
+    for image in ("3", "5"):
+        args = ["attribute", str(tiny_run), "--image", image, "--method", "gradient", "--out", str(tmp_path)]
+        assert run_cli(args, capsys)[0] == 0
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["gradient_3.png", "gradient_5.png"]
+    many = [str(i) for i in range(6)]
+    other = many[:2] + ["9"] + many[3:]
+    assert figure_path(tmp_path, "integrated", many) != figure_path(tmp_path, "integrated", other)
+    assert figure_path(tmp_path, "integrated", many).name.startswith("integrated_0-5_6-images-")

@@ -29,7 +29,7 @@ from mindscope.attribution import (
 )
 from mindscope.baselines import named
 from mindscope.cli.activations import load_image
-from mindscope.cli.attribute_layers import LAYER_METHODS, attribute_layers
+from mindscope.cli.attribute_layers import LAYER_METHODS, attribute_layers, figure_path
 from mindscope.cli.source import default_out, model_source, open_source
 from mindscope.quadrature import gauss_legendre, left, midpoint, right, simpson, trapezoid
 from mindscope.render.attribution import attribution_panels, interior_frames, saturation_curve, save_gif
@@ -258,8 +258,9 @@ def attribute(
     for i, caption in enumerate(captions):
         click.echo(_describe(i, caption, result, classes, score=score, tolerance=tolerance, max_steps=max_steps))
     figure = attribution_panels(normalization.invert(x).cpu(), result, classes, title=f"{method} ({score})")
-    figure.savefig(out / f"{method}.png", dpi=120)
-    click.echo(f"wrote {out / f'{method}.png'}")
+    path = figure_path(out, method, names)
+    figure.savefig(path, dpi=120)
+    click.echo(f"wrote {path}")
 
 
 commands = [attribute]

@@ -8,6 +8,7 @@ figure next to the other methods' in the output folder.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -41,6 +42,18 @@ def _prediction(result, i: int, caption: str, classes: Sequence[str]) -> str:
     return line + (f", target {classes[target]}" if target != predicted else "")
 
 
+def figure_path(out: Path, method: str, names: list[str]) -> Path:
+    """Where one figure of `method` over the named images goes: named by them, so another call does not overwrite it.
+
+    Up to 4 images are named in full (`integrated_3_4.png`); more by the first, the last, their
+    count and a digest of all the names, so two different lists never share a file.
+    """
+    if len(names) <= 4:
+        return out / f"{method}_{'_'.join(names)}.png"
+    digest = hashlib.sha1("\n".join(names).encode()).hexdigest()[:8]
+    return out / f"{method}_{names[0]}-{names[-1]}_{len(names)}-images-{digest}.png"
+
+
 def attribute_layers(
     method: str,
     model: nn.Module,
@@ -70,7 +83,7 @@ def attribute_layers(
         for i, caption in enumerate(captions):
             empty = f"; {NO_EVIDENCE}" if bool(result.empty[i]) else ""
             click.echo(f"{_prediction(result, i, caption, classes)}; map max {float(result.maps[i].max()):.3g}{empty}")
-        paths = [out / "gradcam.png"]
+        paths = [figure_path(out, method, names)]
         grad_cam_figure(pixels, result, classes).savefig(paths[0], dpi=120)
     elif method == "layer-integrated":
         result = layer_integrated_gradients(
@@ -87,6 +100,6 @@ def attribute_layers(
         click.echo(f"occlusion: {window}x{window} windows of every channel at stride {stride}, baseline values")
         for i, caption in enumerate(captions):
             click.echo(describe(i, caption, result))
-        paths = [out / "occlusion.png"]
+        paths = [figure_path(out, method, names)]
         attribution_panels(pixels, result, classes, title=f"occlusion ({score})").savefig(paths[0], dpi=120)
     click.echo(f"wrote {', '.join(map(str, paths))}")
