@@ -116,8 +116,11 @@ def test_serving_a_scan_folder_opens_its_page_with_the_counts_of_its_table(folde
     assert "<h2>Scan whole</h2>" in page and 'aria-current="page">Scan</a>' in page
     rows = {r[0]: r for r in table_rows(page, "scan-overview")[1:]}
     integrated = table["integrated"]
-    assert rows["integrated"][1:4] == [str(IMAGES), f"{int(integrated['converged'].sum())} of {IMAGES}",
-                                       str(int(integrated["ill_conditioned"].sum()))]  # fmt: skip
+    ill = integrated["ill_conditioned"].astype(bool)
+    converged = f"{int((integrated['converged'] & ~ill).sum())} of {int((~ill).sum())}"  # among the well-conditioned
+    assert rows["integrated"][1:4] == [str(IMAGES), converged, str(int(ill.sum()))]
+    kept = integrated["relative_completeness_error"][~ill]  # the figures leave the ill-conditioned out
+    assert rows["integrated"][4:6] == [f"{100 * np.median(kept):.3g}%", f"{100 * kept.max():.3g}%"]
     assert rows["gradient"][2] == "-"
     for part in ("scan-classes", "scan-completeness", "scan-list?which=worst", "scan-list?which=wrong"):
         assert f'hx-get="/part/{part}"' in page
@@ -254,7 +257,9 @@ def test_clicking_an_image_shows_its_map_with_the_tables_numbers(client, table):
     assert float(shown["F(x) − F(x′)"]) == pytest.approx(row["delta"], rel=1e-5)
     assert percent(shown["relative completeness error"]) == pytest.approx(row["relative_completeness_error"], rel=5e-3)
     assert int(shown["steps"]) == row["steps"]
-    assert shown["converged"] == ("yes" if row["converged"] else "no")
+    assert shown["converged"] == (
+        "yes" if row["converged"] else "not refined (ill-conditioned)" if row["ill_conditioned"] else "no"
+    )
 
 
 @pytest.mark.parametrize(
@@ -351,3 +356,27 @@ def test_the_scan_views_in_chromium(folder, tmp_path):
     shutil.copy(tmp_path / "dashboard-scan.png", ARTIFACTS / "dashboard-scan.png")
     assert console == []
     assert [u for u in requests if not u.startswith((origin + "/", "data:"))] == []
+
+
+def test_an_ill_conditioned_image_says_it_was_not_refined(client, table):
+    columns = table["integrated"]
+    ill = np.flatnonzero(columns["ill_conditioned"].astype(bool) & ~columns["converged"].astype(bool))
+    assert ill.size  # else the wording could not be seen
+    shown = numbers(get(client, "scan-image", index=int(columns["index"][ill[0]])))
+    assert shown["converged"] == "not refined (ill-conditioned)" and shown["ill-conditioned"] == "yes"
+
+
+def test_the_printed_summary_leaves_the_ill_conditioned_out_of_its_figures(folder, table, capsys):
+    whole = folder / "scans" / "whole"
+    args = ["scan", str(folder / "tiny"), "--out", str(whole), "--methods", "gradient,integrated", "--limit",
+            str(IMAGES), "--shard-size", "16", "--tolerance", str(TOLERANCE), "--layers", "none"]  # fmt: skip
+    assert main(args) == 0  # a finished scan: nothing computed, the summary printed again
+    out = capsys.readouterr().out
+    columns = table["integrated"]
+    ill = columns["ill_conditioned"].astype(bool)
+    kept = columns["relative_completeness_error"][~ill]
+    converged = int((columns["converged"].astype(bool) & ~ill).sum())
+    assert (
+        f"; {converged} of {int((~ill).sum())} converged to {TOLERANCE:.2%}; {int(ill.sum())} ill-conditioned " in out
+    )
+    assert f"median {np.median(kept):.3%}, max {kept.max():.3%} ({int(ill.sum())} ill-conditioned" in out

@@ -68,13 +68,19 @@ def _describe(summary: dict) -> list[str]:
     lines = [f"accuracy {summary['accuracy']:.1%} on {summary['images']} images"]
     for method, entry in summary["methods"].items():
         line = f"{method}: steps mean {entry['steps_mean']:.1f}, max {entry['steps_max']}"
+        ill = entry.get("ill_conditioned")
         if "converged" in entry:
-            line += f"; {entry['converged']}/{entry['images']} converged to {entry['tolerance']:.2%}"
+            well = entry.get("well_conditioned", entry["images"])
+            line += f"; {entry['converged']} of {well} converged to {entry['tolerance']:.2%}"
+            if ill:
+                line += f"; {ill} ill-conditioned (nothing to explain), not refined to the tolerance by design"
         if "completeness_error_median" in entry:
             line += (
                 f"; completeness error median {entry['completeness_error_median']:.3%}, "
-                f"max {entry['completeness_error_max']:.3%}; {entry['ill_conditioned']} with nothing to explain"
+                f"max {entry['completeness_error_max']:.3%}"
             )
+            if ill is not None:
+                line += f" ({ill} ill-conditioned {'image' if ill == 1 else 'images'} set aside)"
         lines.append(line)
         worst = entry.get("worst", [])[:3]
         if worst:

@@ -21,6 +21,7 @@ from mindscope.report.scan_page import (
     LISTING,
     PixelSource,
     completeness_caption,
+    converged_text,
     error_text,
     listing_rows,
     set_aside_text,
@@ -204,7 +205,9 @@ def image_view(scan: Scan, pixels: PixelSource, method: str, index: int) -> Imag
         "relative completeness error": error_text(float(columns["relative_completeness_error"][row])),
         "map error": error_text(float(columns["map_error"][row])),
         "steps": str(int(columns["steps"][row])),
-        "converged": ("yes" if columns["converged"][row] else "no") if converged else "-",
+        "converged": converged_text(bool(columns["converged"][row]), bool(columns["ill_conditioned"][row]))
+        if converged
+        else "-",
         "ill-conditioned": "yes" if columns["ill_conditioned"][row] else "no",
     }
     if note:
