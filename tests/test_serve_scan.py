@@ -26,7 +26,7 @@ from mindscope.cli import main  # noqa: E402
 from mindscope.render.scan import ZERO_ERROR  # noqa: E402
 from mindscope.serve import create_app  # noqa: E402
 from mindscope.serve.scan_views import LIST_ROWS  # noqa: E402
-from serving import TOKEN, login, numbers, spots, table_rows, text  # noqa: E402
+from serving import TOKEN, login, numbers, served_apps, spots, table_rows, text  # noqa: E402
 
 IMAGES = 40  # scanned: shards of 16, 16 and 8
 TOLERANCE = 0.01
@@ -380,3 +380,18 @@ def test_the_printed_summary_leaves_the_ill_conditioned_out_of_its_figures(folde
         f"; {converged} of {int((~ill).sum())} converged to {TOLERANCE:.2%}; {int(ill.sum())} ill-conditioned " in out
     )
     assert f"median {np.median(kept):.3%}, max {kept.max():.3%} ({int(ill.sum())} ill-conditioned" in out
+
+
+def test_a_folder_whose_only_scan_is_unfinished_opens_on_the_runs_view(folder, tmp_path, capsys, monkeypatch):
+    served = served_apps(monkeypatch)
+    shutil.copytree(folder / "scans" / "half", tmp_path / "scans" / "half")
+    assert main(["serve", str(tmp_path / "scans"), "--port", "0"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("serving 1 scan (unfinished) with ") for line in out), out
+    token = re.search(r"\?token=(\S+)", next(line for line in out if "dashboard: " in line)).group(1)
+    (app,) = served
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        assert client.get("/", params={"token": token}, follow_redirects=False).status_code == 303
+        page = client.get("/")
+    assert page.status_code == 200
+    assert table_rows(page.text, "scans")[1][5] == "unfinished: 1 shard missing; run the scan again"
