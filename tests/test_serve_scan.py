@@ -395,3 +395,17 @@ def test_a_folder_whose_only_scan_is_unfinished_opens_on_the_runs_view(folder, t
         page = client.get("/")
     assert page.status_code == 200
     assert table_rows(page.text, "scans")[1][5] == "unfinished: 1 shard missing; run the scan again"
+
+
+def test_a_class_without_images_says_so_and_its_values_have_no_mean(client, table):
+    targets = table["integrated"]["target"]
+    empty = [k for k in range(len(CLASSES)) if not (targets == k).any()]
+    assert empty  # else the wording could not be seen
+    k = empty[0]
+    part = get(client, "scan-classes", **{"class": k})
+    assert f"integrated: no image was attributed to {CLASSES[k]}, so it has no mean map." in text(part)
+    assert "±" not in text(part) and "own colour scale" not in text(part)
+    assert numbers(part) == {"class": f"{k}: {CLASSES[k]}", "images": "0"}
+    params = {"scan": f"{folder_label(client)}/scans/whole", "class": k}
+    values = client.get("/part/scan-class-values", params=params).json()
+    assert values["images"] == 0 and values["mean"] is None and values["mean_abs"] is None

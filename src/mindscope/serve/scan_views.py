@@ -69,6 +69,12 @@ def classes_view(scan: Scan, method: str, chosen: int | None) -> ClassesView:
         if empty:
             caption += f" No image was attributed to {', '.join(empty)}: those panels are blank."
         return ClassesView(rendered.picture(spots), caption, {})
+    if n == 0:  # nothing to average: no mean map, and no scale to give one
+        return ClassesView(
+            rendered.picture(spots),
+            f"{method}: no image was attributed to {classes[chosen]}, so it has no mean map.",
+            {"class": f"{chosen}: {classes[chosen]}", "images": "0"},
+        )
     summed = mean[0].sum(axis=0)  # (H, W)
     abs_mean = maps.mean_abs[chosen].numpy()
     caption = (
@@ -94,8 +100,9 @@ def class_values(scan: Scan, method: str, chosen: int) -> dict:
         "class": chosen,
         "name": scan.plan.classes[chosen],
         "images": int(maps.counts[chosen]),
-        "mean": maps.mean[chosen].tolist(),
-        "mean_abs": maps.mean_abs[chosen].tolist(),
+        # a class no image was attributed to has no mean: null, not zeros
+        "mean": maps.mean[chosen].tolist() if maps.counts[chosen] else None,
+        "mean_abs": maps.mean_abs[chosen].tolist() if maps.counts[chosen] else None,
     }
 
 
