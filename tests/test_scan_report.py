@@ -206,6 +206,10 @@ def test_python_and_the_cli_refuse_what_a_scan_page_cannot_use(scanned, tmp_path
     with pytest.raises(ValueError, match=r"the scan in .* is not finished .* run the scan again"):
         write_report(unfinished, tmp_path / "page.html")
     assert not (tmp_path / "page.html").exists()
+    status = main(["report", str(unfinished), "--out", str(tmp_path / "page.html")])
+    captured = capsys.readouterr()
+    assert status == 2 and captured.out == ""  # checked before anything is printed
+    assert re.fullmatch(r"mindscope: error: the scan in .* is not finished .* run the scan again.*\n", captured.err)
 
 
 @pytest.mark.slow
