@@ -53,9 +53,18 @@ def test_a_scan_shows_its_progress_and_prints_its_summary(tiny_run, tmp_path, ca
     captured = capsys.readouterr()
     assert "64 images in 3 shards; 64 images to compute" in captured.err
     assert "scan: 64/64 images" in captured.err and "s left" in captured.err
-    assert "computed 3 shard(s), 0 already done" in captured.out and f"wrote {out}" in captured.out
+    assert "computed 3 shards, 0 already done" in captured.out and f"wrote {out}" in captured.out
     accuracy = open_scan(out).summary["accuracy"]
     assert f"accuracy {accuracy:.1%} on 64 images" in captured.out
+
+
+def test_one_shard_is_one_shard(tiny_run, tmp_path, capsys, one_thread):
+    out = tmp_path / "scan"
+    args = ["scan", str(tiny_run), "--out", str(out), "--methods", "gradient", "--limit", "1", "--layers", "none"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "scan: 1 image in 1 shard; 1 image to compute" in captured.err
+    assert "computed 1 shard, 0 already done" in captured.out
 
 
 def test_an_out_that_holds_another_scan_is_refused_and_left_as_it_was(scanned, tiny_run, tmp_path, capsys):

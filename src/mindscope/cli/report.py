@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from mindscope._util import positive_int
+from mindscope._util import count, positive_int
 from mindscope.cli.source import model_source, open_source
 from mindscope.cli.train import DATA_HELP, echo_epoch
 from mindscope.report import ReportOptions, write_report
@@ -117,7 +117,7 @@ def demo_command(
         run.close()
         done = last[0] if last else 0
         if done >= epochs:
-            click.echo(f"reusing the trained run in {run_dir} ({done} epochs; --retrain trains again)")
+            click.echo(f"reusing the trained run in {run_dir} ({count(done, 'epoch')}; --retrain trains again)")
         else:
             resume_run(run_dir, epochs=epochs, device=device, on_epoch=echo_epoch, say=click.echo)
     else:

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
+from mindscope._util import count
 from mindscope.cli.source import model_source, source_card
 from mindscope.scan import LocalEngine, RayEngine, ScanOptions, ScanSource, merge_scan, parse_shard, scan
 from mindscope.scan.compute import ShardReport
@@ -43,7 +44,11 @@ class _Progress:
 
     def start(self, plan: Plan, images: int) -> None:
         self.total, self.began = images, time.perf_counter()
-        click.echo(f"scan: {plan.images} images in {len(plan.shards)} shards; {images} images to compute", err=True)
+        click.echo(
+            f"scan: {count(plan.images, 'image')} in {count(len(plan.shards), 'shard')}; "
+            f"{count(images, 'image')} to compute",
+            err=True,
+        )
         if sys.stderr.isatty():
             self.bar = tqdm(total=images, desc="scan", unit="img", leave=False, file=sys.stderr)
 
@@ -167,7 +172,7 @@ def scan_command(out, methods, tolerance, steps, max_steps, baseline, score, tar
                             on_start=bar.start, on_shard=bar.shard)  # fmt: skip
         finally:
             bar.close()
-        click.echo(f"computed {progress.computed} shard(s), {progress.skipped} already done")
+        click.echo(f"computed {count(progress.computed, 'shard')}, {progress.skipped} already done")
     if progress.summary is None:
         missing = len(progress.plan.missing())
         click.echo(f"{missing} of {len(progress.plan.shards)} shards still missing; when all are done, run "
