@@ -26,6 +26,20 @@ def make_folder(tiny_run: Path, root: Path) -> Path:
     return root
 
 
+def served_apps(monkeypatch) -> list:
+    """Make `mindscope serve` return instead of serving until Ctrl-C; the list receives the app it built."""
+    import mindscope.serve
+
+    served = []
+
+    def serve_forever(app, sock):  # keep the app, free the port
+        served.append(app)
+        sock.close()
+
+    monkeypatch.setattr(mindscope.serve, "serve_forever", serve_forever)
+    return served
+
+
 def login(client) -> None:
     """Trade the token for its cookie, as a browser does with the printed address."""
     response = client.get(f"/?token={TOKEN}&view=runs", follow_redirects=False)

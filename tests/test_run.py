@@ -19,7 +19,8 @@ from safetensors.numpy import load_file as load_numpy
 
 from mindscope.cli import main
 from mindscope.model import AllConvNet
-from mindscope.run import RunRecorder, load_run
+from mindscope.run import RunRecorder, load_run, train_run
+from mindscope.training import TrainConfig
 
 EPOCHS, STEPS_PER_EPOCH = 2, 4  # 128 images in batches of 32
 COMMON = [
@@ -283,3 +284,10 @@ def test_sigkill_at_random_points_then_resume(tmp_path):
         assert final.epochs == list(range(epochs + 1))
         check_complete(final.metrics, epochs)
         assert rows(final.metrics) == expected
+
+
+def test_one_epoch_is_said_in_the_singular(tmp_path, one_thread):
+    said = []
+    config = TrainConfig(epochs=1, batch_size=32)
+    train_run(tmp_path / "one", config, width=4, train_limit=32, test_limit=16, say=said.append, progress=False)
+    assert any(line.endswith(f"16 test images, 1 epoch, run in {tmp_path / 'one'}") for line in said), said

@@ -80,7 +80,14 @@ def test_a_scan_equals_integrated_gradients_image_by_image(run192, tmp_path, one
         scale = float(ref.attributions.abs().max())
         torch.testing.assert_close(maps[i], ref.attributions[0], rtol=0, atol=1e-5 * scale)
     summary = found.summary
-    assert summary["methods"]["integrated"]["converged"] == int(table["converged"].sum())
+    ill = table["ill_conditioned"].astype(bool)
+    entry = summary["methods"]["integrated"]
+    assert entry["converged"] == int((table["converged"] & ~ill).sum()) and entry["well_conditioned"] == int(
+        (~ill).sum()
+    )
+    kept = table["relative_completeness_error"][~ill].to_numpy(dtype=float)  # the figures leave ill-conditioned out
+    assert entry["completeness_error_median"] == pytest.approx(np.median(kept))
+    assert entry["completeness_error_max"] == pytest.approx(kept.max())
 
 
 def _scan_tiny(run: str, out, **options) -> object:

@@ -53,15 +53,28 @@ def test_a_scan_shows_its_progress_and_prints_its_summary(tiny_run, tmp_path, ca
     captured = capsys.readouterr()
     assert "64 images in 3 shards; 64 images to compute" in captured.err
     assert "scan: 64/64 images" in captured.err and "s left" in captured.err
-    assert "computed 3 shard(s), 0 already done" in captured.out and f"wrote {out}" in captured.out
+    assert "computed 3 shards, 0 already done" in captured.out and f"wrote {out}" in captured.out
     accuracy = open_scan(out).summary["accuracy"]
     assert f"accuracy {accuracy:.1%} on 64 images" in captured.out
+
+
+def test_one_shard_is_one_shard(tiny_run, tmp_path, capsys, one_thread):
+    out = tmp_path / "scan"
+    args = ["scan", str(tiny_run), "--out", str(out), "--methods", "gradient", "--limit", "1", "--layers", "none"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "scan: 1 image in 1 shard; 1 image to compute" in captured.err
+    assert "computed 1 shard, 0 already done" in captured.out
 
 
 def test_an_out_that_holds_another_scan_is_refused_and_left_as_it_was(scanned, tiny_run, tmp_path, capsys):
     before = snapshot(scanned)
     args = ["scan", str(tiny_run), "--out", str(scanned), *FAST]
-    refused(capsys, [*args, "--epoch", "0"], r"--out .* holds a different scan \(weights \"[0-9a-f]+\.\.\. there")
+    refused(
+        capsys,
+        [*args, "--epoch", "0"],
+        r"--out .* holds a different scan \(weights \"[0-9a-f]{12}\.\.\.\" there, \"[0-9a-f]{12}\.\.\.\" here",
+    )
     refused(capsys, [*args[:4], "--methods", "integrated", *FAST[2:]], r"holds a different scan \(methods")
     images = tmp_path / "images"
     for k, name in enumerate(["circle", "square"]):
@@ -73,6 +86,19 @@ def test_an_out_that_holds_another_scan_is_refused_and_left_as_it_was(scanned, t
     (scanned.parent / "other" / "notes.txt").write_text("mine")
     refused(capsys, [*args[:3], str(scanned.parent / "other"), *FAST], r"holds files but no scan \(scan.json\)")
     assert snapshot(scanned) == before
+
+
+def test_a_refusal_shows_both_model_specs_in_full(scanned, tiny_run, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "a_copy_of_the_same_run_under_a_long_name"
+    shutil.copytree(tiny_run, copy)
+    status = main(["scan", "--model", f"run:{copy}", "--out", str(scanned), *FAST])
+    err = capsys.readouterr().err
+    assert status == 2
+    there, here = f"run:{tiny_run}", f"run:{copy}"
+    assert f'(model "{there}" there, "{here}" here' in err, err
+    assert err.count('"') % 2 == 0, err
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,12 @@ def test_every_class_map_shares_one_symmetric_scale_set_by_the_largest_pixel():
     assert f"±{limit:.3g}" in fig._suptitle.get_text()
 
 
+def test_a_figure_of_classes_without_images_invents_no_colour_scale():
+    fig = class_maps_figure(np.zeros((1, 3, 4, 4)), ("ring",), [0], title="integrated: mean map of ring")
+    assert len(fig.axes) == 1  # the panel alone: no colour bar
+    assert fig._suptitle.get_text() == "integrated: mean map of ring; no image was attributed to ring"
+
+
 def test_class_maps_are_blue_for_the_class_and_red_against_it_as_the_attribution_panels_are():
     mean = np.zeros((2, 3, 5, 5))
     mean[0, 0, 1, 1] = 2.0  # for class a: the largest |mean|

@@ -103,7 +103,11 @@ def test_the_page_counts_what_the_table_holds(scanned, page):
     ill = integrated["ill_conditioned"].fillna(False).astype(bool)
     header, *rows = page["scan"]["tables"][0]
     row = dict(zip(header, next(r for r in rows if r[0] == "integrated")))
-    assert row["converged"] == f"{int(integrated['converged'].sum())} of {IMAGES}"
+    assert row["converged"] == f"{int((integrated['converged'] & ~ill).sum())} of {int((~ill).sum())}"
+    kept_errors = integrated["relative_completeness_error"][~ill].to_numpy(dtype=float)
+    assert row["median error"] == f"{100 * np.median(kept_errors):.3g}%"
+    assert row["max error"] == f"{100 * kept_errors.max():.3g}%"
+    assert f"Ill-conditioned images set aside: integrated {int(ill.sum())}." in page["scan"]["tablecaps"][0]
     assert row["ill-conditioned"] == str(int(ill.sum()))
     gradient = dict(zip(header, next(r for r in rows if r[0] == "gradient")))
     assert gradient["converged"] == gradient["median error"] == "-"  # a gradient has no baseline to complete to
@@ -202,6 +206,10 @@ def test_python_and_the_cli_refuse_what_a_scan_page_cannot_use(scanned, tmp_path
     with pytest.raises(ValueError, match=r"the scan in .* is not finished .* run the scan again"):
         write_report(unfinished, tmp_path / "page.html")
     assert not (tmp_path / "page.html").exists()
+    status = main(["report", str(unfinished), "--out", str(tmp_path / "page.html")])
+    captured = capsys.readouterr()
+    assert status == 2 and captured.out == ""  # checked before anything is printed
+    assert re.fullmatch(r"mindscope: error: the scan in .* is not finished .* run the scan again.*\n", captured.err)
 
 
 @pytest.mark.slow

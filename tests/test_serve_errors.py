@@ -17,7 +17,7 @@ from starlette.testclient import TestClient  # noqa: E402
 from mindscope.cli import main  # noqa: E402
 from mindscope.serve import create_app  # noqa: E402
 from mindscope.subject import Subject, open_subject  # noqa: E402
-from serving import TOKEN, figure, login, make_folder, table_rows, text  # noqa: E402
+from serving import TOKEN, figure, login, make_folder, served_apps, table_rows, text  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -194,16 +194,9 @@ def test_the_command_refuses_bad_options_with_one_line(tiny_run, capsys, args, m
 def test_an_empty_folder_is_served_and_a_run_trained_into_it_later_shows_up(tiny_run, tmp_path, capsys, monkeypatch):
     import shutil
 
-    import mindscope.serve
     import mindscope.serve.catalog
 
-    served = []
-
-    def serve_forever(app, sock):  # instead of serving until Ctrl-C: keep the app, free the port
-        served.append(app)
-        sock.close()
-
-    monkeypatch.setattr(mindscope.serve, "serve_forever", serve_forever)
+    served = served_apps(monkeypatch)
     empty = tmp_path / "runs"
     empty.mkdir()
     assert main(["serve", str(empty), "--port", "0"]) == 0

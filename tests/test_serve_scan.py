@@ -26,7 +26,7 @@ from mindscope.cli import main  # noqa: E402
 from mindscope.render.scan import ZERO_ERROR  # noqa: E402
 from mindscope.serve import create_app  # noqa: E402
 from mindscope.serve.scan_views import LIST_ROWS  # noqa: E402
-from serving import TOKEN, login, numbers, spots, table_rows, text  # noqa: E402
+from serving import TOKEN, login, numbers, served_apps, spots, table_rows, text  # noqa: E402
 
 IMAGES = 40  # scanned: shards of 16, 16 and 8
 TOLERANCE = 0.01
@@ -116,8 +116,11 @@ def test_serving_a_scan_folder_opens_its_page_with_the_counts_of_its_table(folde
     assert "<h2>Scan whole</h2>" in page and 'aria-current="page">Scan</a>' in page
     rows = {r[0]: r for r in table_rows(page, "scan-overview")[1:]}
     integrated = table["integrated"]
-    assert rows["integrated"][1:4] == [str(IMAGES), f"{int(integrated['converged'].sum())} of {IMAGES}",
-                                       str(int(integrated["ill_conditioned"].sum()))]  # fmt: skip
+    ill = integrated["ill_conditioned"].astype(bool)
+    converged = f"{int((integrated['converged'] & ~ill).sum())} of {int((~ill).sum())}"  # among the well-conditioned
+    assert rows["integrated"][1:4] == [str(IMAGES), converged, str(int(ill.sum()))]
+    kept = integrated["relative_completeness_error"][~ill]  # the figures leave the ill-conditioned out
+    assert rows["integrated"][4:6] == [f"{100 * np.median(kept):.3g}%", f"{100 * kept.max():.3g}%"]
     assert rows["gradient"][2] == "-"
     for part in ("scan-classes", "scan-completeness", "scan-list?which=worst", "scan-list?which=wrong"):
         assert f'hx-get="/part/{part}"' in page
@@ -254,7 +257,9 @@ def test_clicking_an_image_shows_its_map_with_the_tables_numbers(client, table):
     assert float(shown["F(x) − F(x′)"]) == pytest.approx(row["delta"], rel=1e-5)
     assert percent(shown["relative completeness error"]) == pytest.approx(row["relative_completeness_error"], rel=5e-3)
     assert int(shown["steps"]) == row["steps"]
-    assert shown["converged"] == ("yes" if row["converged"] else "no")
+    assert shown["converged"] == (
+        "yes" if row["converged"] else "not refined (ill-conditioned)" if row["ill_conditioned"] else "no"
+    )
 
 
 @pytest.mark.parametrize(
@@ -351,3 +356,56 @@ def test_the_scan_views_in_chromium(folder, tmp_path):
     shutil.copy(tmp_path / "dashboard-scan.png", ARTIFACTS / "dashboard-scan.png")
     assert console == []
     assert [u for u in requests if not u.startswith((origin + "/", "data:"))] == []
+
+
+def test_an_ill_conditioned_image_says_it_was_not_refined(client, table):
+    columns = table["integrated"]
+    ill = np.flatnonzero(columns["ill_conditioned"].astype(bool) & ~columns["converged"].astype(bool))
+    assert ill.size  # else the wording could not be seen
+    shown = numbers(get(client, "scan-image", index=int(columns["index"][ill[0]])))
+    assert shown["converged"] == "not refined (ill-conditioned)" and shown["ill-conditioned"] == "yes"
+
+
+def test_the_printed_summary_leaves_the_ill_conditioned_out_of_its_figures(folder, table, capsys):
+    whole = folder / "scans" / "whole"
+    args = ["scan", str(folder / "tiny"), "--out", str(whole), "--methods", "gradient,integrated", "--limit",
+            str(IMAGES), "--shard-size", "16", "--tolerance", str(TOLERANCE), "--layers", "none"]  # fmt: skip
+    assert main(args) == 0  # a finished scan: nothing computed, the summary printed again
+    out = capsys.readouterr().out
+    columns = table["integrated"]
+    ill = columns["ill_conditioned"].astype(bool)
+    kept = columns["relative_completeness_error"][~ill]
+    converged = int((columns["converged"].astype(bool) & ~ill).sum())
+    assert (
+        f"; {converged} of {int((~ill).sum())} converged to {TOLERANCE:.2%}; {int(ill.sum())} ill-conditioned " in out
+    )
+    assert f"median {np.median(kept):.3%}, max {kept.max():.3%} ({int(ill.sum())} ill-conditioned" in out
+
+
+def test_a_folder_whose_only_scan_is_unfinished_opens_on_the_runs_view(folder, tmp_path, capsys, monkeypatch):
+    served = served_apps(monkeypatch)
+    shutil.copytree(folder / "scans" / "half", tmp_path / "scans" / "half")
+    assert main(["serve", str(tmp_path / "scans"), "--port", "0"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("serving 1 scan (unfinished) with ") for line in out), out
+    token = re.search(r"\?token=(\S+)", next(line for line in out if "dashboard: " in line)).group(1)
+    (app,) = served
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        assert client.get("/", params={"token": token}, follow_redirects=False).status_code == 303
+        page = client.get("/")
+    assert page.status_code == 200
+    assert table_rows(page.text, "scans")[1][5] == "unfinished: 1 shard missing; run the scan again"
+
+
+def test_a_class_without_images_says_so_and_its_values_have_no_mean(client, table):
+    targets = table["integrated"]["target"]
+    empty = [k for k in range(len(CLASSES)) if not (targets == k).any()]
+    assert empty  # else the wording could not be seen
+    k = empty[0]
+    part = get(client, "scan-classes", **{"class": k})
+    assert f"integrated: no image was attributed to {CLASSES[k]}, so it has no mean map." in text(part)
+    assert "±" not in text(part) and "own colour scale" not in text(part)
+    assert numbers(part) == {"class": f"{k}: {CLASSES[k]}", "images": "0"}
+    params = {"scan": f"{folder_label(client)}/scans/whole", "class": k}
+    values = client.get("/part/scan-class-values", params=params).json()
+    assert values["images"] == 0 and values["mean"] is None and values["mean_abs"] is None

@@ -13,6 +13,11 @@ import torch
 from torch import nn
 
 
+def count(n: int, noun: str) -> str:
+    """ "1 epoch", "4 epochs": the noun agrees with the number."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def positive_int(value: object, name: str, *, maximum: int | None = None, hint: str = "") -> int:
     """Return `value` if it is an int in 1..maximum; otherwise raise one clear ValueError.
 

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import click
 
-from mindscope._util import positive_int
+from mindscope._util import count, positive_int
 from mindscope.cli.source import model_source, open_source
 from mindscope.cli.train import DATA_HELP, echo_epoch
 from mindscope.report import ReportOptions, write_report
 from mindscope.run import Run, is_run, resume_run, train_run
+from mindscope.scan import open_scan
 from mindscope.scan.plan import is_scan
 from mindscope.training import TrainConfig, resolve_device
 
@@ -116,7 +117,7 @@ def demo_command(
         run.close()
         done = last[0] if last else 0
         if done >= epochs:
-            click.echo(f"reusing the trained run in {run_dir} ({done} epochs; --retrain trains again)")
+            click.echo(f"reusing the trained run in {run_dir} ({count(done, 'epoch')}; --retrain trains again)")
         else:
             resume_run(run_dir, epochs=epochs, device=device, on_epoch=echo_epoch, say=click.echo)
     else:
@@ -166,6 +167,8 @@ def report_command(out, image, images, evaluation_images, tolerance, device, **s
                 f"{source['run_dir']} is a scan folder, which records its own model and data; "
                 f"drop --{given[0].removesuffix('_spec').replace('_', '-')}"
             )
+        if (problem := open_scan(source["run_dir"]).unfinished()) is not None:
+            raise ValueError(problem)  # before saying anything on stdout
         click.echo("drawing the scan:")
         path = write_report(source["run_dir"], out, options=options, progress=_say)
         click.echo(f"report: {path.resolve()} (self-contained; open it in a browser)")

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
+from mindscope._util import count
 from mindscope.cli.source import model_source, source_card
 from mindscope.scan import LocalEngine, RayEngine, ScanOptions, ScanSource, merge_scan, parse_shard, scan
 from mindscope.scan.compute import ShardReport
@@ -43,7 +44,11 @@ class _Progress:
 
     def start(self, plan: Plan, images: int) -> None:
         self.total, self.began = images, time.perf_counter()
-        click.echo(f"scan: {plan.images} images in {len(plan.shards)} shards; {images} images to compute", err=True)
+        click.echo(
+            f"scan: {count(plan.images, 'image')} in {count(len(plan.shards), 'shard')}; "
+            f"{count(images, 'image')} to compute",
+            err=True,
+        )
         if sys.stderr.isatty():
             self.bar = tqdm(total=images, desc="scan", unit="img", leave=False, file=sys.stderr)
 
@@ -68,13 +73,19 @@ def _describe(summary: dict) -> list[str]:
     lines = [f"accuracy {summary['accuracy']:.1%} on {summary['images']} images"]
     for method, entry in summary["methods"].items():
         line = f"{method}: steps mean {entry['steps_mean']:.1f}, max {entry['steps_max']}"
+        ill = entry.get("ill_conditioned")
         if "converged" in entry:
-            line += f"; {entry['converged']}/{entry['images']} converged to {entry['tolerance']:.2%}"
+            well = entry.get("well_conditioned", entry["images"])
+            line += f"; {entry['converged']} of {well} converged to {entry['tolerance']:.2%}"
+            if ill:
+                line += f"; {ill} ill-conditioned (nothing to explain), not refined to the tolerance by design"
         if "completeness_error_median" in entry:
             line += (
                 f"; completeness error median {entry['completeness_error_median']:.3%}, "
-                f"max {entry['completeness_error_max']:.3%}; {entry['ill_conditioned']} with nothing to explain"
+                f"max {entry['completeness_error_max']:.3%}"
             )
+            if ill is not None:
+                line += f" ({ill} ill-conditioned {'image' if ill == 1 else 'images'} set aside)"
         lines.append(line)
         worst = entry.get("worst", [])[:3]
         if worst:
@@ -161,7 +172,7 @@ def scan_command(out, methods, tolerance, steps, max_steps, baseline, score, tar
                             on_start=bar.start, on_shard=bar.shard)  # fmt: skip
         finally:
             bar.close()
-        click.echo(f"computed {progress.computed} shard(s), {progress.skipped} already done")
+        click.echo(f"computed {count(progress.computed, 'shard')}, {progress.skipped} already done")
     if progress.summary is None:
         missing = len(progress.plan.missing())
         click.echo(f"{missing} of {len(progress.plan.shards)} shards still missing; when all are done, run "

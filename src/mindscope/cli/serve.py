@@ -86,6 +86,9 @@ def serve(paths, model_spec, data_spec, epoch, port, host, allowed, workers, thr
     sock = bind(host, port)
     port = sock.getsockname()[1]
     found = " and ".join(count(n, noun) for n, noun in ((len(runs), "run"), (len(scans), "scan")) if n)
+    unfinished = sum(not catalog.scan(name).complete for name in scans)
+    if unfinished:
+        found += " (unfinished)" if unfinished == len(scans) else f" ({unfinished} unfinished)"
     if found:
         click.echo(f"serving {found} with {workers} workers x {threads} threads")
     else:  # the catalog lists the folders again as pages ask (every NAMES_TTL s): runs trained into them show up

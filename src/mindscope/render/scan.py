@@ -53,6 +53,9 @@ def class_maps_figure(
         ax.set_yticks([])
     for ax in axes[len(classes) :]:
         ax.set_axis_off()
+    if not any(counts):  # no image in any class: there is no mean map, so no colour scale either
+        fig.suptitle(f"{title}; no image was attributed to {', '.join(classes)}", fontsize=10, wrap=True)
+        return fig
     fig.colorbar(image, ax=axes.tolist(), shrink=0.8, label=COLOUR_BAR)
     caption = f"one colour scale: ±{limit:.3g}" if limit > 0 else "every mean map is zero"
     fig.suptitle(f"{title}; {caption}", fontsize=10, wrap=True)  # one class alone is a narrow figure

@@ -12,6 +12,7 @@ from typing import Any
 import jinja2
 from matplotlib.figure import Figure as MplFigure
 
+from mindscope._util import count  # noqa: F401  (the report's modules take it from here)
 from mindscope.render.html import data_uri, figure_png
 
 
@@ -48,11 +49,6 @@ class Section:
 
 def pct(x: float) -> str:
     return f"{100 * x:.1f}%"
-
-
-def count(n: int, noun: str) -> str:
-    """ "1 epoch", "4 epochs": the noun agrees with the number."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def render_page(title: str, subtitle: str, sections: list[Section]) -> str:

@@ -80,7 +80,7 @@ def overview_section(scan: Scan) -> Section:
         rows.append([
             method,
             entry["images"],
-            "-" if converged is None else f"{converged} of {entry['images']}",
+            "-" if converged is None else f"{converged} of {entry.get('well_conditioned', entry['images'])}",
             entry.get("ill_conditioned", "-"),
             error_text(entry.get("completeness_error_median")),
             error_text(entry.get("completeness_error_max")),
@@ -88,15 +88,20 @@ def overview_section(scan: Scan) -> Section:
             entry["steps_max"],
             f"{entry['seconds']:.1f}",
         ])  # fmt: skip
-    caption = "Per method: images looked at; how many maps converged to the tolerance"
+    caption = "Per method: images looked at; how many of the well-conditioned maps converged to the tolerance"
     caption += (
         f" ({options.tolerance:g}, integrated gradients only)" if options.tolerance is not None else " (none was set)"
     )
     caption += (
         "; how many images are ill-conditioned (the baseline already scores about F(x), so there is nothing to "
-        "explain and they are set aside below); the relative completeness error |Σ map − (F(x) − F(x′))| / "
-        "|F(x) − F(x′)|; gradient evaluations per image; and compute time."
+        "explain: they are not refined to the tolerance by design, and set aside from the converged count and "
+        "the errors); the relative completeness error |Σ map − (F(x) − F(x′))| / |F(x) − F(x′)| of the other "
+        "images; gradient evaluations per image; and compute time."
     )
+    aside = [f"{method} {entry['ill_conditioned']}" for method, entry in summary["methods"].items()
+             if "ill_conditioned" in entry]  # fmt: skip
+    if aside:
+        caption += f" Ill-conditioned images set aside: {', '.join(aside)}."
     headers = ["method", "images", "converged", "ill-conditioned", "median error", "max error", "mean steps",
                "max steps", "seconds"]  # fmt: skip
     sec.tables.append(Table(caption, headers, rows))
@@ -168,12 +173,20 @@ def completeness_section(scan: Scan, frame) -> Section:
     return sec
 
 
+def converged_text(converged: bool, ill_conditioned: bool) -> str:
+    """Whether an image's map met the tolerance; an ill-conditioned one is not refined, by design."""
+    if converged:
+        return "yes"
+    return "not refined (ill-conditioned)" if ill_conditioned else "no"
+
+
 def listing_rows(items: list[dict], classes: tuple[str, ...], converged: bool) -> list[list[object]]:
     """Table rows of summary images; `converged` False: the method promises no tolerance, so say "-"."""
     return [
         [i["index"], classes[i["label"]], classes[i["prediction"]], f"{i['probability']:.4f}",
          error_text(i["relative_completeness_error"]), error_text(i["map_error"]), i["steps"],
-         ("yes" if i["converged"] else "no") if converged else "-", "yes" if i["ill_conditioned"] else "no"]
+         converged_text(i["converged"], i["ill_conditioned"]) if converged else "-",
+         "yes" if i["ill_conditioned"] else "no"]
         for i in items
     ]  # fmt: skip
 

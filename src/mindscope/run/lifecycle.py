@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 
-from mindscope._util import check_fits, positive_int
+from mindscope._util import check_fits, count, positive_int
 from mindscope._version import __version__
 from mindscope.data import DataSplits, load_data
 from mindscope.model import AllConvNet
@@ -177,7 +177,7 @@ def train_run(
     run, model, splits = create_run(out, config, data=data, width=width, train_limit=train_limit, test_limit=test_limit)
     say(
         f"training AllConvNet(width={width}) on {splits.name}: {len(splits.train)} train / "
-        f"{len(splits.test)} test images, {config.epochs} epochs, run in {out}"
+        f"{len(splits.test)} test images, {count(config.epochs, 'epoch')}, run in {out}"
     )
     recorder = RunRecorder(run, bins=config.histogram_bins, extra=_extra_recorders(tensorboard, run))
     try:
@@ -228,7 +228,8 @@ def resume_run(
         if epoch >= config.epochs:
             repaired = _complete(run, config)
             if repaired:
-                say(f"run {path} had trained all {epoch} epochs; filled in what a kill had left out: {repaired}")
+                done = count(epoch, "epoch")
+                say(f"run {path} had trained all {done}; filled in what a kill had left out: {repaired}")
                 run.close()
                 return path
             if epochs is not None and epochs < epoch:

@@ -146,14 +146,20 @@ def summarise(plan: Plan, table_path: Path, layers: dict[str, Moments]) -> dict:
         c = method_columns(table, method)
         entry: dict = {"images": len(c["index"]), "steps_mean": float(c["steps"].mean()),
                        "steps_max": int(c["steps"].max()), "seconds": float(c["seconds"].sum())}  # fmt: skip
-        error = c["relative_completeness_error"]
+        error, ill = c["relative_completeness_error"], c["ill_conditioned"]
         if not np.isnan(error).all():
-            entry["completeness_error_median"] = float(np.nanmedian(error))
-            entry["completeness_error_max"] = float(np.nanmax(error))
-            entry["ill_conditioned"] = int(c["ill_conditioned"].sum())  # left out of "worst"
+            # Ill-conditioned images have nothing to explain: their error is measured against a floor,
+            # not |F(x) - F(x')|, so the figures, like "worst", leave them out.
+            entry["ill_conditioned"] = int(ill.sum())
+            kept = error[~ill]
+            if not np.isnan(kept).all():
+                entry["completeness_error_median"] = float(np.nanmedian(kept))
+                entry["completeness_error_max"] = float(np.nanmax(kept))
             entry["worst"] = image_items(c, worst_order(c)[:WORST], plan.classes)
         if plan.options.tolerance is not None and method == "integrated":
-            entry["converged"] = int(c["converged"].sum())
+            # Ill-conditioned images are not refined by design: converged counts the others.
+            entry["converged"] = int((c["converged"] & ~ill).sum())
+            entry["well_conditioned"] = int((~ill).sum())
             entry["tolerance"] = plan.options.tolerance
         methods[method] = entry
     c = method_columns(table, plan.options.methods[0])

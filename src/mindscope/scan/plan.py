@@ -202,7 +202,9 @@ def claim(plan: Plan) -> None:
 
 def _differences(old: dict, new: dict) -> list[str]:
     def show(value: object) -> str:
-        text = json.dumps(value)
-        return text[:12] + "..." if len(text) > 16 else text
+        # Hashes are shortened, inside their quotes; every other value (a model spec) is shown in full.
+        if isinstance(value, str) and len(value) > 16 and all(c in "0123456789abcdef" for c in value):
+            return f'"{value[:12]}..."'
+        return json.dumps(value)
 
     return [f"{key} {show(old.get(key))} there, {show(new.get(key))} here" for key in new if old.get(key) != new[key]]

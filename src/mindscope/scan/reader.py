@@ -13,6 +13,7 @@ import torch
 from safetensors import safe_open
 from torch import Tensor
 
+from mindscope._util import count
 from mindscope.activations import LayerStatistics
 from mindscope.attribution import Attribution
 from mindscope.scan.merge import (
@@ -63,7 +64,7 @@ class Scan:
                 "again (the same 'mindscope scan' command, or each missing --shard I/N) and it merges itself"
             )
         return (
-            f"the scan in {self.path} is not finished (all {shards} shards are in, but not merged); "
+            f"the scan in {self.path} is not finished (all {count(shards, 'shard')} are in, but not merged); "
             f"run the scan again, or 'mindscope scan --merge --out {self.path}'"
         )
 

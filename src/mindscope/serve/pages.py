@@ -85,7 +85,8 @@ def page_handler(dash: Dashboard):
         names = [name for name, _ in VIEWS]
         runs, scans = dash.catalog.names(), dash.catalog.scan_names()
         if not runs and len(scans) == 1:
-            default = "scan"  # `mindscope serve SCAN_DIR`
+            # `mindscope serve SCAN_DIR`; an unfinished scan has no views: the Runs view says what to run
+            default = "scan" if dash.catalog.scan(scans[0]).complete else "runs"
         else:
             default = "training" if len(runs) + len(scans) == 1 else "runs"  # none yet: the Runs view says so
         view = query.choice("view", [*names, "scan"], default)

@@ -21,6 +21,7 @@ from mindscope.report.scan_page import (
     LISTING,
     PixelSource,
     completeness_caption,
+    converged_text,
     error_text,
     listing_rows,
     set_aside_text,
@@ -68,6 +69,12 @@ def classes_view(scan: Scan, method: str, chosen: int | None) -> ClassesView:
         if empty:
             caption += f" No image was attributed to {', '.join(empty)}: those panels are blank."
         return ClassesView(rendered.picture(spots), caption, {})
+    if n == 0:  # nothing to average: no mean map, and no scale to give one
+        return ClassesView(
+            rendered.picture(spots),
+            f"{method}: no image was attributed to {classes[chosen]}, so it has no mean map.",
+            {"class": f"{chosen}: {classes[chosen]}", "images": "0"},
+        )
     summed = mean[0].sum(axis=0)  # (H, W)
     abs_mean = maps.mean_abs[chosen].numpy()
     caption = (
@@ -93,8 +100,9 @@ def class_values(scan: Scan, method: str, chosen: int) -> dict:
         "class": chosen,
         "name": scan.plan.classes[chosen],
         "images": int(maps.counts[chosen]),
-        "mean": maps.mean[chosen].tolist(),
-        "mean_abs": maps.mean_abs[chosen].tolist(),
+        # a class no image was attributed to has no mean: null, not zeros
+        "mean": maps.mean[chosen].tolist() if maps.counts[chosen] else None,
+        "mean_abs": maps.mean_abs[chosen].tolist() if maps.counts[chosen] else None,
     }
 
 
@@ -204,7 +212,9 @@ def image_view(scan: Scan, pixels: PixelSource, method: str, index: int) -> Imag
         "relative completeness error": error_text(float(columns["relative_completeness_error"][row])),
         "map error": error_text(float(columns["map_error"][row])),
         "steps": str(int(columns["steps"][row])),
-        "converged": ("yes" if columns["converged"][row] else "no") if converged else "-",
+        "converged": converged_text(bool(columns["converged"][row]), bool(columns["ill_conditioned"][row]))
+        if converged
+        else "-",
         "ill-conditioned": "yes" if columns["ill_conditioned"][row] else "no",
     }
     if note:
