@@ -52,7 +52,7 @@ def serve(paths, model_spec, data_spec, epoch, port, host, allowed, workers, thr
         raise ValueError("the dashboard needs Starlette and uvicorn: pip install 'mindscope[serve]'") from None
     import torch
 
-    from mindscope.report.page import count
+    from mindscope._util import count
     from mindscope.scan import is_scan, open_scan
     from mindscope.serve import address, bind, create_app, serve_forever
     from mindscope.serve.catalog import SEARCH_DEPTH

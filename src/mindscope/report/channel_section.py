@@ -10,11 +10,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from mindscope._util import count
 from mindscope.activations import capture_activations
 from mindscope.layers import resolve_layers
 from mindscope.render.visualisation import channel_looks_figure
 from mindscope.report.options import ReportOptions
-from mindscope.report.page import Section, count
+from mindscope.report.page import Section
 from mindscope.run import LoadedRun
 from mindscope.visualisation import feature_visualisation
 

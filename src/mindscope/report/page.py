@@ -12,7 +12,6 @@ from typing import Any
 import jinja2
 from matplotlib.figure import Figure as MplFigure
 
-from mindscope._util import count  # noqa: F401  (the report's modules take it from here)
 from mindscope.render.html import data_uri, figure_png
 
 

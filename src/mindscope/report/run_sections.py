@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from mindscope._util import count
 from mindscope.activations import activation_statistics, capture_activations
 from mindscope.layers import numbered_layers, resolve_layers
 from mindscope.render.activations import channel_count, channel_grid, layer_gif_frames, layer_statistics_figure
@@ -12,7 +13,7 @@ from mindscope.render.tables import format_change
 from mindscope.render.training import training_curves
 from mindscope.render.weights import weight_histogram_figures, weight_percentile_figure, weight_ridge_figure
 from mindscope.report.options import ReportOptions
-from mindscope.report.page import Section, Table, count, pct
+from mindscope.report.page import Section, Table, pct
 from mindscope.run import LoadedRun
 from mindscope.weights import paired_histograms, weight_changes
 

@@ -16,12 +16,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mindscope._util import count
 from mindscope._version import __version__
 from mindscope.attribution import ILL_CONDITIONING_FLOOR
 from mindscope.render.activations import layer_statistics_figure
 from mindscope.render.attribution import attribution_panels
 from mindscope.render.scan import SIGNS, ZERO_ERROR, class_maps_figure, completeness_figure
-from mindscope.report.page import Section, Table, count, pct, render_page
+from mindscope.report.page import Section, Table, pct, render_page
 from mindscope.run import atomic_write_bytes
 from mindscope.scan import Scan, open_scan
 from mindscope.scan.merge import WORST

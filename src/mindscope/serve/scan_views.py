@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mindscope._util import count
 from mindscope.render.attribution import attribution_panels
 from mindscope.render.scan import SIGNS, class_maps_figure, completeness_figure
-from mindscope.report.page import count
 from mindscope.report.scan_page import (
     LISTING,
     PixelSource,
