@@ -132,12 +132,46 @@ class KerasModel(nn.Module):
         return outputs[0] if isinstance(outputs, (list, tuple)) and len(outputs) == 1 else outputs
 
     def next_module(self, name: str) -> str | None:
-        """The child that alone takes child `name`'s output in the Keras graph, or None."""
-        layer = next((self._modules[n]._layer for i, n in self._names.items() if n == name), None)
-        users = [node.operation for node in getattr(layer, "_outbound_nodes", [])]
+        """The module that alone takes module `name`'s output in the Keras graph, or None.
+
+        Only this graph's own nodes count: a layer of a loaded Sequential also keeps the
+        outbound nodes of the graphs Keras built while loading it. A dotted name is followed
+        in the nested model that holds it, and out of it where it makes that model's output.
+        """
+        head, _, rest = name.partition(".")
+        child = self._modules.get(head)
+        if rest:
+            if not isinstance(child, KerasModel):
+                return None
+            inner = child.next_module(rest)
+            if inner is not None:
+                return f"{head}.{inner}"
+            return self.next_module(head) if child._output_layer() is child._layer_of(rest) else None
+        layer = self._layer_of(name)
+        graph = getattr(self._keras, "_functional", self._keras)
+        if layer is None:
+            return None
+        if graph is None:  # a Sequential never built as a graph runs its layers in order
+            order = [n for n in (self._names.get(id(la)) for la in self._keras.layers) if n is not None]
+            return order[order.index(name) + 1] if name in order[:-1] else None
+        nodes = {id(node) for level in getattr(graph, "_nodes_by_depth", {}).values() for node in level}
+        users = {id(n.operation): n.operation for n in getattr(layer, "_outbound_nodes", []) if id(n) in nodes}
         if len(users) != 1:
             return None
-        return self._names.get(id(users[0]))
+        return self._names.get(next(iter(users)))
+
+    def _layer_of(self, name: str) -> Any:
+        """The Keras layer (or nested model) behind child `name`, or None."""
+        child = self._modules.get(name)
+        return child._layer if isinstance(child, KerasLayer) else getattr(child, "_keras", None)
+
+    def _output_layer(self) -> Any:
+        """The layer that makes this model's one output, or None."""
+        graph = getattr(self._keras, "_functional", self._keras)
+        outputs = getattr(graph, "outputs", None) or []
+        if len(outputs) != 1:
+            return None
+        return getattr(getattr(outputs[0], "_keras_history", None), "operation", None)
 
     def _child_for(self, operation: Any) -> Any:
         name = self._names.get(id(operation))

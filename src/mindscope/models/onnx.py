@@ -72,6 +72,14 @@ class OnnxModule(nn.Module):
         results = [values[name] for name in self.output_names]
         return results[0] if len(results) == 1 else tuple(results)
 
+    def next_module(self, name: str) -> str | None:
+        """The step that alone takes step `name`'s outputs, or None (none, several, or the graph's output)."""
+        outs = next((outs for step, _, outs in self._steps if step == name), None)
+        if outs is None or any(o in self.output_names for o in outs):
+            return None
+        users = [step for step, ins, _ in self._steps if any(i in outs for i in ins if i)]
+        return users[0] if len(users) == 1 else None
+
 
 def _constant(node: Any) -> Tensor:
     """The value of a Constant node, whichever attribute holds it."""
