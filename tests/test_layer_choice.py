@@ -49,7 +49,7 @@ def test_a_layer_number_asked_for_its_output_says_which_activation_it_took() -> 
     assert last.name == "3"
     assert str(last) == (
         "L2 -> 3 (layer 2, Conv2d: its own output, before any activation; "
-        "no activation module found after it (followed: nn.Sequential, fx and Keras graphs))"
+        "no activation module found after it (followed: nn.Sequential, fx, Keras and ONNX graphs))"
     )
     assert str(explain_layer(model, "L1")) == "L1 -> 0 (layer 1, Conv2d)"
     assert str(explain_layer(model, "0", output=True)) == "0 (Conv2d: its own output)"

@@ -5,8 +5,9 @@ that name, or "L3") count the model's parameterised layers (Conv*d and Linear) i
 registration order, from 1, so the nine convolutions of `AllConvNet` are layers 1..9.
 Asked for its *output*, a numbered layer means the activation module that follows it,
 past any normalisation or dropout in between: the next ones in the same `nn.Sequential`,
-or the modules its output flows into in a `torch.fx.GraphModule` (the walk-through's
-"after layer 3" is post-ELU). Where none can be found (an activation written as a
+or the modules its output flows into in a `torch.fx.GraphModule`, or in the graph of a
+Keras or ONNX model from `mindscope.models` (their `next_module`); the walk-through's
+"after layer 3" is post-ELU. Where none can be found (an activation written as a
 function in `forward`, or any other model), it means the layer's own output, before
 its activation. `explain_layer` says, in one line, which module a spec gave and why.
 """
@@ -95,6 +96,10 @@ PASS_THROUGH_TYPES = (
     nn.Dropout2d,
     nn.Identity,
 )
+# The same in Keras layers and ONNX nodes (mindscope.models), which count by class name.
+PASS_THROUGH_NAMES = frozenset(
+    {"BatchNormalization", "LayerNormalization", "GroupNormalization", "Dropout", "SpatialDropout2D"}
+)
 
 
 def _next_in_sequential(model: nn.Module, name: str) -> str | None:
@@ -147,16 +152,16 @@ def _following_activation(model: nn.Module, name: str) -> tuple[str | None, list
     while True:
         nxt = _next_in_sequential(model, current)
         why = ""
-        if nxt is None and callable(getattr(model, "next_module", None)):  # a graph of its own (Keras)
+        if nxt is None and callable(getattr(model, "next_module", None)):  # a graph of its own (Keras, ONNX)
             nxt = model.next_module(current)
         if nxt is None:
             nxt, why = _next_in_graph(model, current)
         if nxt is None:
-            why = why or "no activation module found after it (followed: nn.Sequential, fx and Keras graphs)"
+            why = why or "no activation module found after it (followed: nn.Sequential, fx, Keras and ONNX graphs)"
             return None, passed, why
         if is_activation(modules[nxt]):
             return nxt, passed, ""
-        if not isinstance(modules[nxt], PASS_THROUGH_TYPES):
+        if not (isinstance(modules[nxt], PASS_THROUGH_TYPES) or type(modules[nxt]).__name__ in PASS_THROUGH_NAMES):
             return None, passed, f"{type(modules[nxt]).__name__} {nxt} follows it, not an activation"
         passed.append(nxt)
         current = nxt

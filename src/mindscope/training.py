@@ -60,14 +60,35 @@ class TrainConfig:
 
 
 class TrainingDiverged(ValueError):
-    """The loss became NaN or infinite: the weights are no longer usable."""
+    """The loss, the test loss or a weight became NaN or infinite: the weights are no longer usable.
 
-    def __init__(self, epoch: int, step: int, loss: float, lr: float) -> None:
+    `what` names it ("loss", "test loss", or "weights of NAME"); `step` counts steps from 1.
+    """
+
+    def __init__(self, epoch: int, step: int, loss: float, lr: float, *, what: str = "loss") -> None:
         super().__init__(
-            f"training diverged: the loss became {loss} at epoch {epoch}, step {step} (learning rate "
+            f"training diverged: the {what} became {loss} at epoch {epoch}, step {step} (learning rate "
             f"{lr:.3g}); the run keeps the checkpoints before it; train a new run with a lower --lr"
         )
-        self.epoch, self.step = epoch, step
+        self.epoch, self.step, self.what = epoch, step, what
+
+
+def _non_finite_weight(model: nn.Module) -> tuple[str, float] | None:
+    """The first parameter holding NaN or an infinity and one such value, or None if all are finite."""
+    named = list(model.named_parameters())
+    if not named or bool(torch.stack([p.detach().isfinite().all() for _, p in named]).all()):
+        return None  # one sync a step, as for the loss
+    for name, p in named:
+        bad = p.detach()[~p.detach().isfinite()]  # (k,) the offending values
+        if bad.numel():
+            return name, bad[0].item()
+    return None
+
+
+def _check_finite_test(test: dict[str, float], epoch: int, step: int, lr: float) -> None:
+    """Raise TrainingDiverged if the test loss is not finite (weights that overflow the logits)."""
+    if not math.isfinite(test["loss"]):
+        raise TrainingDiverged(epoch, step, test["loss"], lr, what="test loss")
 
 
 class Recorder(Protocol):
@@ -184,6 +205,10 @@ def train(
             loss.backward()
             optimizer.step()
             step += 1
+            bad = _non_finite_weight(model)
+            if bad is not None:  # the next loss would show it, but not after an epoch's last step
+                lr = optimizer.param_groups[0]["lr"]
+                raise TrainingDiverged(epoch + 1, step, bad[1], lr, what=f"weights of {bad[0]}")
             if not bar.disable and step % 5 == 0:
                 rate = (time.perf_counter() - session_began) / (step - first_step)  # seconds a step
                 left = rate * (total_steps - step)  # ignores evaluation; close enough to plan by
@@ -205,19 +230,17 @@ def train(
                     {"loss": window_loss / window_n, "accuracy": window_correct / window_n},
                     scope="step",
                 )
-                recorder.log(
-                    step,
-                    position,
-                    "test",
-                    classification_metrics(model, data, data.test, limit=config.step_test_images),
-                    scope="step",
-                )
+                test = classification_metrics(model, data, data.test, limit=config.step_test_images)
+                _check_finite_test(test, epoch + 1, step, optimizer.param_groups[0]["lr"])
+                recorder.log(step, position, "test", test, scope="step")
                 model.train()
                 window_loss, window_correct, window_n = 0.0, 0, 0
             if recorder is not None and config.histogram_every and step % config.histogram_every == 0:
                 recorder.log_weights(step, position, model)
         bar.close()
+        # Checked before anything of this epoch is recorded: the run keeps the checkpoints before it.
         test = classification_metrics(model, data, data.test)
+        _check_finite_test(test, epoch + 1, step, optimizer.param_groups[0]["lr"])
         result = {
             "epoch": epoch + 1,
             "step": step,

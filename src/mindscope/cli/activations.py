@@ -16,7 +16,7 @@ from PIL import Image
 from mindscope.activations import activation_statistics, capture_activations, top_activating
 from mindscope.cli.source import default_out, model_source, open_source
 from mindscope.data import DataSplits, read_image
-from mindscope.layers import explain_layer
+from mindscope.layers import explain_layer, numbered_layers
 from mindscope.render.activations import (
     channel_grid,
     channel_statistics_figure,
@@ -43,6 +43,23 @@ def parse_layers(model: torch.nn.Module, spec: str) -> dict[str, str]:
     if not labels:
         raise ValueError(f"--layers {spec!r} names no layer; give e.g. 3,6,9 or features.4")
     return labels
+
+
+def _spatial_hint(model: torch.nn.Module, inputs: torch.Tensor) -> str:
+    """Which numbered layers of this model output channel maps, as advice: "choose ... (layers 1-3, 5)"."""
+    numbers = numbered_layers(model)
+    acts = capture_activations(model, inputs, list(numbers.values())) if numbers else {}
+    spatial = [i for i, name in numbers.items() if acts[name].dim() == 4]
+    if not spatial:
+        return "this model has no numbered layer with (N, C, H, W) output; see 'mindscope layers' for one that has"
+    runs: list[list[int]] = []
+    for i in spatial:
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    listed = ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+    return f"choose a convolution (layer{'s' if len(spatial) > 1 else ''} {listed}) or the activation after one"
 
 
 def parse_channels(spec: str) -> int | list[int]:
@@ -166,13 +183,14 @@ def activations(
     out = Path(out) if out is not None else default_out(subject, "activations")
     out.mkdir(parents=True, exist_ok=True)
 
-    acts = subject.channels_first(capture_activations(model, subject.inputs(pixels.to(device)), list(labels)))
+    inputs = subject.inputs(pixels.to(device))
+    acts = subject.channels_first(capture_activations(model, inputs, list(labels)))
     axis = -1 if subject.channels_last else 1
     flat = [n for n, a in acts.items() if a.dim() != 4]
     if flat:
         raise ValueError(
-            f"layer {flat[0]!r} outputs shape {tuple(acts[flat[0]].shape)}, no channel maps to "
-            "draw; choose a convolution (layers 1-9) or the activation after one"
+            f"layer {flat[0]!r} outputs shape {tuple(acts[flat[0]].shape)}, no channel maps to draw; "
+            + _spatial_hint(model, inputs)
         )
     for name, label in labels.items():
         fig = channel_grid(

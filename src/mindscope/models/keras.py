@@ -12,6 +12,12 @@ moving statistics) as buffers; integer state is left out. They are the very tens
 computes with, so a weight changed in place changes the model. A nested Functional or
 Sequential model becomes a nested `KerasModel`.
 
+mindscope reads a model's outputs as logits and applies softmax itself. A model that ends in
+softmax (a Dense or Activation layer with activation="softmax", or a Softmax layer) therefore
+returns its logits here: that layer's activation becomes linear, or the Softmax layer passes
+its input through, so mindscope's softmax gives exactly the model's probabilities. The
+card fields returned by `load_keras` say so under "output".
+
 The file is read with `safe_mode=True`, so a Lambda layer (code stored in the file) is
 refused. Keras picks its backend when first imported: KERAS_BACKEND is set to torch here
 if keras has not been imported yet; a keras already running on another backend is refused.
@@ -72,7 +78,11 @@ class KerasLayer(nn.Module):
                 self.register_buffer(name, value)
                 self._buffer_variables[name] = variable
 
+    passthrough = False  # a final Softmax layer: return its input, the logits (see the module docstring)
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self.passthrough:
+            return args[0]
         if getattr(self._layer, "_call_has_training_arg", False):
             kwargs.setdefault("training", self.training)
         return self._layer(*args, **kwargs)
@@ -122,12 +132,46 @@ class KerasModel(nn.Module):
         return outputs[0] if isinstance(outputs, (list, tuple)) and len(outputs) == 1 else outputs
 
     def next_module(self, name: str) -> str | None:
-        """The child that alone takes child `name`'s output in the Keras graph, or None."""
-        layer = next((self._modules[n]._layer for i, n in self._names.items() if n == name), None)
-        users = [node.operation for node in getattr(layer, "_outbound_nodes", [])]
+        """The module that alone takes module `name`'s output in the Keras graph, or None.
+
+        Only this graph's own nodes count: a layer of a loaded Sequential also keeps the
+        outbound nodes of the graphs Keras built while loading it. A dotted name is followed
+        in the nested model that holds it, and out of it where it makes that model's output.
+        """
+        head, _, rest = name.partition(".")
+        child = self._modules.get(head)
+        if rest:
+            if not isinstance(child, KerasModel):
+                return None
+            inner = child.next_module(rest)
+            if inner is not None:
+                return f"{head}.{inner}"
+            return self.next_module(head) if child._output_layer() is child._layer_of(rest) else None
+        layer = self._layer_of(name)
+        graph = getattr(self._keras, "_functional", self._keras)
+        if layer is None:
+            return None
+        if graph is None:  # a Sequential never built as a graph runs its layers in order
+            order = [n for n in (self._names.get(id(la)) for la in self._keras.layers) if n is not None]
+            return order[order.index(name) + 1] if name in order[:-1] else None
+        nodes = {id(node) for level in getattr(graph, "_nodes_by_depth", {}).values() for node in level}
+        users = {id(n.operation): n.operation for n in getattr(layer, "_outbound_nodes", []) if id(n) in nodes}
         if len(users) != 1:
             return None
-        return self._names.get(id(users[0]))
+        return self._names.get(next(iter(users)))
+
+    def _layer_of(self, name: str) -> Any:
+        """The Keras layer (or nested model) behind child `name`, or None."""
+        child = self._modules.get(name)
+        return child._layer if isinstance(child, KerasLayer) else getattr(child, "_keras", None)
+
+    def _output_layer(self) -> Any:
+        """The layer that makes this model's one output, or None."""
+        graph = getattr(self._keras, "_functional", self._keras)
+        outputs = getattr(graph, "outputs", None) or []
+        if len(outputs) != 1:
+            return None
+        return getattr(getattr(outputs[0], "_keras_history", None), "operation", None)
 
     def _child_for(self, operation: Any) -> Any:
         name = self._names.get(id(operation))
@@ -140,6 +184,8 @@ class KerasModel(nn.Module):
         copied = _wrap(clone)
         for mine, theirs in zip(self.modules(), copied.modules()):
             theirs.training = mine.training
+            if isinstance(mine, KerasLayer):
+                theirs.passthrough = mine.passthrough
         # keep the input adapters (a channels-last permute from mindscope.subject) the copy would lose
         copied._forward_pre_hooks.update(self._forward_pre_hooks)
         copied._forward_pre_hooks_with_kwargs.update(self._forward_pre_hooks_with_kwargs)
@@ -174,6 +220,42 @@ def _carried(model: Any) -> dict[str, Any]:
     return carried
 
 
+def _final_softmax(model: Any) -> Any | None:
+    """The layer whose softmax makes the model's (N, classes) output, in a nested model too; else None."""
+    keras = import_keras()
+    outputs = getattr(model, "outputs", None) or []
+    if len(outputs) != 1 or len(outputs[0].shape) != 2:
+        return None
+    history = getattr(outputs[0], "_keras_history", None)
+    layer = getattr(history, "operation", None)
+    if _is_graph(layer):
+        return _final_softmax(layer)
+    kind, activation = type(layer).__name__, getattr(layer, "activation", None)
+    if kind in ("Dense", "EinsumDense", "Activation") and activation is keras.activations.softmax:
+        return layer
+    if kind == "Softmax" and getattr(layer, "axis", None) in (-1, 1, [-1], [1], (-1,), (1,)):
+        return layer
+    return None
+
+
+def _expose_logits(model: Any, module: nn.Module) -> str | None:
+    """Make a model that ends in softmax return the logits before it; say what was done, or None."""
+    layer = _final_softmax(model)
+    if layer is None:
+        return None
+    if type(layer).__name__ == "Softmax":
+        child = next(m for m in module.modules() if isinstance(m, KerasLayer) and m._layer is layer)
+        child.passthrough = True
+        how = "its Softmax layer passes the logits through"
+    else:
+        layer.activation = import_keras().activations.linear  # saved with the layer: a copy keeps it
+        how = "its softmax activation is replaced by linear"
+    return (
+        f"logits: the model ends in softmax (layer {layer.name!r}); {how}, "
+        "and mindscope applies softmax, giving the model's own probabilities"
+    )
+
+
 def load_keras(path: Path) -> tuple[KerasModel, dict[str, Any]]:
     """Load keras:FILE in safe mode and wrap it; return the module and the card fields the model states."""
     keras = import_keras()
@@ -197,4 +279,8 @@ def load_keras(path: Path) -> tuple[KerasModel, dict[str, Any]]:
         )
     if len(model.inputs) != 1:
         raise ValueError(f"the Keras model takes {len(model.inputs)} inputs; mindscope feeds one batch")
-    return _wrap(model), _carried(model)
+    module, carried = _wrap(model), _carried(model)
+    note = _expose_logits(model, module)
+    if note is not None:
+        carried["output"] = note  # not a ModelCard field: build_card passes over it
+    return module, carried

@@ -13,6 +13,11 @@ every character outside [A-Za-z0-9_] becomes "_" and leading or trailing "_" go;
 without a name is "<OpType>_<index>"; a repeated name gets "_2", "_3". The model's
 `node_names` maps each submodule name back to its ONNX node name. Constants and weights
 that no layer holds are buffers of the model, named `constant_<i>`.
+
+mindscope reads outputs as logits and applies softmax itself: a graph whose (N, classes)
+output is a final Softmax over the classes returns that Softmax's input instead (the step is
+left out), so mindscope's softmax gives the model's own probabilities; `load_onnx` says so
+in the card fields it returns, under "output".
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from mindscope.models.naming import module_name
+from mindscope.models.onnx_functions import softmax as softmax_function
 from mindscope.models.onnx_layers import Step, Unsupported, build
 
 __all__ = ["OnnxModule", "convert", "load_onnx"]
@@ -65,6 +71,14 @@ class OnnxModule(nn.Module):
             values.update(zip(outs, result) if len(outs) > 1 else [(outs[0], result)])
         results = [values[name] for name in self.output_names]
         return results[0] if len(results) == 1 else tuple(results)
+
+    def next_module(self, name: str) -> str | None:
+        """The step that alone takes step `name`'s outputs, or None (none, several, or the graph's output)."""
+        outs = next((outs for step, _, outs in self._steps if step == name), None)
+        if outs is None or any(o in self.output_names for o in outs):
+            return None
+        users = [step for step, ins, _ in self._steps if any(i in outs for i in ins if i)]
+        return users[0] if len(users) == 1 else None
 
 
 def _constant(node: Any) -> Tensor:
@@ -138,6 +152,36 @@ def convert(model: Any) -> tuple[OnnxModule, tuple[int, ...] | None]:
     return OnnxModule(steps, constants, inputs, outputs, names), shape
 
 
+def _final_softmax(module: OnnxModule, graph: Any) -> str | None:
+    """The name of the Softmax step over the classes that makes the one (N, classes) output, or None."""
+    if len(graph.output) != 1 or len(graph.output[0].type.tensor_type.shape.dim) != 2:
+        return None
+    (output,) = module.output_names
+    last = next(((n, ins) for n, ins, outs in module._steps if output in outs), None)
+    if last is None or any(output in ins for _, ins, _ in module._steps):
+        return None
+    step = module._modules[last[0]]
+    attributes = getattr(step, "attributes", {})
+    softmax = getattr(step, "fn", None) is softmax_function and not attributes.get("log")
+    return last[0] if softmax and attributes.get("axis") in (1, -1) else None
+
+
+def _expose_logits(module: OnnxModule, graph: Any) -> str | None:
+    """Leave out a final Softmax so that the module returns the logits; say what was done, or None."""
+    name = _final_softmax(module, graph)
+    if name is None:
+        return None
+    index = next(i for i, (n, _, _) in enumerate(module._steps) if n == name)
+    _, ins, _ = module._steps.pop(index)
+    module.output_names = [ins[0]]
+    delattr(module, name)
+    node = module.node_names.pop(name)
+    return (
+        f"logits: the graph ends in Softmax (node {node!r}), which is left out; "
+        "mindscope applies softmax, giving the model's own probabilities"
+    )
+
+
 def load_onnx(path: Path) -> tuple[OnnxModule, dict[str, Any]]:
     """Read onnx:FILE, check it, and convert it; return the module and the card fields the file carries."""
     try:
@@ -151,4 +195,8 @@ def load_onnx(path: Path) -> tuple[OnnxModule, dict[str, Any]]:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"{path} is not a valid ONNX model ({first}); export one with torch.onnx.export") from None
     module, shape = convert(model)
-    return module, ({} if shape is None else {"input_shape": shape})
+    carried: dict[str, Any] = {} if shape is None else {"input_shape": shape}
+    note = _expose_logits(module, model.graph)
+    if note is not None:
+        carried["output"] = note  # not a ModelCard field: build_card passes over it
+    return module, carried

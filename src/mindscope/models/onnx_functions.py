@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from mindscope.models.naming import named_class
 
-__all__ = ["FUNCTIONS", "KINDS", "Function", "gemm", "pad", "same_pad"]
+__all__ = ["FUNCTIONS", "KINDS", "Function", "gemm", "pad", "same_pad", "softmax"]
 
 
 def _ints(t: Tensor | None) -> list[int] | None:
@@ -44,7 +44,7 @@ def _divide(a: Tensor, b: Tensor) -> Tensor:
     return torch.div(a, b) if exact else torch.div(a, b, rounding_mode="trunc")
 
 
-def _softmax(x: Tensor, *, axis: int, legacy: bool, log: bool) -> Tensor:
+def softmax(x: Tensor, *, axis: int, legacy: bool, log: bool) -> Tensor:
     fn = torch.log_softmax if log else torch.softmax
     if not legacy:
         return fn(x, dim=axis)
@@ -244,8 +244,8 @@ FUNCTIONS: dict[str, tuple[Callable[..., Any], Callable[[dict, int], dict] | Non
     "Reciprocal": (torch.reciprocal, None),
     "MatMul": (torch.matmul, None),
     "HardSigmoid": (_hard_sigmoid, lambda a, o: {"alpha": a.get("alpha", 0.2), "beta": a.get("beta", 0.5)}),
-    "Softmax": (_softmax, lambda a, o: _softmax_axis(a, o, log=False)),
-    "LogSoftmax": (_softmax, lambda a, o: _softmax_axis(a, o, log=True)),
+    "Softmax": (softmax, lambda a, o: _softmax_axis(a, o, log=False)),
+    "LogSoftmax": (softmax, lambda a, o: _softmax_axis(a, o, log=True)),
     "Clip": (_clip, lambda a, o: {k: a[k] for k in ("min", "max") if k in a}),
     "GlobalAveragePool": (_global_pool(torch.mean), None),
     "GlobalMaxPool": (_global_pool(_amax), None),
