@@ -65,3 +65,14 @@ def test_non_finite_weights_after_the_last_step_stop_training():
         train(model, splits, config, on_epoch=epochs.append, progress=False)
     assert (err.value.epoch, err.value.step) == (1, 1)
     assert epochs == []  # the epoch was not reported as done
+
+
+def test_curves_of_a_run_that_diverged_before_its_first_log_draw_without_a_warning() -> None:
+    import warnings
+
+    from mindscope.render.training import training_curves
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns "No artists with labels" on an empty legend
+        figure = training_curves([])
+    assert figure.axes[0].get_legend() is None and figure.axes[0].get_lines() == []

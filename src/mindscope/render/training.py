@@ -34,7 +34,8 @@ def training_curves(metrics: Sequence[dict[str, Any]], *, title: str | None = No
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, loc="lower right")
+    if axes[0].get_legend_handles_labels()[0]:  # a run that diverged before its first log has no lines
+        axes[0].legend(fontsize=8, loc="lower right")
     if title:
         fig.suptitle(title)
     return fig
