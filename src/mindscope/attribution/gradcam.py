@@ -45,11 +45,11 @@ class GradCAM:
     empty: Tensor  # (N,) bool: the map is zero everywhere (no position has positive evidence)
 
 
-def _spatial(out: object, channel_axis: int) -> bool:
-    """Whether a layer's output is a map (N, C, h, w), channels at `channel_axis`, with h * w > 1."""
+def _spatial(out: object, channel_axis: int, name: str) -> bool:
+    """Whether layer `name`'s output is a map (N, C, h, w), channels at `channel_axis`, with h * w > 1."""
     if not isinstance(out, Tensor) or out.dim() != 4:
         return False
-    return channels_second(out, channel_axis, name="the layer's output")[0, 0].numel() > 1
+    return channels_second(out, channel_axis, name=f"layer {name!r} output")[0, 0].numel() > 1
 
 
 def last_spatial_layer(model: nn.Module, x: Tensor, *, channel_axis: int = 1) -> str:
@@ -63,7 +63,7 @@ def last_spatial_layer(model: nn.Module, x: Tensor, *, channel_axis: int = 1) ->
 
     def hook_for(name: str) -> Callable:
         def hook(_module: nn.Module, _inputs: tuple, out: object) -> None:
-            if _spatial(out, channel_axis):
+            if _spatial(out, channel_axis, name):
                 ran.append(name)
 
         return hook
@@ -141,7 +141,7 @@ def grad_cam(
             part = slice(start, start + max_batch)
             logits = tap.forward(x[part])
             activation = tap.output  # the layer's own layout, channels at channel_axis
-            if not _spatial(activation, channel_axis):
+            if not _spatial(activation, channel_axis, name):
                 where = "" if channel_axis == 1 else f", channels at axis {channel_axis}"
                 raise ValueError(
                     f"layer {name!r} gives output of shape {tuple(activation.shape)}; Grad-CAM needs a spatial map "
