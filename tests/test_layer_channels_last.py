@@ -39,7 +39,8 @@ class ConvLast(nn.Module):
         self.weight, self.bias, self.padding = conv.weight, conv.bias, conv.padding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return functional.conv2d(x.permute(0, 3, 1, 2), self.weight, self.bias, padding=self.padding).permute(0, 2, 3, 1)
+        out = functional.conv2d(x.permute(0, 3, 1, 2), self.weight, self.bias, padding=self.padding)
+        return out.permute(0, 2, 3, 1)
 
 
 class MeanLast(nn.Module):
