@@ -38,7 +38,7 @@ ALLOWED: dict[str, set[str]] = {
     "weights": {"_util", "histogram", "layers"},
     "attribution": {"_util", "baselines", "inputs", "layers", "quadrature"},
     "evaluation": {"_util", "attribution", "baselines", "inputs", "layers", "quadrature"},
-    "visualisation": {"_util", "layers"},
+    "visualisation": {"_util", "inputs", "layers"},
     "model": {"_util"},
     "data": {"_util"},
     "training": {"_util", "data", "model"},

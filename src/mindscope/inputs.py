@@ -165,6 +165,8 @@ def unit_map(
 
 def channels_second(values: Tensor, axis: int, *, name: str = "x") -> Tensor:
     """Move the channel axis `axis` of a batch to dim 1, (N, C, ...); refuse a batch without one."""
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        raise TypeError(f"channel_axis must be an int (1 for (N, C, ...), -1 for channels last), got {axis!r}")
     if values.dim() < 2:
         raise ValueError(f"{name} has shape {tuple(values.shape)}; no channel axis (N, C, ...)")
     if not -values.dim() < axis < values.dim() or axis == 0:

@@ -26,6 +26,7 @@ import torch.nn.functional as functional
 from torch import Tensor, nn
 
 from mindscope._util import eval_mode, frozen_parameters, model_device, positive_int, tap_layer
+from mindscope.inputs import channels_second
 from mindscope.layers import LayerSpec, resolve_layer
 
 __all__ = ["COLOUR_CORRELATION_SQRT", "FeatureVisualisation", "feature_visualisation"]
@@ -122,18 +123,23 @@ def feature_visualisation(
     transforms: bool = True,
     jitter: float = 0.06,
     normalise: Callable[[Tensor], Tensor] | None = None,
+    channel_axis: int = 1,
 ) -> FeatureVisualisation:
     """Synthesise, for each channel, an image (H, W = `size`) that maximises its mean activation.
 
     `layer` is a dotted name, the module, or a layer number (L3: the activation after
     convolution 3, as `capture_activations` reads it). The objective is the channel's
-    mean over positions of the layer's output (dim 1 is the channel), maximised with Adam
+    mean over positions of the layer's output, maximised with Adam
     (`lr`) for `steps` steps from a small random spectrum drawn with `seed`; the same seed
     gives the same images. `normalise` maps pixels in [0, 1] to what the model takes (its
     mean/std normalisation); none by default. With `transforms`, each step sees a copy
     shifted by up to `jitter` of the image size, scaled and rotated. Runs on the model's
     device; the forward passes stop at the layer. `activations` are measured on the final
     images as they are, so they can be compared with real images' activations.
+
+    `channel_axis` is where the layer's output keeps its channels, as in
+    `activation_statistics`: 1 for PyTorch's (N, C, ...), -1 for channels-last layers (a
+    Keras model's (N, h, w, C)). The images are fed channels first, (K, C, H, W).
     """
     positive_int(steps, "steps")
     positive_int(image_channels, "image_channels")
@@ -149,10 +155,14 @@ def feature_visualisation(
     generator = torch.Generator().manual_seed(seed)
     scale = _spectrum_scale(height, width).to(device=device, dtype=dtype)
     colour = _colour_matrix(image_channels).to(device=device, dtype=dtype)
+
+    def layer_output() -> Tensor:  # (K, C, ...)
+        return channels_second(tap.output, channel_axis, name=f"layer {name!r} output")
+
     with eval_mode(model), frozen_parameters(model), torch.enable_grad(), tap_layer(model, name, stop=True) as tap:
         with torch.no_grad():
             tap.forward(normalise(torch.full((1, image_channels, height, width), 0.5, device=device, dtype=dtype)))
-        chosen = _channels(channels, tap.output.shape[1], name)
+        chosen = _channels(channels, layer_output().shape[1], name)
         index = torch.tensor(chosen, device=device)
         shape = (len(chosen), image_channels, height, width // 2 + 1, 2)
         spectrum = (0.01 * torch.randn(shape, generator=generator, dtype=torch.float64)).to(device, dtype)
@@ -163,12 +173,12 @@ def feature_visualisation(
             images = _pixels(spectrum, scale, colour, (height, width))
             seen = _transform(images, generator, jitter) if transforms else images
             tap.forward(normalise(seen))
-            objective = _channel_means(tap.output, index)  # (K,)
+            objective = _channel_means(layer_output(), index)  # (K,)
             (grad,) = torch.autograd.grad(-objective.sum(), spectrum)
             _adam_step(spectrum, grad, moments, step, lr)
             history.append(objective.detach())
         with torch.no_grad():
             images = _pixels(spectrum, scale, colour, (height, width))
             tap.forward(normalise(images))
-            reached = _channel_means(tap.output, index)
+            reached = _channel_means(layer_output(), index)
     return FeatureVisualisation(images.detach(), name, chosen, reached.detach(), torch.stack(history), seed)

@@ -6,6 +6,11 @@ score, each channel k gets the weight w_k = mean over positions of dF/dA_k, and 
 is ReLU(sum_k w_k A_k), upsampled bilinearly to the input's height and width. It is
 computed exactly (one forward and one backward pass, to the layer only), so it has no
 accuracy to report; what it cannot say is anything finer than the layer's resolution.
+
+Which axis of A holds the channels is the layer's business, not the input's: a Keras
+model's layers are channels last, (N, h, w, C), and take channel_axis=-1 (as
+`activation_statistics` does). Read with the wrong axis, A is (w, C) maps of h "channels"
+and the map is meaningless without any error, so the default follows x's own layout.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from torch import Tensor, nn
 
 from mindscope._util import eval_mode, tap_layer
 from mindscope.attribution.core import check_batch, class_logit, input_gradients_only, resolve_targets
+from mindscope.inputs import batch_layout, channels_second
 from mindscope.layers import LayerSpec, resolve_layer
 
 __all__ = ["GradCAM", "grad_cam", "last_spatial_layer"]
@@ -39,13 +45,17 @@ class GradCAM:
     empty: Tensor  # (N,) bool: the map is zero everywhere (no position has positive evidence)
 
 
-def _spatial(out: object) -> bool:
-    return isinstance(out, Tensor) and out.dim() == 4 and out.shape[2] * out.shape[3] > 1
+def _spatial(out: object, channel_axis: int, name: str) -> bool:
+    """Whether layer `name`'s output is a map (N, C, h, w), channels at `channel_axis`, with h * w > 1."""
+    if not isinstance(out, Tensor) or out.dim() != 4:
+        return False
+    return channels_second(out, channel_axis, name=f"layer {name!r} output")[0, 0].numel() > 1
 
 
-def last_spatial_layer(model: nn.Module, x: Tensor) -> str:
+def last_spatial_layer(model: nn.Module, x: Tensor, *, channel_axis: int = 1) -> str:
     """Return the last module to run whose output is a map (N, C, h, w) with h * w > 1.
 
+    `channel_axis` is where the layers keep their channels (-1: channels last, (N, h, w, C)).
     Only modules without submodules count, so the name is a layer, not a container. One
     forward pass of x's first example decides.
     """
@@ -53,7 +63,7 @@ def last_spatial_layer(model: nn.Module, x: Tensor) -> str:
 
     def hook_for(name: str) -> Callable:
         def hook(_module: nn.Module, _inputs: tuple, out: object) -> None:
-            if _spatial(out):
+            if _spatial(out, channel_axis, name):
                 ran.append(name)
 
         return hook
@@ -80,12 +90,25 @@ def _targets_of(target: int | Tensor | None, part: slice, n: int) -> int | Tenso
     return target
 
 
+def _image_size(x: Tensor, layout: str | None) -> tuple[str | None, tuple[int, int]]:
+    """Return (x's layout, (H, W) of its images: the size the maps are upsampled to)."""
+    if layout is None and x.dim() != 4:
+        return None, (int(x.shape[-2]), int(x.shape[-1]))  # not an image batch: the model makes its own maps
+    layout = batch_layout(x.shape, layout)
+    if layout not in ("NCHW", "NHWC"):
+        raise ValueError(f"Grad-CAM maps images: give layout='NCHW' or 'NHWC' for images x, not {layout!r}")
+    height, width = x.shape[1:3] if layout == "NHWC" else x.shape[2:4]
+    return layout, (int(height), int(width))
+
+
 def grad_cam(
     model: nn.Module,
     x: Tensor,
     target: int | Tensor | None = None,
     *,
     layer: LayerSpec | None = None,
+    layout: str | None = None,
+    channel_axis: int | None = None,
     output: Callable[[Tensor], Tensor] = class_logit,
     max_batch: int = 128,
 ) -> GradCAM:
@@ -95,21 +118,34 @@ def grad_cam(
     after convolution 6, as `capture_activations` reads it); by default the last
     module whose output is a spatial map (`last_spatial_layer`), and `result.layer` says
     which. F is the target's logit, as in the paper, unless `output` says otherwise.
+
+    `layout` is x's ("NCHW" or "NHWC"; by `mindscope.inputs`' rule when None), and the maps
+    are upsampled to its images' height and width. `channel_axis` is where the layer's
+    output keeps its channels: 1 for PyTorch's (N, C, h, w), -1 for channels-last layers
+    (a Keras model's (N, h, w, C)); by default where x keeps them. A channels-last model fed
+    channels-first x (as `mindscope.subject` adapts a Keras model) needs channel_axis=-1.
     """
     check_batch(x, max_batch)
     x = x.detach()
-    name = last_spatial_layer(model, x) if layer is None else resolve_layer(model, layer, output=True)
+    layout, size = _image_size(x, layout)
+    if channel_axis is None:
+        channel_axis = -1 if layout == "NHWC" else 1
+    if layer is None:
+        name = last_spatial_layer(model, x, channel_axis=channel_axis)
+    else:
+        name = resolve_layer(model, layer, output=True)
     n = x.shape[0]
     parts: list[tuple[Tensor, ...]] = []
     with input_gradients_only(model), tap_layer(model, name, leaf=True) as tap:
         for start in range(0, n, max_batch):
             part = slice(start, start + max_batch)
             logits = tap.forward(x[part])
-            activation = tap.output  # (B, C, h, w)
-            if not _spatial(activation):
+            activation = tap.output  # the layer's own layout, channels at channel_axis
+            if not _spatial(activation, channel_axis, name):
+                where = "" if channel_axis == 1 else f", channels at axis {channel_axis}"
                 raise ValueError(
                     f"layer {name!r} gives output of shape {tuple(activation.shape)}; Grad-CAM needs a spatial map "
-                    "(N, C, h, w) with h * w > 1: pick a convolutional layer, or give none to take the last one"
+                    f"(N, C, h, w) with h * w > 1{where}: pick a convolutional layer, or give none to take the last one"
                 )
             if logits is None or logits.dim() != 2:
                 raise ValueError("the model must return scores of shape (N, classes); wrap it so that it does")
@@ -117,10 +153,12 @@ def grad_cam(
             targets = resolve_targets(_targets_of(target, part, n), predictions, logits.shape[1])
             score = output(logits).gather(1, targets[:, None]).squeeze(1)  # (B,)
             (grad,) = torch.autograd.grad(score.sum(), activation)
+            grad = channels_second(grad, channel_axis)  # (B, C, h, w)
             weights = grad.mean(dim=(2, 3))  # (B, C)
-            cam = torch.relu(torch.einsum("bc,bchw->bhw", weights, activation.detach()))
+            a = channels_second(activation.detach(), channel_axis)  # (B, C, h, w)
+            cam = torch.relu(torch.einsum("bc,bchw->bhw", weights, a))
             parts.append((cam, weights, targets, predictions, probabilities, score.detach()))
     layer_maps, weights, targets, predictions, probabilities, scores = (torch.cat(p) for p in zip(*parts))
-    maps = functional.interpolate(layer_maps[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    maps = functional.interpolate(layer_maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
     empty = layer_maps.flatten(1).amax(dim=1) <= 0
     return GradCAM(maps, layer_maps, name, weights, targets, predictions, probabilities, scores, empty)

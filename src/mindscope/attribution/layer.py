@@ -13,7 +13,10 @@ Three path integrals from the baseline x' to x, each a new integrand for the sam
   activation instead of a class score: which pixels drive that unit.
 
 `layer` is a dotted name, the module, or a layer number (L6: the activation after
-convolution 6, as `capture_activations` reads it). Both layer methods sum over the
+convolution 6, as `capture_activations` reads it). `channel_axis` says where the layer's
+output keeps its channels, as in `activation_statistics`: 1 for PyTorch's (N, C, ...),
+-1 for channels-last layers (a Keras model's (N, h, w, C)); results come back with the
+channels at dim 1 whatever the layer's own order. Both layer methods sum over the
 layer's units to F(x) - F(x') (completeness) wherever all of F flows through the layer;
 they agree when A is affine along the input path (the output of a first convolution,
 before its activation) and differ elsewhere.
@@ -42,6 +45,7 @@ from mindscope.attribution.core import (
 from mindscope.attribution.methods import integrated_gradients
 from mindscope.attribution.paths import Integrand, check_integration, completeness_errors, integrate_path
 from mindscope.baselines import Baseline, resolve_baseline
+from mindscope.inputs import channels_second
 from mindscope.layers import LayerSpec, resolve_layer
 from mindscope.quadrature import Quadrature
 
@@ -54,7 +58,7 @@ Neuron = int | tuple[int, ...]
 class LayerAttribution:
     """One attribution per unit of a hidden layer, per example, with its measured accuracy."""
 
-    attributions: Tensor  # (N, *layer output shape), e.g. (N, C, h, w)
+    attributions: Tensor  # (N, C, ...) the layer's output shape, its channel axis moved to dim 1: (N, C, h, w)
     layer: str  # dotted name of the layer
     targets: Tensor  # (N,) int64 class attributed
     predictions: Tensor  # (N,) int64 class predicted at x
@@ -85,8 +89,9 @@ class _LayerProblem:
     probabilities: Tensor
     output: Tensor  # (N,) F(x)
     baseline_output: Tensor  # (N,) F(x')
-    activation: Tensor  # (N, ...) A(x)
+    activation: Tensor  # (N, ...) A(x), in the layer's own layout
     baseline_activation: Tensor  # (N, ...) A(x')
+    channel_axis: int  # where A keeps its channels
 
 
 def _forward(model: nn.Module, name: str, x: Tensor, max_batch: int) -> tuple[Tensor, Tensor]:
@@ -110,12 +115,14 @@ def _prepare(
     baseline: Baseline,
     output: Callable[[Tensor], Tensor],
     max_batch: int,
+    channel_axis: int,
 ) -> _LayerProblem:
     check_batch(x, max_batch)
     x = x.detach()
     name = resolve_layer(model, layer, output=True)
     base = resolve_baseline(baseline, x)
     logits, activation = _forward(model, name, x, max_batch)
+    channels_second(activation, channel_axis, name=f"layer {name!r} output")  # refuse an axis it does not have
     base_logits, base_activation = _forward(model, name, base, max_batch)
     probabilities, predictions = logits.softmax(dim=-1).max(dim=-1)
     targets = resolve_targets(target, predictions, logits.shape[1])
@@ -134,6 +141,7 @@ def _prepare(
         score(base_logits),
         activation,
         base_activation,
+        channel_axis,
     )
 
 
@@ -158,10 +166,10 @@ def _result(
     path = integrate_path(
         integrand, weights, change, scale, ill_conditioned, rule=rule, tolerance=tolerance, max_steps=max_steps
     )
-    attributions = weights * path.integral
+    attributions = weights * path.integral  # the layer's own layout
     error, relative, converged = completeness_errors(attributions, change, scale, path.map_error, tolerance)
     return LayerAttribution(
-        attributions,
+        channels_second(attributions, problem.channel_axis),
         problem.name,
         problem.targets,
         problem.predictions,
@@ -189,6 +197,7 @@ def layer_integrated_gradients(
     max_steps: int = 2048,
     max_batch: int = 128,
     output: Callable[[Tensor], Tensor] = class_probability,
+    channel_axis: int = 1,
 ) -> LayerAttribution:
     """Attribute F(x) - F(x') to the units of `layer` with integrated gradients.
 
@@ -205,7 +214,7 @@ def layer_integrated_gradients(
     """
     check_integration(rule, tolerance, max_steps)
     with input_gradients_only(model):
-        problem = _prepare(model, x, target, layer, baseline, output, max_batch)
+        problem = _prepare(model, x, target, layer, baseline, output, max_batch, channel_axis)
         start, delta = problem.baseline_activation, problem.activation - problem.baseline_activation
 
         def gradients(example: Tensor, alpha: Tensor) -> Iterator[tuple[slice, Tensor]]:
@@ -232,6 +241,7 @@ def conductance(
     max_steps: int = 2048,
     max_batch: int = 128,
     output: Callable[[Tensor], Tensor] = class_probability,
+    channel_axis: int = 1,
 ) -> LayerAttribution:
     """Return the total conductance of every unit of `layer`: how much of F(x) - F(x') flows through it.
 
@@ -245,7 +255,7 @@ def conductance(
     """
     check_integration(rule, tolerance, max_steps)
     with input_gradients_only(model):
-        problem = _prepare(model, x, target, layer, baseline, output, max_batch)
+        problem = _prepare(model, x, target, layer, baseline, output, max_batch, channel_axis)
         direction = problem.x - problem.baseline
 
         def flow(example: Tensor, alpha: Tensor) -> Iterator[tuple[slice, Tensor]]:
@@ -282,15 +292,16 @@ def _check_neuron(neuron: object, shape: tuple[int, ...], name: str) -> None:
 class _Unit(nn.Module):
     """The model cut at a layer, scoring one unit (or a channel's mean) as one logit, (N, 1)."""
 
-    def __init__(self, model: nn.Module, name: str, neuron: Neuron) -> None:
+    def __init__(self, model: nn.Module, name: str, neuron: Neuron, channel_axis: int) -> None:
         super().__init__()
-        self.model, self.name = model, name
+        self.model, self.name, self.channel_axis = model, name, channel_axis
         self.index = (neuron,) if isinstance(neuron, int) else tuple(neuron)
 
     def forward(self, x: Tensor) -> Tensor:
         with tap_layer(self.model, self.name, stop=True) as tap:
             tap.forward(x)
-        unit = tap.output[(slice(None), *self.index)]  # (N, ...) what is left after indexing
+        output = channels_second(tap.output, self.channel_axis)  # (N, C, ...)
+        unit = output[(slice(None), *self.index)]  # (N, ...) what is left after indexing
         return unit.flatten(1).mean(1, keepdim=True) if unit.dim() > 1 else unit[:, None]
 
 
@@ -305,11 +316,13 @@ def neuron_integrated_gradients(
     tolerance: float | None = None,
     max_steps: int = 2048,
     max_batch: int = 128,
+    channel_axis: int = 1,
 ) -> Attribution:
     """Attribute one unit's activation to the input pixels with integrated gradients.
 
     `neuron` is a channel of `layer` (an int: its mean over positions is explained) or one
-    unit's index per example (a tuple such as (channel, row, column)). F is that
+    unit's index per example (a tuple such as (channel, row, column), the channel first
+    whatever `channel_axis` the layer keeps it at: -1 for a Keras layer). F is that
     activation, so `output` and `baseline_output` hold it at x and x', and completeness
     and `tolerance` work as in `integrated_gradients`; `targets` and `predictions` hold the
     model's own prediction at x (the unit, not a class, is explained). The forward passes
@@ -320,8 +333,9 @@ def neuron_integrated_gradients(
     name = resolve_layer(model, layer, output=True)
     with torch.no_grad(), tap_layer(model, name, leaf=True) as tap:
         tap.forward(x[:1].detach())
-        _check_neuron(neuron, tuple(tap.output.shape[1:]), name)
-    unit = _Unit(model, name, neuron)
+        shape = channels_second(tap.output, channel_axis, name=f"layer {name!r} output").shape[1:]
+        _check_neuron(neuron, tuple(shape), name)
+    unit = _Unit(model, name, neuron, channel_axis)
     result = integrated_gradients(
         unit,
         x,

@@ -1,0 +1,128 @@
+"""A Keras model's layers are channels last: Grad-CAM, layer IG and feature visualisation read them so.
+
+The Keras network is the shared `small_cnn` rebuilt in Keras with its weights copied over,
+so every number is checked against the PyTorch network: a naive Grad-CAM over its true
+channels, and its layer IG. Its layers' maps are (N, 8, 8, 4) and (N, 6, 6, 6); read
+channels first, the first gives 8 "channels" of 8 x 4 and the pool's (N, 1, 1, 6) looks spatial.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as functional
+from PIL import Image
+from torch import nn
+from torch.testing import assert_close
+
+from mindscope import grad_cam
+from mindscope.attribution import layer_integrated_gradients
+from mindscope.cli import main
+from mindscope.models import load_model
+from mindscope.models.keras import import_keras
+from mindscope.quadrature import gauss_legendre
+from mindscope.subject import open_subject
+
+pytest.importorskip("h5py")
+if importlib.util.find_spec("keras") is None:
+    pytest.skip("keras is not installed", allow_module_level=True)
+keras = import_keras()  # on the torch backend; a plain `import keras` would pick TensorFlow
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def keras_file(small_cnn, tmp_path_factory):
+    layers = keras.layers
+    stack = [
+        layers.Conv2D(4, 3, padding="same", name="conv1"),
+        layers.ReLU(name="relu1"),
+        layers.Conv2D(6, 3, name="conv2"),
+        layers.ReLU(name="relu2"),
+        layers.GlobalAveragePooling2D(keepdims=True, name="pool"),
+        layers.Flatten(name="flatten"),
+        layers.Dense(3, name="fc"),
+    ]
+    h = inputs = keras.Input((8, 8, 3))
+    for layer in stack:
+        h = layer(h)
+        if layer.weights:
+            source = getattr(small_cnn, layer.name)
+            kernel = source.weight.detach()
+            kernel = kernel.permute(2, 3, 1, 0) if kernel.dim() == 4 else kernel.T  # (kh, kw, in, out), (in, out)
+            layer.set_weights([kernel.numpy(), source.bias.detach().numpy()])
+    path = tmp_path_factory.mktemp("keras") / "cnn.keras"
+    keras.Model(inputs, h).save(path)
+    return path
+
+
+def naive_grad_cam(model: nn.Sequential, x: torch.Tensor, layer: str, targets: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM of the NCHW torch network, one example at a time, split at the layer."""
+    cut = [name for name, _ in model.named_children()].index(layer)
+    maps = []
+    for i in range(x.shape[0]):
+        a = model[: cut + 1](x[i : i + 1]).detach().requires_grad_(True)  # (1, C, h, w)
+        score = model[cut + 1 :](a)[0, targets[i]]
+        (g,) = torch.autograd.grad(score, a)
+        w = g[0].mean(dim=(1, 2))  # (C,) mean over positions
+        maps.append(torch.relu((w[:, None, None] * a[0].detach()).sum(0)))  # sum over the true channels
+    return torch.stack(maps)
+
+
+def upsampled(maps: torch.Tensor) -> torch.Tensor:
+    return functional.interpolate(maps[:, None], size=(8, 8), mode="bilinear", align_corners=False)[:, 0]
+
+
+@pytest.mark.parametrize("layer", ["relu1", None])
+def test_grad_cam_of_a_keras_model_equals_the_naive_torch_version(keras_file, small_cnn, layer) -> None:
+    x = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    targets = torch.tensor([0, 2, 1])
+    expected = naive_grad_cam(small_cnn, x, layer or "relu2", targets)
+    # the model as loaded takes (N, H, W, C): its layout says where the layers' channels are
+    loaded = load_model(f"keras:{keras_file}").model
+    result = grad_cam(loaded, x.permute(0, 2, 3, 1), targets, layer=layer, layout="NHWC")
+    assert result.layer == (layer or "relu2")  # not the (N, 1, 1, 6) pool
+    assert_close(result.layer_maps, expected, rtol=1e-4, atol=1e-6)
+    assert_close(result.maps, upsampled(expected), rtol=1e-4, atol=1e-6)
+    # as the commands open it: (N, C, H, W) permuted in a pre-hook, the layers still channels last
+    subject = open_subject(model=f"keras:{keras_file}")
+    assert subject.channels_last
+    result = grad_cam(subject.model, x, targets, layer=layer, channel_axis=-1)
+    assert_close(result.layer_maps, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_layer_integrated_gradients_of_a_keras_layer_come_per_true_channel(keras_file, small_cnn) -> None:
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    subject = open_subject(model=f"keras:{keras_file}")
+    ours = layer_integrated_gradients(subject.model, x, "conv1", 0, rule=gauss_legendre(8), channel_axis=-1)
+    reference = layer_integrated_gradients(small_cnn, x, "conv1", 0, rule=gauss_legendre(8))
+    assert ours.attributions.shape == (2, 4, 8, 8)
+    assert_close(ours.attributions, reference.attributions, rtol=1e-4, atol=1e-7)
+    assert_close(ours.channel_totals, reference.channel_totals, rtol=1e-4, atol=1e-7)
+
+
+def test_the_commands_read_keras_layers_channels_last(keras_file, small_cnn, tmp_path, capsys) -> None:
+    status = main(["visualise", "--model", f"keras:{keras_file}", "--layer", "conv1", "--channels", "5"]
+                  + ["--steps", "1", "--out", str(tmp_path / "v")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.strip().splitlines() == ["mindscope: error: channel 5 is not in layer 'conv1', which has channels 0..3"]
+    status = main(["visualise", "--model", f"keras:{keras_file}", "--layer", "conv1", "--channels", "3"]
+                  + ["--steps", "1", "--out", str(tmp_path / "v")])  # fmt: skip
+    assert status == 0 and (tmp_path / "v" / "conv1_channel_3.png").is_file()
+    capsys.readouterr()
+    image = tmp_path / "image.png"
+    values = np.random.default_rng(2).integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+    Image.fromarray(values).save(image)
+    x = torch.tensor(values).permute(2, 0, 1)[None].float() / 255  # the pixels the command reads, (1, 3, 8, 8)
+    status = main(["attribute", "--model", f"keras:{keras_file}", "--image", str(image), "--method", "gradcam"]
+                  + ["--layer", "relu1", "--out", str(tmp_path / "a")])  # fmt: skip
+    out = capsys.readouterr().out
+    assert status == 0
+    with torch.no_grad():
+        predicted = small_cnn(x).argmax(1)
+    expected = upsampled(naive_grad_cam(small_cnn, x, "relu1", predicted))
+    assert f"map max {float(expected.max()):.3g}" in out
