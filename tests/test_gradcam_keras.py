@@ -126,3 +126,62 @@ def test_the_commands_read_keras_layers_channels_last(keras_file, small_cnn, tmp
         predicted = small_cnn(x).argmax(1)
     expected = upsampled(naive_grad_cam(small_cnn, x, "relu1", predicted))
     assert f"map max {float(expected.max()):.3g}" in out
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """6 random 8x8 RGB images in 3 classes."""
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(4)
+    for k in range(6):
+        (folder / f"c{k % 3}").mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)).save(folder / f"c{k % 3}" / f"{k}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def keras_subject(keras_file, image_folder):
+    """The Keras network opened as the commands open it, on the image folder."""
+    return open_subject(model=f"keras:{keras_file}", data=f"folder:{image_folder}")
+
+
+def test_the_report_and_dashboard_read_keras_layers_channels_last(keras_subject, small_cnn) -> None:
+    from mindscope.report import standard_methods
+    from mindscope.report.channel_section import channel_means
+    from mindscope.serve.activation_views import layer_scores
+    from mindscope.serve.catalog import Entry
+
+    subject = keras_subject
+    test = subject.data.test
+    x = subject.inputs(test.pixels(list(range(len(test)))))  # (6, 3, 8, 8) as the model is fed
+    with torch.no_grad():
+        relu1 = small_cnn[:2](x)  # (6, 4, 8, 8): the true channels
+        predicted = small_cnn(x).argmax(1)
+    methods = standard_methods(subject.normalization, alpha=0.5, tolerance=0.01, samples=2, seed=0, channel_axis=-1)
+    expected = upsampled(naive_grad_cam(small_cnn, x, "relu2", predicted))
+    assert_close(methods["gradcam"](subject.model, x, predicted), expected, rtol=1e-4, atol=1e-6)
+    means = channel_means(subject.model, x, ["relu1"], channel_axis=-1)["relu1"]
+    assert_close(means, relu1.mean(dim=(2, 3)), rtol=1e-4, atol=1e-6)
+    entry = Entry("keras", subject)
+    with entry.lock:
+        layers = {name: shape for name, _, shape in entry.map_layers()}
+    assert layers["relu1"] == (4, 8, 8) and layers["relu2"] == (6, 6, 6)
+    scores = layer_scores(entry, None, "relu1", lambda *_: None)
+    assert scores.shape == (6, 4)
+    assert_close(torch.tensor(scores), relu1.mean(dim=(2, 3)).double(), rtol=1e-4, atol=1e-6)
+
+
+def test_a_scan_of_a_keras_model_gives_layer_statistics_per_true_channel(
+    keras_subject, keras_file, image_folder, small_cnn, tmp_path
+) -> None:
+    from mindscope.scan import ScanOptions, ScanSource, open_scan, scan
+
+    source = ScanSource(f"keras:{keras_file}", data=f"folder:{image_folder}")
+    scan(source, tmp_path / "scan", options=ScanOptions(methods=("gradient",), layers=("relu1",), shard_size=8))
+    stats = open_scan(tmp_path / "scan").layer_statistics()["relu1"]
+    test = keras_subject.data.test
+    with torch.no_grad():
+        relu1 = small_cnn[:2](keras_subject.inputs(test.pixels(list(range(len(test)))))).double()  # (6, 4, 8, 8)
+    assert stats.mean.shape == (4,)
+    np.testing.assert_allclose(stats.mean, relu1.mean(dim=(0, 2, 3)).numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(stats.active, (relu1 > 0).double().mean(dim=(0, 2, 3)).numpy(), atol=1e-12)

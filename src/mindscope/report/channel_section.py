@@ -27,13 +27,13 @@ LR = 0.1
 BATCH = 128
 
 
-def channel_means(model: nn.Module, x: Tensor, names: list[str]) -> dict[str, Tensor]:
+def channel_means(model: nn.Module, x: Tensor, names: list[str], *, channel_axis: int = 1) -> dict[str, Tensor]:
     """Return {layer: (N, C) each example's mean activation per channel}, in batches."""
     parts: dict[str, list[Tensor]] = {name: [] for name in names}
     for start in range(0, x.shape[0], BATCH):
         acts = capture_activations(model, x[start : start + BATCH], names)
         for name in names:
-            parts[name].append(acts[name].flatten(2).mean(2))
+            parts[name].append(acts[name].movedim(channel_axis, 1).flatten(2).mean(2))
     return {name: torch.cat(p) for name, p in parts.items()}
 
 
@@ -43,7 +43,8 @@ def channel_looks_section(run: LoadedRun, options: ReportOptions) -> Section:
     n = min(options.statistics_images, len(data.test))
     device = next(model.parameters()).device
     x = data.inputs(data.test, torch.arange(n)).to(device)
-    means = channel_means(model, x, names)
+    axis = -1 if getattr(run, "channels_last", False) else 1  # a Subject of a Keras model
+    means = channel_means(model, x, names, channel_axis=axis)
     channels, height, width = x.shape[1:]
     steps = options.visualisation_steps
     sec = Section(
@@ -68,6 +69,7 @@ def channel_looks_section(run: LoadedRun, options: ReportOptions) -> Section:
             size=(height, width),
             image_channels=channels,
             normalise=data.normalization.apply,
+            channel_axis=axis,
         )
         top = means[name][:, picked].topk(min(TOP_IMAGES, n), dim=0)  # values, indices: (TOP, K)
         images = [data.test.pixels(top.indices[:, k].cpu()) for k in range(len(picked))]

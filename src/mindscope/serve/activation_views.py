@@ -48,7 +48,7 @@ def _activation(entry: Entry, epoch: int | None, pixels: Tensor, layer: str) -> 
     with entry.lock:
         model = entry.model(epoch)
         x = entry.subject.inputs(pixels).to(model_device(model))
-        return capture_activations(model, x, [layer])[layer][0].cpu()
+        return entry.subject.channels_first(capture_activations(model, x, [layer]))[layer][0].cpu()
 
 
 def grid_picture(entry: Entry, epoch: int | None, pixels: Tensor, layer: str, caption: str) -> Picture:
@@ -83,7 +83,7 @@ def layer_scores(entry: Entry, epoch: int | None, layer: str, progress: Progress
     for start in range(0, n, batch):
         stop = min(start + batch, n)
         x = entry.subject.inputs(test.pixels(list(range(start, stop)))).to(device)
-        act = capture_activations(model, x, [name])[name]  # (B, C, H, W)
+        act = entry.subject.channels_first(capture_activations(model, x, [name]))[name]  # (B, C, H, W)
         scores[start:stop] = act.flatten(2).double().mean(dim=2).cpu().numpy()
         progress(stop / n, f"layer {name}: {stop} of {n} test images")
     return scores
@@ -108,7 +108,8 @@ def top_view(entry: Entry, epoch: int | None, layer: str, channel: int, scores: 
     with entry.lock:
         model = entry.model(epoch)
         x = entry.subject.inputs(pixels).to(model_device(model))
-        maps = capture_activations(model, x, [name])[name][:, channel].float().cpu().numpy()
+        maps = entry.subject.channels_first(capture_activations(model, x, [name]))[name][:, channel]
+        maps = maps.float().cpu().numpy()
     top = TopActivations(name, channel, order.astype(np.int64), column[order], maps)
     fig = top_activating_figure(pixels, top, label=label)
     return TopView(Rendered(fig).picture(), tuple(int(i) for i in order), tuple(float(s) for s in column[order]))
@@ -132,6 +133,7 @@ def looks_picture(entry: Entry, epoch: int | None, layer: str, channel: int) -> 
         image_channels=shape[0],
         seed=0,
         normalise=entry.subject.normalization.apply,
+        channel_axis=-1 if entry.subject.channels_last else 1,
     )
     fig = feature_visualisation_figure(result, title=f"what channel {channel} of {label} looks for")
     return Rendered(fig, dpi=LARGE_DPI).picture(), float(result.activations[0])

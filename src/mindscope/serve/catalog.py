@@ -107,6 +107,8 @@ class Entry:
             if shape is None:
                 raise ValueError(f"{self.name} takes no images (its input shape is unknown); no channel maps to draw")
             shapes = {info.name: info.output_shape for info in describe_layers(model, shape)}
+            if self.subject.channels_last:  # a Keras model's maps are (N, H, W, C): list them as (N, C, H, W)
+                shapes = {n: (s[0], s[3], s[1], s[2]) if len(s or ()) == 4 else s for n, s in shapes.items()}
             layers, seen = [], set()
             for number in numbered_layers(model):
                 name = resolve_layer(model, number, output=True)
