@@ -292,9 +292,19 @@ def test_an_input_size_that_does_not_fit_says_what_was_tried(factory_file, tmp_p
         load_model(spec, weights=weights, card={"input_shape": [3, 16, 16]})
 
 
-def test_class_names_must_match_the_outputs(files):
-    with pytest.raises(ValueError, match="the card names 2 classes but the model returns 3 scores"):
+def test_class_names_must_match_the_outputs_and_the_message_says_who_named_them(files, tmp_path):
+    given = r"--classes \(or card= in Python\) names 2 classes \(cat, dog\) but the model returns 3 scores"
+    with pytest.raises(ValueError, match=given):
         load_model(f"torch:{files['export']}", card={"classes": ["cat", "dog"]})
+    card = tmp_path / "mine.json"
+    card.write_text(json.dumps({"classes": ["cat", "dog"]}))
+    with pytest.raises(ValueError, match=f"the card {card} names 2 classes"):
+        load_model(f"torch:{files['export']}", card=card)
+    model = tmp_path / "cnn.pt2"
+    model.write_bytes(files["export"].read_bytes())
+    model.with_name("cnn.pt2.card.json").write_text(json.dumps({"classes": ["cat", "dog"]}))
+    with pytest.raises(ValueError, match=r"the card .*cnn\.pt2\.card\.json names 2 classes"):
+        load_model(f"torch:{model}")
 
 
 def test_python_factory_refuses_missing_surplus_and_reshaped_weights(factory_file, small_cnn, tmp_path):

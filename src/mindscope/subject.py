@@ -10,11 +10,17 @@ directory and an outside model (`torch:`, `python:`, `onnx:`, `keras:`; see
   mean/std (in that range's units) fold into one affine map, so a model trained on 0..255
   values is fed 0..255 values.
 - `assumed` lists what no card, flag or file said, so the CLI and the report can print it:
-  a wrong guess here is silent everywhere else.
+  a wrong guess here is silent everywhere else. An image model whose input size nobody
+  gave is fed the data's own size (a folder's first image), tried once on zeros of that
+  shape, and the size is listed as assumed.
+- An outside model's weights are checked when it opens (NaN is refused, see
+  `mindscope.models.load_model`), and the data must fit it: images for an image layout,
+  no more classes than the model has outputs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -24,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from mindscope.data import DataSplits, ImageSet, Normalization, load_data
+from mindscope.data import DataSplits, ImageSet, Normalization, load_data, parse_spec
 from mindscope.run import LoadedRun, load_run
 
 if TYPE_CHECKING:
@@ -180,11 +186,51 @@ def open_subject(
         return Subject(f"run:{run_dir}", loaded.model, run=loaded, open_data=run_data)
     if epoch is not None:
         raise ValueError("--epoch is for run directories; an outside model has one set of weights")
-    from mindscope.models import load_model
+    return _open_outside(model, weights=weights, card=card, data=data, seed=seed)
+
+
+def _open_outside(
+    model: str,
+    *,
+    weights: Path | str | None,
+    card: Mapping[str, Any] | Path | str | None,
+    data: str | None,
+    seed: int,
+) -> Subject:
+    """Open an outside model; check that the data fits it, taking its input size from the data if none was given."""
+    from mindscope.models import check_forward, load_model
 
     outside = load_model(model, weights=weights, card=card)
-    c = outside.card
+    c, outputs, assumed = outside.card, outside.outputs, outside.card.assumed
+    peek = _peek(data) if data is not None else None
+    if peek is not None and c.layout not in ("NCHW", "NHWC"):
+        shape = "x".join(map(str, c.input_shape)) if c.input_shape else "of unknown size"
+        raise ValueError(
+            f"the data {data} holds images, (N, C, H, W), but the model takes {c.layout} input {shape} "
+            f"({_LAYOUT_WORDS[c.layout]}); images feed only an NCHW or NHWC model: if the model takes images, "
+            "give --layout NCHW or NHWC and --input-size, otherwise leave out --data"
+        )
     image_shape = _image_shape(c)
+    if image_shape is None and peek is not None:  # no card or flag gave the size: the data's own, tried once
+        image_shape, origin = peek.shape, peek.origin
+        channels, height, width = image_shape
+        if height * width > _MAX_GUESSED_PIXELS:
+            raise ValueError(
+                f"no card or --input-size gives the model's input size, and {origin} is {height}x{width} pixels: "
+                "too large to be the size the model takes; give --input-size (e.g. 3x224x224): "
+                "the images are resized to it"
+            )
+        size = image_shape if c.layout == "NCHW" else (height, width, channels)
+        c = dataclasses.replace(c, input_shape=size)
+        shown = "x".join(map(str, size))
+        outputs = check_forward(outside.model, c, size, origin=f"{c.layout} {shown}, assumed from {origin}")
+        assumed = tuple(f"input_shape {shown} (from {origin})" if a == "input_shape" else a for a in c.assumed)
+    if peek is not None and peek.classes and outputs is not None and not c.classes and len(peek.classes) > outputs:
+        raise ValueError(
+            f"the data {data} has {len(peek.classes)} classes ({', '.join(peek.classes)}) but the model returns "
+            f"{outputs} scores per example; give data with at most {outputs} classes, or name the model's classes "
+            "(--classes, or classes in the card) so that the data's classes are matched by name"
+        )
     channels = image_shape[0] if image_shape else (len(c.mean) if c.mean else 3)
     norm = normalization_from_card(c, channels)
     if c.layout == "NHWC":
@@ -200,12 +246,64 @@ def open_subject(
         model,
         outside.model.eval(),
         card=c,
-        assumed=c.assumed,
+        assumed=assumed,
         open_data=outside_data,
         given_normalization=norm,
         given_classes=tuple(c.classes or ()),
         given_image_shape=image_shape,
     )
+
+
+_MAX_GUESSED_PIXELS = 1024 * 1024  # a larger first image is a photo to resize, not the model's input size
+_LAYOUT_WORDS = {"NF": "rows of features", "NLD": "sequences of vectors"}
+
+
+@dataclass(frozen=True)
+class _Peek:
+    """What a data set holds, read without decoding its images."""
+
+    shape: tuple[int, int, int]  # (C, H, W) of its (first) image
+    classes: tuple[str, ...]  # empty where only the files name them (CIFAR-10)
+    origin: str  # where the shape was read, for messages
+
+
+def _peek(spec: str) -> _Peek:
+    """The image shape and class names of the data `spec`: a folder's first image header, or the set's own."""
+    from mindscope.data import fashion_mnist, folder, shapes10
+
+    kind, path = parse_spec(spec)
+    if kind == "builtin":
+        return _Peek((3, shapes10.SIZE, shapes10.SIZE), shapes10.CLASSES, "the builtin data")
+    if kind == "cifar10":
+        return _Peek((3, 32, 32), (), "CIFAR-10's images")
+    if kind == "fashion-mnist":
+        return _Peek((1, 28, 28), fashion_mnist.FASHION_CLASSES, "Fashion-MNIST's images")
+    if path is None or not path.exists():
+        raise FileNotFoundError(f"no such file or folder {str(path)!r} for {spec!r}; check the path")
+    base, _, classes = folder.check_folder(path)
+    files = (
+        file
+        for name in classes
+        for file in sorted((base / name).iterdir())
+        if file.suffix.lower() in folder.IMAGE_SUFFIXES and file.is_file()
+    )
+    first = next(files, None)
+    if first is None:
+        raise ValueError(f"no .png or .jpg images under {base}/CLASS_NAME/")
+    return _Peek(_header_shape(first), tuple(classes), f"the first image, {first}")
+
+
+def _header_shape(path: Path) -> tuple[int, int, int]:
+    """(C, H, W) as mindscope reads the image: 1 channel for grey, 3 for anything else; no pixel decoded."""
+    from PIL import Image, ImageMode
+
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            grey = ImageMode.getmode(img.mode).basemode == "L"
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"{path} is not an image Pillow can read ({error}); give PNG or JPEG files") from None
+    return (1 if grey else 3), height, width
 
 
 def _image_shape(card: ModelCard) -> tuple[int, int, int] | None:

@@ -7,6 +7,7 @@ opens it with `open_source`, which prints what was assumed about an outside mode
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -71,13 +72,13 @@ def pop_source(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {key: kwargs.pop(key) for key in SOURCE_KEYS}
 
 
-def _numbers(text: str, flag: str) -> tuple[float, ...]:
+def _numbers(text: str, flag: str, example: str) -> tuple[float, ...]:
     try:
         values = tuple(float(t) for t in text.replace("x", ",").split(",") if t.strip())
     except ValueError:
-        raise ValueError(f"{flag} must be numbers separated by commas, got {text!r}") from None
+        values = ()
     if not values:
-        raise ValueError(f"{flag} must be numbers separated by commas, got {text!r}")
+        raise ValueError(f"{flag} must be numbers like {example}, got {text!r}")
     return values
 
 
@@ -85,17 +86,17 @@ def card_overrides(source: dict[str, Any]) -> dict[str, Any]:
     """The model-card fields given as flags."""
     card: dict[str, Any] = {}
     if source["input_size"]:
-        shape = _numbers(source["input_size"], "--input-size")
-        if any(v != int(v) or v < 1 for v in shape):
+        shape = _numbers(source["input_size"], "--input-size", "3x32x32 (or 6 for rows of 6 features)")
+        if any(not math.isfinite(v) or v != int(v) or v < 1 for v in shape):
             raise ValueError(f"--input-size must be positive whole numbers like 3x32x32, got {source['input_size']!r}")
         card["input_shape"] = tuple(int(v) for v in shape)
     if source["layout"]:
         card["layout"] = source["layout"]
     if source["pixel_range"]:
-        card["pixel_range"] = _numbers(source["pixel_range"], "--pixel-range")
+        card["pixel_range"] = _numbers(source["pixel_range"], "--pixel-range", "0,255")
     for key in ("mean", "std"):
         if source[key]:
-            card[key] = _numbers(source[key], f"--{key}")
+            card[key] = _numbers(source[key], f"--{key}", "125.3,123.0,113.9 (one per channel)")
     if source["class_names"]:
         card["classes"] = tuple(c.strip() for c in source["class_names"].split(",") if c.strip())
     return card

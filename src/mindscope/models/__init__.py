@@ -22,7 +22,7 @@ from torch import nn
 from mindscope._util import eval_mode
 from mindscope.models.card import ModelCard, build_card, read_card, sidecar_path
 
-__all__ = ["MODEL_KINDS", "LoadedModel", "ModelCard", "load_model", "read_card"]
+__all__ = ["MODEL_KINDS", "LoadedModel", "ModelCard", "check_forward", "load_model", "read_card"]
 
 MODEL_KINDS = ("torch", "python", "onnx", "keras")
 _SUFFIX_KINDS = {".pt2": "torch", ".ts": "torch", ".pt": "torch", ".onnx": "onnx", ".keras": "keras", ".h5": "keras"}
@@ -34,6 +34,7 @@ class LoadedModel:
 
     model: nn.Module  # in eval mode, float32, on CPU
     card: ModelCard
+    outputs: int | None = None  # scores per example, when a forward pass on the card's input shape ran
 
 
 def _parse(spec: str) -> tuple[str, str]:
@@ -64,20 +65,50 @@ def _float32(model: nn.Module) -> nn.Module:
     return model
 
 
-def _check_forward(model: nn.Module, card: ModelCard) -> None:
-    """Run a zero batch of two examples; the model must return one row of scores per example."""
-    if card.input_shape is None:
-        return
-    shape = (2, *card.input_shape)
+def _check_finite(model: nn.Module, source: str) -> None:
+    """Refuse a model whose weights hold NaN, or Inf in a parameter: every look would be NaN or meaningless.
+
+    A buffer may hold -inf or inf on purpose (an attention mask, a constant of the graph);
+    NaN is never a value a trained model needs.
+    """
+    tensors = [(name, t, "parameter") for name, t in model.named_parameters()]
+    tensors += [(name, t, "buffer") for name, t in model.named_buffers()]
+    for name, tensor, kind in tensors:
+        if not tensor.is_floating_point():
+            continue
+        bad = ~torch.isfinite(tensor) if kind == "parameter" else torch.isnan(tensor)
+        count = int(bad.sum())
+        if count:
+            what = "NaN" if torch.isnan(tensor).any() else "Inf"
+            raise ValueError(
+                f"{source} holds {what} in {kind} {name!r} ({count} of {tensor.numel()} values): the weights are "
+                "broken, most likely by a training run that diverged; give weights saved before it diverged"
+            )
+
+
+def _one_line(error: Exception) -> str:
+    """The line of an error that says what went wrong; TorchScript puts it last, after its traceback."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return lines[-1] if lines[0].startswith("The following operation failed in the TorchScript") else lines[0]
+
+
+def check_forward(model: nn.Module, card: ModelCard, shape: tuple[int, ...], *, origin: str = "") -> int:
+    """Run a zero batch of two examples of `shape`; return the scores per example the model gives.
+
+    The model must return one row of scores per example, one score per class the card
+    names. `origin` says where `shape` came from when no card or flag gave it.
+    """
+    batch = (2, *shape)
     hint = "give the input size the model expects (--input-size, or input_shape in the model card)"
     with eval_mode(model), torch.no_grad():
         try:
-            out = model(torch.zeros(shape))
+            out = model(torch.zeros(batch))
         except Exception as error:  # the user's model failed: say on what input, and how to change it
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            where = origin or f"input_shape {shape}, layout {card.layout}"
             raise ValueError(
-                f"the model fails on a zero batch of shape {shape} (input_shape {card.input_shape}, layout "
-                f"{card.layout}): {first}; {hint}"
+                f"the model fails on a zero batch of shape {batch} ({where}): {_one_line(error)}; {hint}"
             ) from None
     if not isinstance(out, torch.Tensor):
         raise ValueError(
@@ -86,15 +117,16 @@ def _check_forward(model: nn.Module, card: ModelCard) -> None:
         )
     if out.dim() != 2 or out.shape[0] != 2:
         raise ValueError(
-            f"the model returns shape {tuple(out.shape)} for a batch of shape {shape}; mindscope needs one row of "
+            f"the model returns shape {tuple(out.shape)} for a batch of shape {batch}; mindscope needs one row of "
             "scores per example, (N, classes): if the batch size was fixed at export, export with a dynamic "
             "batch dimension; otherwise wrap the model so that it returns (N, classes)"
         )
     if card.classes is not None and len(card.classes) != out.shape[1]:
         raise ValueError(
-            f"the card names {len(card.classes)} classes but the model returns {out.shape[1]} scores per example; "
-            "give one class name per output"
+            f"{card.classes_from} names {len(card.classes)} classes ({', '.join(card.classes)}) but "
+            f"the model returns {out.shape[1]} scores per example; give one class name per output"
         )
+    return int(out.shape[1])
 
 
 def load_model(
@@ -107,8 +139,9 @@ def load_model(
 
     The card merges `card=` (a ModelCard, a mapping of its fields, or a JSON file), the
     JSON file `<model file>.card.json` next to the model, and what the file carries; the
-    fields still missing are defaulted and named in `card.assumed`. Where the input shape
-    is known, one forward pass on zeros checks that the model returns (N, classes) scores.
+    fields still missing are defaulted and named in `card.assumed`. Weights holding NaN (or
+    Inf in a parameter) are refused. Where the input shape is known, one forward pass on
+    zeros checks that the model returns (N, classes) scores.
     """
     kind, rest = _parse(spec)
     if weights is not None and kind != "python":
@@ -135,5 +168,7 @@ def load_model(
             model, carried = load_keras(file)
     model_card = build_card(spec, given=card, sidecar=None if file is None else sidecar_path(file), carried=carried)
     model = _float32(model.to("cpu")).eval()
-    _check_forward(model, model_card)
-    return LoadedModel(model, model_card)
+    _check_finite(model, spec if weights is None else f"{spec} with weights {weights}")
+    if model_card.input_shape is None:
+        return LoadedModel(model, model_card)
+    return LoadedModel(model, model_card, check_forward(model, model_card, model_card.input_shape))

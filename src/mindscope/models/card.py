@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ class ModelCard:
     classes: tuple[str, ...] | None = None
     assumed: tuple[str, ...] = ()  # names of the fields that were defaulted, not given or read from the file
     overridden: tuple[str, ...] = ()  # "field: given X, the model file says Y": a card or flag against the file
+    classes_from: str = field(default="the card", compare=False)  # who named the classes, for messages
 
     def __post_init__(self) -> None:
         _check(self)
@@ -180,15 +181,20 @@ def build_card(
     if isinstance(given, ModelCard):
         given_fields = {k: getattr(given, k) for k in CARD_KEYS if k not in given.assumed}
         explicit = {k: v for k, v in given_fields.items() if v is not None}  # None: not known, so not given
+        where = given.classes_from
     elif isinstance(given, (str, Path)):
         explicit = read_card(given)
+        where = f"the card {given}"
     elif given is None:
-        explicit = {}
+        explicit, where = {}, ""
     elif isinstance(given, Mapping):
         explicit = card_fields(given, "card= (or a command-line flag)")
+        where = "--classes (or card= in Python)"
     else:
         raise TypeError(f"card must be a ModelCard, a mapping or a path to a JSON card, got {type(given).__name__}")
     from_file = read_card(sidecar) if sidecar is not None and sidecar.is_file() else {}
+    if "classes" not in explicit:
+        where = f"the card {sidecar}" if "classes" in from_file else "the model file"
     values = {**(carried or {}), **from_file, **explicit}
     overridden = tuple(
         f"{key}: given {_show(values[key])}, the model file says {_show(value)}"
@@ -199,7 +205,7 @@ def build_card(
     shape = values.get("input_shape")
     defaults = {"input_shape": None, "layout": _default_layout(shape), "pixel_range": (0.0, 1.0)}
     values = {key: values.get(key, defaults.get(key)) for key in CARD_KEYS}
-    return ModelCard(source, assumed=tuple(assumed), overridden=overridden, **values)
+    return ModelCard(source, assumed=tuple(assumed), overridden=overridden, classes_from=where, **values)
 
 
 def _show(value: Any) -> str:

@@ -21,6 +21,14 @@ from torch import Tensor, nn
 __all__ = ["load_factory", "read_weights"]
 
 
+def _failure(error: BaseException) -> str:
+    """The user's code's exception in one line: its type, message and, for a SyntaxError, where."""
+    if isinstance(error, SyntaxError):
+        return f"{type(error).__name__}: {error.msg} (line {error.lineno})"
+    message = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {message[0]}" if message else type(error).__name__
+
+
 def _import(module: str) -> Any:
     path = Path(module).expanduser()
     if module.endswith(".py") or path.is_file():
@@ -32,14 +40,24 @@ def _import(module: str) -> Any:
             raise ValueError(f"cannot import {path} as Python; give a .py file that defines the model")
         loaded = importlib.util.module_from_spec(spec)
         sys.modules[name] = loaded  # so that classes defined there can find their own module
-        spec.loader.exec_module(loaded)
+        try:
+            spec.loader.exec_module(loaded)
+        except Exception as error:  # the user's code failed: a SyntaxError, bad bytes, a raise at import
+            sys.modules.pop(name, None)
+            raise ValueError(f"importing {path} failed: {_failure(error)}; fix the file and try again") from error
         return loaded
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as error:
+        if error.name is not None and module != error.name and not module.startswith(f"{error.name}."):
+            raise ValueError(f"importing module {module!r} failed: {_failure(error)}; install what it needs") from error
         raise ValueError(
             f"cannot import module {module!r} ({error}); add its folder to PYTHONPATH or give the path to its .py file"
         ) from None
+    except Exception as error:  # found, but the user's code failed while it ran
+        raise ValueError(
+            f"importing module {module!r} failed: {_failure(error)}; fix the module and try again"
+        ) from error
 
 
 def read_weights(path: Path) -> dict[str, Tensor]:
@@ -109,7 +127,12 @@ def load_factory(target: str, weights: str | Path | None) -> nn.Module:
     if not callable(factory):
         found = ", ".join(n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n)))
         raise ValueError(f"{module_name} has no callable {factory_name!r}; it has: {found or 'none'}")
-    model = factory()
+    try:
+        model = factory()
+    except Exception as error:  # the user's factory failed: their code, their error, in one line
+        raise ValueError(
+            f"{module_name}:{factory_name}() failed: {_failure(error)}; fix the factory so that it builds the model"
+        ) from error
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"{module_name}:{factory_name}() returned {type(model).__name__}, not a torch nn.Module; "

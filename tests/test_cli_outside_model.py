@@ -1,0 +1,122 @@
+"""Every command refuses an outside model that cannot be looked at with one line and exit status 2.
+
+Broken weights, broken user code, data that does not fit the model: what the user can fix is
+one line that says how, and nothing is written.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from mindscope.cli import main
+
+FACTORY = """
+from torch import nn
+
+def grey():
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, 3))
+
+def rows():
+    return nn.Sequential(nn.Linear(6, 3))
+"""
+
+
+def grey() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+    )
+
+
+@pytest.fixture(scope="module")
+def trial(tmp_path_factory):
+    """The user trial's material: models, a NaN state dict, broken code, grey image folders of 3 and 4 classes."""
+    root = tmp_path_factory.mktemp("trial")
+    torch.manual_seed(0)
+    (root / "nets.py").write_text(FACTORY)
+    net = grey()
+    torch.save(net.state_dict(), root / "grey.pt")
+    state = net.state_dict()
+    state["0.weight"][0, 0, 0, 0] = math.nan
+    torch.save(state, root / "nan.pt")
+    torch.save(nn.Sequential(nn.Linear(6, 3)).state_dict(), root / "rows.pt")
+    rgb = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    torch.jit.script(rgb).save(str(root / "rgb.ts"))
+    (root / "syn.py").write_text("import torch\ndef f(:\n  pass\n")
+    rng = np.random.default_rng(0)
+    for folder, classes in (("g3", "abc"), ("g4", "abcd")):
+        for name in classes:
+            (root / folder / name).mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(rng.integers(0, 256, (12, 10), dtype=np.uint8)).save(root / folder / name / f"{i}.png")
+    return root
+
+
+def run(argv, capsys):
+    status = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def refused(argv, words, capsys, out=None):
+    status, _, err = run(argv, capsys)
+    assert status == 2, err
+    assert err.count("\n") == 1 and err.startswith("mindscope: error: ") and words in err, err
+    assert out is None or not out.exists()
+
+
+def grey_model(trial, weights="grey.pt"):
+    return ["--model", f"python:{trial / 'nets.py'}:grey", "--weights", trial / weights]
+
+
+def test_nan_weights_are_refused_by_every_command(trial, tmp_path, capsys):
+    out = tmp_path / "out"
+    given = [*grey_model(trial, "nan.pt"), "--input-size", "1x12x10"]
+    words = "holds NaN in parameter '0.weight' (1 of 36 values)"
+    refused(["attribute", *given, "--data", f"folder:{trial / 'g3'}", "--image", "0", "--out", out], words, capsys, out)
+    refused(["weights", *given, "--out", out], words, capsys, out)
+    refused(["layers", *grey_model(trial, "nan.pt")], words, capsys)  # no input size: refused all the same
+
+
+def test_without_an_input_size_the_layers_are_listed_at_the_folders_size(trial, capsys):
+    status, out, err = run(["layers", *grey_model(trial), "--data", f"folder:{trial / 'g3'}"], capsys)
+    assert status == 0, err
+    conv = grey()[0](torch.zeros(1, 1, 12, 10))  # the reference: the layer's own output at the folder's size
+    assert "x".join(map(str, conv.shape[1:])) == "4x12x10" and "4x12x10" in out
+    assert "input_shape 1x12x10 (from the first image" in out
+
+
+def test_a_model_that_fails_on_the_assumed_size_is_one_line(trial, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["activations", "--model", f"torch:{trial / 'rgb.ts'}", "--data", f"folder:{trial / 'g3'}"]
+    refused([*argv, "--image", "0", "--out", out], "fails on a zero batch of shape (2, 1, 12, 10)", capsys, out)
+
+
+def test_images_for_a_row_model_are_one_line(trial, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["attribute", "--model", f"python:{trial / 'nets.py'}:rows", "--weights", trial / "rows.pt"]
+    argv += ["--layout", "NF", "--input-size", "6", "--data", f"folder:{trial / 'g3'}", "--image", "0", "--out", out]
+    refused(argv, "holds images, (N, C, H, W), but the model takes NF input 6", capsys, out)
+
+
+def test_more_classes_in_the_folder_than_outputs_is_one_line(trial, tmp_path, capsys):
+    out = tmp_path / "out"
+    given = [*grey_model(trial), "--input-size", "1x12x10", "--data", f"folder:{trial / 'g4'}"]
+    refused(["report", *given, "--out", out], "has 4 classes (a, b, c, d) but the model returns 3 scores", capsys, out)
+    words = "--classes (or card= in Python) names 2 classes (a, b) but the model returns 3 scores"
+    refused(["report", *given, "--classes", "a,b", "--out", out], words, capsys, out)
+
+
+def test_a_python_file_with_a_syntax_error_is_one_line(trial, capsys):
+    words = f"importing {trial / 'syn.py'} failed: SyntaxError: invalid syntax (line 2)"
+    refused(["layers", "--model", f"python:{trial / 'syn.py'}:f", "--weights", trial / "grey.pt"], words, capsys)
+
+
+def test_an_input_size_that_is_not_numbers_shows_the_format(trial, capsys):
+    refused(["layers", *grey_model(trial), "--input-size", "abc"], "--input-size must be numbers like 3x32x32", capsys)
