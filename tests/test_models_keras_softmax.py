@@ -85,3 +85,17 @@ def test_a_model_without_softmax_is_unchanged(x, tmp_path):
     assert "output" not in carried
     with torch.no_grad():
         np.testing.assert_allclose(module.eval()(torch.from_numpy(x)).numpy(), reference, rtol=1e-6, atol=1e-6)
+
+
+def test_the_card_and_the_printout_say_the_softmax_was_removed(tmp_path):
+    from mindscope.subject import open_subject
+
+    keras.utils.set_random_seed(0)
+    _dense_softmax().save(tmp_path / "soft.keras")
+    inputs = keras.Input((6,))
+    keras.Model(inputs, layers.Dense(3, name="fc")(inputs)).save(tmp_path / "plain.keras")
+    soft = open_subject(model=f"keras:{tmp_path / 'soft.keras'}")
+    assert "ends in softmax" in soft.card.output_note
+    assert [line for line in soft.describe() if line.startswith("output: logits: the model ends in softmax")]
+    plain = open_subject(model=f"keras:{tmp_path / 'plain.keras'}")
+    assert plain.card.output_note is None and not [line for line in plain.describe() if line.startswith("output:")]

@@ -117,6 +117,8 @@ class Subject:
             lo, hi = card.pixel_range
             stats = f"mean {_fmt(card.mean)} std {_fmt(card.std)}" if card.mean else "no mean/std"
             lines.append(f"input: {card.layout} {shape}, pixels scaled to {lo:g}..{hi:g}, {stats}")
+        if card is not None and card.output_note:
+            lines.append(f"output: {card.output_note}")
         if card is not None and card.overridden:
             lines.append(f"note: a card or flag contradicts the model file: {'; '.join(card.overridden)}")
         if self.assumed:

@@ -37,6 +37,7 @@ class ModelCard:
     assumed: tuple[str, ...] = ()  # names of the fields that were defaulted, not given or read from the file
     overridden: tuple[str, ...] = ()  # "field: given X, the model file says Y": a card or flag against the file
     classes_from: str = field(default="the card", compare=False)  # who named the classes, for messages
+    output_note: str | None = field(default=None, compare=False)  # what the loader did to the output
 
     def __post_init__(self) -> None:
         _check(self)
@@ -205,7 +206,10 @@ def build_card(
     shape = values.get("input_shape")
     defaults = {"input_shape": None, "layout": _default_layout(shape), "pixel_range": (0.0, 1.0)}
     values = {key: values.get(key, defaults.get(key)) for key in CARD_KEYS}
-    return ModelCard(source, assumed=tuple(assumed), overridden=overridden, classes_from=where, **values)
+    note = (carried or {}).get("output")
+    return ModelCard(
+        source, assumed=tuple(assumed), overridden=overridden, classes_from=where, output_note=note, **values
+    )
 
 
 def _show(value: Any) -> str:

@@ -282,5 +282,5 @@ def load_keras(path: Path) -> tuple[KerasModel, dict[str, Any]]:
     module, carried = _wrap(model), _carried(model)
     note = _expose_logits(model, module)
     if note is not None:
-        carried["output"] = note  # not a ModelCard field: build_card passes over it
+        carried["output"] = note  # build_card keeps it as the card's output_note
     return module, carried

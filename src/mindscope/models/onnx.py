@@ -198,5 +198,5 @@ def load_onnx(path: Path) -> tuple[OnnxModule, dict[str, Any]]:
     carried: dict[str, Any] = {} if shape is None else {"input_shape": shape}
     note = _expose_logits(module, model.graph)
     if note is not None:
-        carried["output"] = note  # not a ModelCard field: build_card passes over it
+        carried["output"] = note  # build_card keeps it as the card's output_note
     return module, carried
