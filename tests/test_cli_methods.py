@@ -26,8 +26,13 @@ def test_gradcam_names_its_default_layer_and_prints_the_maps_it_draws(tiny_run, 
 
     status, out, _ = run_cli(["attribute", str(tiny_run), "--image", "0", "--image", "2", "--method", "gradcam"]
                              + ["--out", str(tmp_path)], capsys)  # fmt: skip
-    assert status == 0 and (tmp_path / "gradcam_0_2.png").is_file()
+    assert status == 0 and (tmp_path / "gradcam_features.18_0_2.png").is_file()
     assert "Grad-CAM of layer features.18 (the last with a spatial output)" in out
+    status, _, _ = run_cli(["attribute", str(tiny_run), "--image", "0", "--image", "2", "--method", "gradcam"]
+                           + ["--layer", "features.12", "--out", str(tmp_path)], capsys)  # fmt: skip
+    assert status == 0  # another layer's figure does not overwrite the first
+    names = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert names == ["gradcam_features.12_0_2.png", "gradcam_features.18_0_2.png"]
     run = load_run(tiny_run)
     expected = grad_cam(run.model, run.data.inputs(run.data.test, [0, 2]))
     printed = [float(m) for m in re.findall(r"map max (\S+)", out)]
@@ -41,7 +46,8 @@ def test_layer_integrated_resolves_a_layer_number_and_writes_one_figure_per_imag
     assert "layer L6 -> features.12" in out  # the ELU after convolution 6
     errors = [float(e) for e in re.findall(r"completeness error (\S+)%", out)]
     assert len(errors) == 2 and all(e < 5 for e in errors)
-    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["layer-integrated_0.png", "layer-integrated_1.png"]
+    names = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert names == ["layer-integrated_features.12_0.png", "layer-integrated_features.12_1.png"]
 
 
 def test_occlusion_counts_its_windows(tiny_run, tmp_path, capsys) -> None:

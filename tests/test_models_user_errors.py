@@ -149,3 +149,21 @@ def test_an_input_size_that_is_not_whole_positive_numbers_is_one_line(text):
     source["input_size"] = text
     with pytest.raises(ValueError, match=r"--input-size must be positive whole numbers like 3x32x32"):
         card_overrides(source)
+
+
+def test_an_input_size_too_big_to_hold_is_refused_before_anything_is_allocated(tmp_path, capsys) -> None:
+    from mindscope.cli import main
+    from mindscope.models.card import MAX_EXAMPLE_VALUES, ModelCard
+
+    with pytest.raises(ValueError, match=r"100000x100000 is 10,000,000,000 values per example \(37 GiB"):
+        ModelCard("x", input_shape=(100000, 100000), layout="NLD")
+    assert ModelCard("x", input_shape=(MAX_EXAMPLE_VALUES,), layout="NF").input_shape == (MAX_EXAMPLE_VALUES,)
+    with pytest.raises(ValueError, match="values per example"):
+        ModelCard("x", input_shape=(MAX_EXAMPLE_VALUES + 1,), layout="NF")
+    module = tmp_path / "net.py"
+    module.write_text("from torch import nn\n\ndef net():\n    return nn.Sequential(nn.Flatten(), nn.Linear(4, 3))\n")
+    torch.save(nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).state_dict(), tmp_path / "w.pt")
+    status = main(["layers", "--model", f"python:{module}:net", "--weights", str(tmp_path / "w.pt")]
+                  + ["--input-size", "3x100000x100000"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and "3x100000x100000 is 30,000,000,000 values per example" in err[0]

@@ -87,7 +87,7 @@ def attribute_layers(
         for i, caption in enumerate(captions):
             empty = f"; {NO_EVIDENCE}" if bool(result.empty[i]) else ""
             click.echo(f"{_prediction(result, i, caption, classes)}; map max {float(result.maps[i].max()):.3g}{empty}")
-        paths = [figure_path(out, method, names)]
+        paths = [figure_path(out, f"{method}_{result.layer}", names)]  # by layer too: another --layer keeps it
         grad_cam_figure(pixels, result, classes).savefig(paths[0], dpi=120)
     elif method == "layer-integrated":
         result = layer_integrated_gradients(
@@ -97,7 +97,7 @@ def attribute_layers(
         paths = []
         for i, caption in enumerate(captions):
             click.echo(describe(i, caption, result))
-            paths.append(out / f"layer-integrated_{names[i]}.png")
+            paths.append(out / f"layer-integrated_{name}_{names[i]}.png")
             title = f"layer integrated gradients ({score}) at {name}, image {names[i]}"
             layer_attribution_figure(result, example=i, title=title).savefig(paths[-1], dpi=120)
     else:

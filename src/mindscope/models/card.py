@@ -50,6 +50,8 @@ class ModelCard:
         return self.input_shape[LAYOUTS[self.layout][1]]
 
 
+MAX_EXAMPLE_VALUES = 1 << 27  # one example's values: 512 MiB in float32, a 3 x 6688 x 6688 image
+
 # The fields a card file, a mapping or a flag may set; `source` and `assumed` are the loader's.
 CARD_KEYS = ("input_shape", "layout", "pixel_range", "mean", "std", "classes")
 
@@ -69,6 +71,13 @@ def _check(card: ModelCard) -> None:
             raise ValueError(
                 f"input_shape {shape!r} has {len(shape)} dimensions but layout {card.layout} needs {rank} "
                 "for one example (no batch axis); e.g. [3, 32, 32] for NCHW, [10] for NF"
+            )
+        values = math.prod(shape)
+        if values > MAX_EXAMPLE_VALUES:  # refuse before anything allocates a batch of them
+            raise ValueError(
+                f"input_shape {'x'.join(map(str, shape))} is {values:,} values per example "
+                f"({values * 4 / 2**30:,.0f} GiB in float32), more than mindscope feeds a model "
+                f"({MAX_EXAMPLE_VALUES:,}); give the input size the model takes, e.g. 3x224x224"
             )
     low, high = card.pixel_range
     if not (math.isfinite(low) and math.isfinite(high) and low < high):
