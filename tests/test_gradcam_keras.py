@@ -185,3 +185,23 @@ def test_a_scan_of_a_keras_model_gives_layer_statistics_per_true_channel(
     assert stats.mean.shape == (4,)
     np.testing.assert_allclose(stats.mean, relu1.mean(dim=(0, 2, 3)).numpy(), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(stats.active, (relu1 > 0).double().mean(dim=(0, 2, 3)).numpy(), atol=1e-12)
+
+
+def test_the_looks_read_a_keras_models_channels_last_without_being_told(keras_subject, small_cnn) -> None:
+    from mindscope import activation_statistics
+    from mindscope.visualisation import feature_visualisation
+
+    subject = keras_subject
+    x = subject.inputs(subject.data.test.pixels(list(range(len(subject.data.test)))))
+    with torch.no_grad():
+        relu1 = small_cnn[:2](x).double()  # (6, 4, 8, 8)
+        predicted = small_cnn(x).argmax(1)
+    result = grad_cam(subject.model, x)  # no channel_axis: the model states its own
+    assert result.layer == "relu2"
+    assert_close(result.layer_maps, naive_grad_cam(small_cnn, x, "relu2", predicted), rtol=1e-4, atol=1e-6)
+    stats = activation_statistics(subject.model, x, ["relu1"])["relu1"]
+    np.testing.assert_allclose(stats.mean, relu1.mean(dim=(0, 2, 3)).numpy(), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="channel 4 is not in layer 'conv1', which has channels 0..3"):
+        feature_visualisation(subject.model, "conv1", [4], steps=1, size=8)
+    lig = layer_integrated_gradients(subject.model, x[:2], "conv1", 0, rule=gauss_legendre(4))
+    assert lig.attributions.shape == (2, 4, 8, 8)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from mindscope._util import eval_mode, model_device, positive_int
-from mindscope.inputs import channels_second, check_batch
+from mindscope.inputs import channels_second, check_batch, layer_channel_axis
 from mindscope.layers import resolve_layer, resolve_layers
 
 __all__ = [
@@ -286,7 +286,7 @@ def activation_statistics(
     *,
     batch_size: int = 256,
     saturation: Callable[[Tensor], Tensor] | None = None,
-    channel_axis: int = 1,
+    channel_axis: int | None = None,
 ) -> dict[str, LayerStatistics]:
     """Stream `data` through the model and return per-channel statistics for each layer.
 
@@ -297,11 +297,13 @@ def activation_statistics(
     `saturated` as nan rather than a fraction of a rule that does not apply to it.
     `channel_axis` is where each layer's output keeps its channels: 1 for PyTorch's
     (N, C, ...) and a Linear's (N, F); -1 for channels-last models (Keras, (N, H, W, C))
-    and sequence layers, (N, L, D), whose channels are the D values of each position.
+    and sequence layers, (N, L, D), whose channels are the D values of each position; None:
+    what the model states (mindscope's Keras adapter: -1), else 1.
 
     Returns:
         {name: LayerStatistics}; `.summary` of each gives the per-layer fractions.
     """
+    channel_axis = layer_channel_axis(model, channel_axis)
     if saturation is not None and not callable(saturation):
         raise TypeError(
             f"saturation must be a callable Tensor -> bool Tensor, e.g. "
@@ -355,7 +357,7 @@ def top_activating(
     *,
     k: int = 9,
     batch_size: int = 256,
-    channel_axis: int = 1,
+    channel_axis: int | None = None,
 ) -> TopActivations:
     """Return the k examples of `data` with the highest mean activation of `channel`.
 
@@ -363,6 +365,7 @@ def top_activating(
     Fewer than k results come back when the data has fewer than k examples.
     `channel_axis` is where the layer's output keeps its channels, as in `activation_statistics`.
     """
+    channel_axis = layer_channel_axis(model, channel_axis)
     positive_int(k, "k")
     if not isinstance(channel, int) or isinstance(channel, bool):
         raise TypeError(f"channel must be an int, got {channel!r}")

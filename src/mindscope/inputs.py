@@ -163,6 +163,15 @@ def unit_map(
     raise ValueError(f"{name} of shape {tuple(values.shape)} do not fit the {against} ({sizes}); give {forms}")
 
 
+def layer_channel_axis(model: object, given: int | None, fallback: int = 1) -> int:
+    """Where `model`'s layers keep their channels: `given`; else what the model states; else `fallback`.
+
+    A model whose layers work channels last (mindscope's Keras adapter) says so with a
+    `layer_channel_axis = -1` attribute, so that the looks read its layers right by default.
+    """
+    return given if given is not None else getattr(model, "layer_channel_axis", fallback)
+
+
 def channels_second(values: Tensor, axis: int, *, name: str = "x") -> Tensor:
     """Move the channel axis `axis` of a batch to dim 1, (N, C, ...); refuse a batch without one."""
     if isinstance(axis, bool) or not isinstance(axis, int):

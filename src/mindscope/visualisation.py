@@ -26,7 +26,7 @@ import torch.nn.functional as functional
 from torch import Tensor, nn
 
 from mindscope._util import eval_mode, frozen_parameters, model_device, positive_int, tap_layer
-from mindscope.inputs import channels_second
+from mindscope.inputs import channels_second, layer_channel_axis
 from mindscope.layers import LayerSpec, resolve_layer
 
 __all__ = ["COLOUR_CORRELATION_SQRT", "FeatureVisualisation", "feature_visualisation"]
@@ -123,7 +123,7 @@ def feature_visualisation(
     transforms: bool = True,
     jitter: float = 0.06,
     normalise: Callable[[Tensor], Tensor] | None = None,
-    channel_axis: int = 1,
+    channel_axis: int | None = None,
 ) -> FeatureVisualisation:
     """Synthesise, for each channel, an image (H, W = `size`) that maximises its mean activation.
 
@@ -139,8 +139,10 @@ def feature_visualisation(
 
     `channel_axis` is where the layer's output keeps its channels, as in
     `activation_statistics`: 1 for PyTorch's (N, C, ...), -1 for channels-last layers (a
-    Keras model's (N, h, w, C)). The images are fed channels first, (K, C, H, W).
+    Keras model's (N, h, w, C)); None: what the model states (mindscope's Keras adapter: -1),
+    else 1. The images are fed channels first, (K, C, H, W).
     """
+    channel_axis = layer_channel_axis(model, channel_axis)
     positive_int(steps, "steps")
     positive_int(image_channels, "image_channels")
     height, width = (size, size) if isinstance(size, int) else tuple(size)

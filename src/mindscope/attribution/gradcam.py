@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from mindscope._util import eval_mode, tap_layer
 from mindscope.attribution.core import check_batch, class_logit, input_gradients_only, resolve_targets
-from mindscope.inputs import batch_layout, channels_second
+from mindscope.inputs import batch_layout, channels_second, layer_channel_axis
 from mindscope.layers import LayerSpec, resolve_layer
 
 __all__ = ["GradCAM", "grad_cam", "last_spatial_layer"]
@@ -52,13 +52,14 @@ def _spatial(out: object, channel_axis: int, name: str) -> bool:
     return channels_second(out, channel_axis, name=f"layer {name!r} output")[0, 0].numel() > 1
 
 
-def last_spatial_layer(model: nn.Module, x: Tensor, *, channel_axis: int = 1) -> str:
+def last_spatial_layer(model: nn.Module, x: Tensor, *, channel_axis: int | None = None) -> str:
     """Return the last module to run whose output is a map (N, C, h, w) with h * w > 1.
 
     `channel_axis` is where the layers keep their channels (-1: channels last, (N, h, w, C)).
     Only modules without submodules count, so the name is a layer, not a container. One
-    forward pass of x's first example decides.
+    forward pass of x's first example decides. None: what the model states (a Keras model: -1), else 1.
     """
+    channel_axis = layer_channel_axis(model, channel_axis)
     ran: list[str] = []
 
     def hook_for(name: str) -> Callable:
@@ -128,8 +129,7 @@ def grad_cam(
     check_batch(x, max_batch)
     x = x.detach()
     layout, size = _image_size(x, layout)
-    if channel_axis is None:
-        channel_axis = -1 if layout == "NHWC" else 1
+    channel_axis = layer_channel_axis(model, channel_axis, fallback=-1 if layout == "NHWC" else 1)
     if layer is None:
         name = last_spatial_layer(model, x, channel_axis=channel_axis)
     else:

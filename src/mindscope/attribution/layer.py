@@ -15,7 +15,8 @@ Three path integrals from the baseline x' to x, each a new integrand for the sam
 `layer` is a dotted name, the module, or a layer number (L6: the activation after
 convolution 6, as `capture_activations` reads it). `channel_axis` says where the layer's
 output keeps its channels, as in `activation_statistics`: 1 for PyTorch's (N, C, ...),
--1 for channels-last layers (a Keras model's (N, h, w, C)); results come back with the
+-1 for channels-last layers (a Keras model's (N, h, w, C)), None (the default) for what the
+model states (mindscope's Keras adapter: -1), else 1; results come back with the
 channels at dim 1 whatever the layer's own order. Both layer methods sum over the
 layer's units to F(x) - F(x') (completeness) wherever all of F flows through the layer;
 they agree when A is affine along the input path (the output of a first convolution,
@@ -45,7 +46,7 @@ from mindscope.attribution.core import (
 from mindscope.attribution.methods import integrated_gradients
 from mindscope.attribution.paths import Integrand, check_integration, completeness_errors, integrate_path
 from mindscope.baselines import Baseline, resolve_baseline
-from mindscope.inputs import channels_second
+from mindscope.inputs import channels_second, layer_channel_axis
 from mindscope.layers import LayerSpec, resolve_layer
 from mindscope.quadrature import Quadrature
 
@@ -115,9 +116,10 @@ def _prepare(
     baseline: Baseline,
     output: Callable[[Tensor], Tensor],
     max_batch: int,
-    channel_axis: int,
+    channel_axis: int | None,
 ) -> _LayerProblem:
     check_batch(x, max_batch)
+    channel_axis = layer_channel_axis(model, channel_axis)
     x = x.detach()
     name = resolve_layer(model, layer, output=True)
     base = resolve_baseline(baseline, x)
@@ -197,7 +199,7 @@ def layer_integrated_gradients(
     max_steps: int = 2048,
     max_batch: int = 128,
     output: Callable[[Tensor], Tensor] = class_probability,
-    channel_axis: int = 1,
+    channel_axis: int | None = None,
 ) -> LayerAttribution:
     """Attribute F(x) - F(x') to the units of `layer` with integrated gradients.
 
@@ -241,7 +243,7 @@ def conductance(
     max_steps: int = 2048,
     max_batch: int = 128,
     output: Callable[[Tensor], Tensor] = class_probability,
-    channel_axis: int = 1,
+    channel_axis: int | None = None,
 ) -> LayerAttribution:
     """Return the total conductance of every unit of `layer`: how much of F(x) - F(x') flows through it.
 
@@ -316,7 +318,7 @@ def neuron_integrated_gradients(
     tolerance: float | None = None,
     max_steps: int = 2048,
     max_batch: int = 128,
-    channel_axis: int = 1,
+    channel_axis: int | None = None,
 ) -> Attribution:
     """Attribute one unit's activation to the input pixels with integrated gradients.
 
@@ -330,6 +332,7 @@ def neuron_integrated_gradients(
     """
     check_batch(x, max_batch)
     positive_int(max_steps, "max_steps")
+    channel_axis = layer_channel_axis(model, channel_axis)
     name = resolve_layer(model, layer, output=True)
     with torch.no_grad(), tap_layer(model, name, leaf=True) as tap:
         tap.forward(x[:1].detach())

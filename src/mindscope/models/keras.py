@@ -106,6 +106,8 @@ def _is_graph(layer: Any) -> bool:
 class KerasModel(nn.Module):
     """A Keras Functional or Sequential model with one child module per layer, named after the layer."""
 
+    layer_channel_axis = -1  # Keras layers keep channels last, (N, H, W, C): the looks read this default
+
     def __init__(self, model: Any) -> None:
         super().__init__()
         object.__setattr__(self, "_keras", model)
@@ -280,6 +282,8 @@ def load_keras(path: Path) -> tuple[KerasModel, dict[str, Any]]:
     if len(model.inputs) != 1:
         raise ValueError(f"the Keras model takes {len(model.inputs)} inputs; mindscope feeds one batch")
     module, carried = _wrap(model), _carried(model)
+    if carried.get("layout") == "NCHW":  # data_format="channels_first": its maps are (N, C, H, W)
+        module.layer_channel_axis = 1
     note = _expose_logits(model, module)
     if note is not None:
         carried["output"] = note  # build_card keeps it as the card's output_note
