@@ -157,10 +157,10 @@ def test_the_report_and_dashboard_read_keras_layers_channels_last(keras_subject,
     with torch.no_grad():
         relu1 = small_cnn[:2](x)  # (6, 4, 8, 8): the true channels
         predicted = small_cnn(x).argmax(1)
-    methods = standard_methods(subject.normalization, alpha=0.5, tolerance=0.01, samples=2, seed=0, channel_axis=-1)
+    methods = standard_methods(subject.normalization, alpha=0.5, tolerance=0.01, samples=2, seed=0)
     expected = upsampled(naive_grad_cam(small_cnn, x, "relu2", predicted))
     assert_close(methods["gradcam"](subject.model, x, predicted), expected, rtol=1e-4, atol=1e-6)
-    means = channel_means(subject.model, x, ["relu1"], channel_axis=-1)["relu1"]
+    means = channel_means(subject.model, x, ["relu1"])["relu1"]
     assert_close(means, relu1.mean(dim=(2, 3)), rtol=1e-4, atol=1e-6)
     entry = Entry("keras", subject)
     with entry.lock:

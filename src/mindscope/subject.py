@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from mindscope.data import DataSplits, ImageSet, Normalization, load_data, parse_spec
+from mindscope.inputs import layer_channel_axis
 from mindscope.run import LoadedRun, load_run
 
 if TYPE_CHECKING:
@@ -83,8 +84,11 @@ class Subject:
 
     @property
     def channels_last(self) -> bool:
-        """True when the model's own layers work channels last (Keras): its activations are (N, H, W, C)."""
-        return self.card is not None and self.card.layout == "NHWC"
+        """True when the model's own layers work channels last (Keras): its activations are (N, H, W, C).
+
+        The model states it (`layer_channel_axis`), so the looks read its layers right by default.
+        """
+        return layer_channel_axis(self.model, None) == -1
 
     def channels_first(self, activations: dict[str, Tensor]) -> dict[str, Tensor]:
         """Captured activations as (N, C, H, W), whatever layout the model's layers use."""

@@ -10,7 +10,8 @@ accuracy to report; what it cannot say is anything finer than the layer's resolu
 Which axis of A holds the channels is the layer's business, not the input's: a Keras
 model's layers are channels last, (N, h, w, C), and take channel_axis=-1 (as
 `activation_statistics` does). Read with the wrong axis, A is (w, C) maps of h "channels"
-and the map is meaningless without any error, so the default follows x's own layout.
+and the map is meaningless without any error, so the default is what the model states
+(`layer_channel_axis`: mindscope's Keras adapter says -1), else where x keeps its channels.
 """
 
 from __future__ import annotations
@@ -123,8 +124,8 @@ def grad_cam(
     `layout` is x's ("NCHW" or "NHWC"; by `mindscope.inputs`' rule when None), and the maps
     are upsampled to its images' height and width. `channel_axis` is where the layer's
     output keeps its channels: 1 for PyTorch's (N, C, h, w), -1 for channels-last layers
-    (a Keras model's (N, h, w, C)); by default where x keeps them. A channels-last model fed
-    channels-first x (as `mindscope.subject` adapts a Keras model) needs channel_axis=-1.
+    (a Keras model's (N, h, w, C)); by default what the model states, else where x keeps them,
+    so a Keras model fed channels-first x (as `mindscope.subject` adapts it) is read right.
     """
     check_batch(x, max_batch)
     x = x.detach()

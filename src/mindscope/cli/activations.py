@@ -185,7 +185,6 @@ def activations(
 
     inputs = subject.inputs(pixels.to(device))
     acts = subject.channels_first(capture_activations(model, inputs, list(labels)))
-    axis = -1 if subject.channels_last else 1
     flat = [n for n, a in acts.items() if a.dim() != 4]
     if flat:
         raise ValueError(
@@ -208,9 +207,7 @@ def activations(
 
     data = subject.require_data("--stats and --top") if stats or top_channel is not None else None
     if stats:
-        result = activation_statistics(
-            model, test_inputs(data, limit, batch_size), list(labels), batch_size=batch_size, channel_axis=axis
-        )
+        result = activation_statistics(model, test_inputs(data, limit, batch_size), list(labels), batch_size=batch_size)
         save(layer_statistics_figure(result, labels=labels), out / "stats_layers.png")
         for name, s in result.items():
             save(channel_statistics_figure(s, label=labels[name]), out / f"stats_{name}.png")
@@ -239,7 +236,6 @@ def activations(
                 top_channel,
                 k=top_k,
                 batch_size=batch_size,
-                channel_axis=axis,
             )
             fig = top_activating_figure(data.test.pixels(top.indices.tolist()), top, label=label)
             save(fig, out / f"top_{name}_channel{top_channel}.png")

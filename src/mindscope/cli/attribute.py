@@ -244,7 +244,7 @@ def attribute(
             describe=lambda i, caption, result: _describe(
                 i, caption, result, classes, score=score, tolerance=tolerance, max_steps=max_steps
             ),
-            out=out, channel_axis=-1 if subject.channels_last else 1,
+            out=out,
         )  # fmt: skip
         return
     if method == "gradient":

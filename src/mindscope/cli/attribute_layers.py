@@ -74,15 +74,14 @@ def attribute_layers(
     stride: int,
     describe: Callable[[int, str, Attribution], str],
     out: Path,
-    channel_axis: int = 1,
 ) -> None:
     """Run one of LAYER_METHODS on x, print a line per image, and write its figures to `out`.
 
-    `channel_axis` is where the model's layers keep their channels (-1: a Keras model's).
+    The looks read where the model's layers keep their channels from the model (a Keras model's: last).
     """
     name = layer_name(model, layer, method)
     if method == "gradcam":
-        result = grad_cam(model, x, layer=name, layout="NCHW", channel_axis=channel_axis)
+        result = grad_cam(model, x, layer=name, layout="NCHW")
         click.echo(f"Grad-CAM of layer {result.layer}" + (" (the last with a spatial output)" if name is None else ""))
         for i, caption in enumerate(captions):
             empty = f"; {NO_EVIDENCE}" if bool(result.empty[i]) else ""
@@ -92,7 +91,6 @@ def attribute_layers(
     elif method == "layer-integrated":
         result = layer_integrated_gradients(
             model, x, name, baseline=baseline, rule=rule, tolerance=tolerance, max_steps=max_steps, output=output,
-            channel_axis=channel_axis,
         )  # fmt: skip
         paths = []
         for i, caption in enumerate(captions):

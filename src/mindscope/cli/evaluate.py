@@ -208,9 +208,8 @@ def evaluate(
     data = subject.require_data("mindscope evaluate")
     norm = subject.normalization
     settings = dict(alpha=alpha, tolerance=tolerance, samples=samples, seed=seed)
-    axis = -1 if subject.channels_last else 1
-    available = standard_methods(norm, **settings, max_steps=max_steps, channel_axis=axis)
-    budget = standard_methods(norm, **settings, max_steps=randomised_max_steps, channel_axis=axis)
+    available = standard_methods(norm, **settings, max_steps=max_steps)
+    budget = standard_methods(norm, **settings, max_steps=randomised_max_steps)
     methods = {name: available[name] for name in names}
     test = data.test
     masks = test.masks

@@ -93,7 +93,6 @@ def visualise(
         seed=seed,
         lr=lr,
         normalise=subject.normalization.apply,
-        channel_axis=-1 if subject.channels_last else 1,
     )
     out = default_out(subject, "visualisations") if out is None else Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from mindscope._util import count
 from mindscope.activations import capture_activations
+from mindscope.inputs import layer_channel_axis
 from mindscope.layers import resolve_layers
 from mindscope.render.visualisation import channel_looks_figure
 from mindscope.report.options import ReportOptions
@@ -27,8 +28,9 @@ LR = 0.1
 BATCH = 128
 
 
-def channel_means(model: nn.Module, x: Tensor, names: list[str], *, channel_axis: int = 1) -> dict[str, Tensor]:
+def channel_means(model: nn.Module, x: Tensor, names: list[str]) -> dict[str, Tensor]:
     """Return {layer: (N, C) each example's mean activation per channel}, in batches."""
+    channel_axis = layer_channel_axis(model, None)  # a Keras model's layers keep channels last
     parts: dict[str, list[Tensor]] = {name: [] for name in names}
     for start in range(0, x.shape[0], BATCH):
         acts = capture_activations(model, x[start : start + BATCH], names)
@@ -43,8 +45,7 @@ def channel_looks_section(run: LoadedRun, options: ReportOptions) -> Section:
     n = min(options.statistics_images, len(data.test))
     device = next(model.parameters()).device
     x = data.inputs(data.test, torch.arange(n)).to(device)
-    axis = -1 if getattr(run, "channels_last", False) else 1  # a Subject of a Keras model
-    means = channel_means(model, x, names, channel_axis=axis)
+    means = channel_means(model, x, names)
     channels, height, width = x.shape[1:]
     steps = options.visualisation_steps
     sec = Section(
@@ -69,7 +70,6 @@ def channel_looks_section(run: LoadedRun, options: ReportOptions) -> Section:
             size=(height, width),
             image_channels=channels,
             normalise=data.normalization.apply,
-            channel_axis=axis,
         )
         top = means[name][:, picked].topk(min(TOP_IMAGES, n), dim=0)  # values, indices: (TOP, K)
         images = [data.test.pixels(top.indices[:, k].cpu()) for k in range(len(picked))]

@@ -48,15 +48,13 @@ def standard_methods(
     seed: int,
     max_steps: int = 2048,
     baseline: Callable[[Tensor], Tensor] | None = None,
-    channel_axis: int = 1,
 ) -> dict[str, Method]:
     """The CLI's methods, with `baseline` (default: black images) where they need one.
 
     Integrated gradients refine each path until the relative completeness error and the
     map error estimate are below `tolerance` (or `max_steps` are spent), as in the report.
     Grad-CAM explains the last spatial layer and gives one map per pixel (N, H, W);
-    occlusion replaces 8x8 windows at stride 4 by the baseline. `channel_axis` is where the
-    model's layers keep their channels (-1 for a Keras model), as Grad-CAM needs to know.
+    occlusion replaces 8x8 windows at stride 4 by the baseline.
     """
 
     if baseline is None:
@@ -79,7 +77,7 @@ def standard_methods(
         return smoothgrad(gradients, model, x, targets, samples=samples, seed=seed)
 
     def gradcam(model: nn.Module, x: Tensor, targets: Tensor) -> Tensor:
-        return grad_cam(model, x, targets, channel_axis=channel_axis).maps  # (N, H, W)
+        return grad_cam(model, x, targets).maps  # (N, H, W); a Keras model states its channels last
 
     def occluded(model: nn.Module, x: Tensor, targets: Tensor):
         return occlusion(model, x, targets, window=OCCLUSION_WINDOW, stride=OCCLUSION_STRIDE, baseline=baseline)

@@ -105,8 +105,7 @@ def activations_section(run: LoadedRun, options: ReportOptions) -> Section:
     x = data.inputs(data.test, [options.image])
     names = resolve_layers(model, list(options.layers), output=True)
     acts = capture_activations(model, x, names)
-    channels_last = getattr(run, "channels_last", False)  # a Subject of a Keras model
-    if channels_last:
+    if getattr(run, "channels_last", False):  # a Subject of a Keras model: its maps are (N, H, W, C)
         acts = run.channels_first(acts)
     pixels = data.test.pixels([options.image])[0]
     label = run.classes[int(data.test.labels[options.image])]
@@ -132,9 +131,7 @@ def activations_section(run: LoadedRun, options: ReportOptions) -> Section:
     numbers = sorted(number_of.values())
     all_layers = resolve_layers(model, numbers, output=True)
     n_stats = min(options.statistics_images, len(data.test))
-    stats = activation_statistics(
-        model, data.inputs(data.test, torch.arange(n_stats)), all_layers, channel_axis=-1 if channels_last else 1
-    )
+    stats = activation_statistics(model, data.inputs(data.test, torch.arange(n_stats)), all_layers)
     dead = sum(int(s.dead.sum()) for s in stats.values())
     short = {name: f"L{n}" for n, name in zip(numbers, all_layers)}
     rules = sorted({s.saturation for s in stats.values() if s.saturation is not None})

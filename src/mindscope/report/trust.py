@@ -36,8 +36,7 @@ def trust_section(run: LoadedRun, options: ReportOptions) -> Section:
     masks = None if data.test.masks is None else data.test.masks[indices].to(device)
     chosen = choose_baseline(model, data.normalization, tuple(x.shape[1:]), classes, pixel_mean=data_pixel_mean(run))
     baseline = chosen.make(x)
-    axis = -1 if getattr(run, "channels_last", False) else 1  # a Subject of a Keras model
-    settings = dict(alpha=0.5, tolerance=options.tolerance, samples=16, seed=0, baseline=chosen.make, channel_axis=axis)
+    settings = dict(alpha=0.5, tolerance=options.tolerance, samples=16, seed=0, baseline=chosen.make)
     every = standard_methods(data.normalization, **settings)
     methods = {name: every[name] for name in (*METHOD_NAMES, "gradcam")}
     budget = standard_methods(data.normalization, **settings, max_steps=RANDOMISED_MAX_STEPS)

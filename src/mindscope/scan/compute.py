@@ -68,8 +68,7 @@ def scan_batch(
         rows[method] = _rows(result, labels, indices, seconds)
     layers = {}
     if plan.layers:
-        axis = -1 if (plan.card or {}).get("layout") == "NHWC" else 1  # a Keras model's layers keep channels last
-        stats = activation_statistics(model, x, list(plan.layers), batch_size=len(x), channel_axis=axis)
+        stats = activation_statistics(model, x, list(plan.layers), batch_size=len(x))
         layers = {name: Moments.of(s) for name, s in stats.items()}
     return BatchResult(rows, maps, sums, abs_sums, counts, layers)
 

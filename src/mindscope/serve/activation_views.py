@@ -133,7 +133,6 @@ def looks_picture(entry: Entry, epoch: int | None, layer: str, channel: int) -> 
         image_channels=shape[0],
         seed=0,
         normalise=entry.subject.normalization.apply,
-        channel_axis=-1 if entry.subject.channels_last else 1,
     )
     fig = feature_visualisation_figure(result, title=f"what channel {channel} of {label} looks for")
     return Rendered(fig, dpi=LARGE_DPI).picture(), float(result.activations[0])

@@ -84,8 +84,7 @@ def attribution_view(
         model = entry.model(epoch)
         x = entry.subject.inputs(pixels).to(model_device(model))
         if setting.method == "gradcam":
-            axis = -1 if entry.subject.channels_last else 1
-            return _grad_cam_view(model, x, pixels, setting, caption, classes, axis)
+            return _grad_cam_view(model, x, pixels, setting, caption, classes)
         if setting.method == "gradient":
             result = gradients(model, x, setting.target)
         elif setting.method == "occlusion":
@@ -131,16 +130,10 @@ def attribution_view(
 
 
 def _grad_cam_view(
-    model: nn.Module,
-    x: Tensor,
-    pixels: Tensor,
-    setting: Setting,
-    caption: str,
-    classes: tuple[str, ...],
-    channel_axis: int,
+    model: nn.Module, x: Tensor, pixels: Tensor, setting: Setting, caption: str, classes: tuple[str, ...]
 ) -> AttributionView:
     """Grad-CAM of the last spatial layer: the heat map over the image, and which layer it read."""
-    result = grad_cam(model, x, setting.target, channel_axis=channel_axis)
+    result = grad_cam(model, x, setting.target)
     fig = grad_cam_figure(pixels, result, classes, title=f"{caption}: {METHODS['gradcam']}")
     predicted, target = int(result.predictions[0]), int(result.targets[0])
     numbers = {

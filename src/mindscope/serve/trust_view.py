@@ -53,8 +53,7 @@ def trust_view(
     def start(x: Tensor) -> Tensor:
         return make(x, norm)
 
-    axis = -1 if entry.subject.channels_last else 1  # a Keras model's layers keep channels last
-    settings = dict(alpha=0.5, tolerance=tolerance, samples=16, seed=0, baseline=start, channel_axis=axis)
+    settings = dict(alpha=0.5, tolerance=tolerance, samples=16, seed=0, baseline=start)
     every = report.standard_methods(norm, **settings)
     methods = {name: every[name] for name in (*report.METHOD_NAMES, "gradcam")}  # as the report's section 6
     budget = report.standard_methods(norm, **settings, max_steps=report.RANDOMISED_MAX_STEPS)
