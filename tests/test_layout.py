@@ -46,7 +46,8 @@ ALLOWED: dict[str, set[str]] = {
     "render": {"_util", *LOOKS},
     "run": {"_util", "data", "model", "training", "layers", "weights", "tensorboard", "render"},
     "models": {"_util", "layers", "data", "model"},  # outside models -> nn.Module, and what they expect
-    "subject": {"_util", "inputs", "layers", "data", "model", "models", "run"},  # a run or an outside model, with its data
+    # a run or an outside model, with its data
+    "subject": {"_util", "inputs", "layers", "data", "model", "models", "run"},
     "report": {
         "_util",
         *LOOKS,
