@@ -212,3 +212,32 @@ def test_an_empty_folder_is_served_and_a_run_trained_into_it_later_shows_up(tiny
         shutil.copytree(tiny_run, empty / "later")  # as `mindscope train --out runs/later` would
         page = client.get("/", params={"view": "runs"}).text
     assert table_rows(page, "runs")[1][0] == "runs/later"
+
+
+def test_serve_takes_the_model_flags_for_an_outside_model(tmp_path, capsys, monkeypatch):
+    import torch
+    from torch import nn
+
+    module = tmp_path / "net.py"
+    module.write_text(
+        "from torch import nn\n\ndef net():\n    return nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), "
+        "nn.Linear(2 * 4 * 4, 3))\n"
+    )
+    saved = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    torch.save(saved.state_dict(), tmp_path / "w.pt")
+    served = served_apps(monkeypatch)
+    args = ["serve", "--model", f"python:{module}:net", "--weights", str(tmp_path / "w.pt"), "--input-size", "1x6x6"]
+    assert main([*args, "--pixel-range", "0,255", "--classes", "a,b,c", "--port", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "input: NCHW 1x6x6, pixels scaled to 0..255" in out
+    catalog = served[0].state.dashboard.catalog
+    subject = catalog.entry(catalog.names()[0]).subject
+    assert subject.classes == ("a", "b", "c")
+    for name, value in saved.state_dict().items():
+        torch.testing.assert_close(subject.model.state_dict()[name], value)
+
+
+def test_serve_refuses_model_flags_with_a_run_directory(tiny_run, capsys):
+    assert main(["serve", str(tiny_run), "--classes", "a,b", "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["mindscope: error: --classes describes a model given with --model; a run directory records its own"]

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+from mindscope.cli.source import model_flags, source_card
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SWITCH_INTERVAL = 0.001  # seconds a thread holds the GIL before another may take it (Python's default: 0.005)
 
@@ -32,8 +34,13 @@ def _check(name: str, value: int, low: int, high: int) -> None:
 @click.option("--workers", type=int, default=2, show_default=True, help="Computations at once.")
 @click.option("--threads", type=int, default=None, help="torch threads (default: CPU cores / workers).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda")
-def serve(paths, model_spec, data_spec, epoch, port, host, allowed, workers, threads, device) -> None:
+@model_flags
+def serve(paths, model_spec, data_spec, epoch, port, host, allowed, workers, threads, device, **flags) -> None:
     """Serve a dashboard of RUN_DIR, SCAN_DIR or a FOLDER_OF_RUNS and scans (or --model SPEC --data SPEC)."""
+    source = {**flags, "run_dir": None, "model_spec": model_spec, "data_spec": data_spec}
+    given = [f"--{'classes' if k == 'class_names' else k.replace('_', '-')}" for k, v in flags.items() if v is not None]
+    if given and model_spec is None:
+        raise ValueError(f"{given[0]} describes a model given with --model; a run directory records its own")
     if model_spec is not None and paths:
         raise ValueError(f"give run folders or --model, not both (got {paths[0]} and {model_spec!r})")
     if model_spec is None and not paths:
@@ -67,7 +74,9 @@ def serve(paths, model_spec, data_spec, epoch, port, host, allowed, workers, thr
     sys.setswitchinterval(SWITCH_INTERVAL)
     subject = None
     if model_spec is not None:
-        subject = open_subject(model=model_spec, data=data_spec, epoch=epoch)
+        subject = open_subject(
+            model=model_spec, data=data_spec, epoch=epoch, weights=flags["weights"], card=source_card(source)
+        )
         subject.model.to(device)
         for line in subject.describe():
             click.echo(line)

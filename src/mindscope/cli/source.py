@@ -67,6 +67,13 @@ def model_source(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+def model_flags(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add --weights, --card and the card's flags (not RUN_DIR, --model or --data) to a click command."""
+    for option in reversed(_OPTIONS[2:4] + _OPTIONS[5:]):  # --weights, --card; --input-size ... --classes
+        command = option(command)
+    return command
+
+
 def pop_source(kwargs: dict[str, Any]) -> dict[str, Any]:
     """Take the source options out of a command's keyword arguments."""
     return {key: kwargs.pop(key) for key in SOURCE_KEYS}
