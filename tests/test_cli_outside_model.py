@@ -120,3 +120,48 @@ def test_a_python_file_with_a_syntax_error_is_one_line(trial, capsys):
 
 def test_an_input_size_that_is_not_numbers_shows_the_format(trial, capsys):
     refused(["layers", *grey_model(trial), "--input-size", "abc"], "--input-size must be numbers like 3x32x32", capsys)
+
+
+def test_the_dataset_mean_baseline_of_an_outside_model_is_its_datas_mean_pixel(trial, tmp_path, capsys):
+    from mindscope.attribution import integrated_gradients
+    from mindscope.baselines import named
+    from mindscope.report.baseline import data_pixel_mean
+    from mindscope.subject import open_subject
+
+    folder = trial / "g3"
+    model = ["--model", f"python:{trial / 'nets.py'}:grey", "--weights", str(trial / "grey.pt")]
+    subject = open_subject(model=model[1], weights=model[3], data=f"folder:{folder}")
+    pngs = sorted(folder.glob("*/*.png"))
+    pixel_mean = np.mean([np.asarray(Image.open(p), dtype=np.float64) / 255 for p in pngs])  # numpy, all images
+    assert data_pixel_mean(subject) == pytest.approx((pixel_mean,), abs=1e-7)  # pixels are float32
+    x = subject.inputs(subject.data.test.pixels([0]))
+    grey = named("mean", subject.normalization, pixel_mean=data_pixel_mean(subject))(x)
+    torch.testing.assert_close(grey, torch.full_like(x, pixel_mean), rtol=0, atol=1e-6)  # no mean/std: as pixels
+    expected = integrated_gradients(subject.model, x, baseline=grey, tolerance=0.01)
+    for baseline in ("black", "mean"):
+        args = ["attribute", *model, "--data", f"folder:{folder}", "--image", "0", "--method", "integrated"]
+        assert main([*args, "--baseline", baseline, "--tolerance", "0.01", "--out", str(tmp_path / baseline)]) == 0
+    black, mean = [line for line in capsys.readouterr().out.splitlines() if "completeness error" in line]
+    assert black != mean  # the mean baseline was black before: the card has no mean
+    assert f"(abs {float(expected.completeness_error[0]):.3g}); steps {int(expected.steps[0])}" in mean
+
+
+def test_the_dashboard_takes_the_same_mean_pixel_and_without_data_the_mean_baseline_is_refused(trial):
+    from mindscope.report.baseline import data_pixel_mean
+    from mindscope.serve.attribution_views import BASELINES
+    from mindscope.serve.catalog import Entry
+    from mindscope.subject import open_subject
+
+    folder = trial / "g3"
+    spec, weights = f"python:{trial / 'nets.py'}:grey", trial / "grey.pt"
+    subject = open_subject(model=spec, weights=weights, data=f"folder:{folder}")
+    entry = Entry("grey", subject)
+    assert entry.pixel_mean() == data_pixel_mean(subject)
+    x = subject.inputs(subject.data.test.pixels([0]))
+    grey = BASELINES["mean"][1](x, subject.normalization, entry.pixel_mean())
+    torch.testing.assert_close(grey, torch.full_like(x, data_pixel_mean(subject)[0]), rtol=0, atol=1e-6)
+    without_data = open_subject(model=spec, weights=weights, card={"input_shape": (1, 12, 10)})
+    with pytest.raises(ValueError, match="the dataset-mean baseline is the mean pixel of the data, and no data"):
+        data_pixel_mean(without_data)
+    with_mean = open_subject(model=spec, weights=weights, card={"input_shape": (1, 12, 10), "mean": [0.3], "std": [1]})
+    assert data_pixel_mean(with_mean) is None  # the card's mean is the model's own data's mean pixel

@@ -12,7 +12,7 @@ channel (per feature of a row, per value of a sequence position). Blurring is fo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -57,9 +57,16 @@ def black(x: Tensor, normalization: Normalization | None = None, *, layout: str 
     return pixels if normalization is None else _normalise(pixels, normalization, layout)
 
 
-def dataset_mean(x: Tensor, normalization: Normalization, *, layout: str | None = None) -> Tensor:
-    """Return images filled with the dataset's mean pixel per channel, in x's space."""
-    mean = _statistic(tuple(normalization.mean), x, layout, "mean")
+def dataset_mean(
+    x: Tensor, normalization: Normalization, *, mean: Sequence[float] | None = None, layout: str | None = None
+) -> Tensor:
+    """Return images filled with the dataset's mean pixel per channel, in x's space.
+
+    `mean` is that pixel in [0, 1] units; by default the normalisation's mean, which is the
+    data's own where the normalisation was fitted on it (a run of ours). A model trained
+    elsewhere normalises with its card's statistics, or none (mean 0: black), so give `mean`.
+    """
+    mean = _statistic(tuple(normalization.mean if mean is None else mean), x, layout, "mean")
     return _normalise(mean.expand_as(x).contiguous(), normalization, layout)
 
 
@@ -98,11 +105,13 @@ def blurred(x: Tensor, *, sigma: float = 3.0, layout: str | None = None) -> Tens
     return nn.functional.conv2d(out, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
-def named(name: str, normalization: Normalization) -> Callable[[Tensor], Tensor]:
-    """Return x -> x' for one of NAMES, in the model's normalised input space."""
+def named(
+    name: str, normalization: Normalization, *, pixel_mean: Sequence[float] | None = None
+) -> Callable[[Tensor], Tensor]:
+    """Return x -> x' for one of NAMES, in the model's normalised input space (`pixel_mean`: as dataset_mean's)."""
     makers = {
         "black": lambda x: black(x, normalization),
-        "mean": lambda x: dataset_mean(x, normalization),
+        "mean": lambda x: dataset_mean(x, normalization, mean=pixel_mean),
         "noise": lambda x: uniform_noise(x, normalization),
         "blur": blurred,
     }

@@ -33,6 +33,7 @@ from mindscope.cli.attribute_layers import LAYER_METHODS, attribute_layers, figu
 from mindscope.cli.source import default_out, model_source, open_source
 from mindscope.quadrature import gauss_legendre, left, midpoint, right, simpson, trapezoid
 from mindscope.render.attribution import attribution_panels, interior_frames, saturation_curve, save_gif
+from mindscope.report.baseline import data_pixel_mean
 from mindscope.training import resolve_device
 
 MAX_STEPS = 4096  # a fixed rule beyond this is slow and no more exact than --tolerance
@@ -209,7 +210,7 @@ def attribute(
     names = _image_names(images)
     classes = subject.classes or _numbered_classes(model, x)
     output = class_probability if score == "probability" else class_logit
-    base = named(baseline, normalization)
+    base = named(baseline, normalization, pixel_mean=data_pixel_mean(subject) if baseline == "mean" else None)
     out = Path(out) if out is not None else default_out(subject, "attributions")
     out.mkdir(parents=True, exist_ok=True)
 

@@ -54,13 +54,9 @@ def choose_baseline(
     elsewhere, whose normalisation is not its data's statistics), else the normalisation's mean.
     """
 
-    def mean_image(x: Tensor) -> Tensor:  # (N, C, H, W) filled with the data's mean pixel, normalised
-        mean = torch.tensor(pixel_mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        return normalization.apply(mean.expand_as(x).contiguous())
-
     candidates: dict[str, Callable[[Tensor], Tensor]] = {
         "black image": lambda x: black(x, normalization),
-        "dataset-mean grey image": mean_image if pixel_mean is not None else lambda x: dataset_mean(x, normalization),
+        "dataset-mean grey image": lambda x: dataset_mean(x, normalization, mean=pixel_mean),
     }
     probe = torch.zeros((1, *shape), device=model_device(model))
     scores = {}
@@ -74,8 +70,16 @@ def choose_baseline(
 
 def data_pixel_mean(subject: object, *, limit: int = 2000) -> tuple[float, ...] | None:
     """The mean pixel per channel of a model trained elsewhere's test images; None for a run of ours."""
-    if getattr(subject, "card", None) is None:
+    card = getattr(subject, "card", None)
+    if card is None:
         return None  # a run: its normalisation was fitted on (or fixed for) its own data
+    if subject.data is None:  # type: ignore[attr-defined]
+        if card.mean is not None:
+            return None  # the card's mean: the pixel the model's own training data averaged
+        raise ValueError(
+            "the dataset-mean baseline is the mean pixel of the data, and no data was given: "
+            "give --data, or the model's mean (--mean or the card), or another baseline"
+        )
     test = subject.data.test  # type: ignore[attr-defined]
     pixels = test.pixels(torch.arange(min(limit, len(test)))).double()
     return tuple(pixels.mean(dim=(0, 2, 3)).tolist())

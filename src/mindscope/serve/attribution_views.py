@@ -42,11 +42,11 @@ METHODS = {  # name -> label; "interior" has a view of its own
     "gradcam": "Grad-CAM (the last layer with a spatial output)",
     "occlusion": "occlusion (8×8 windows at stride 4, filled with the baseline)",
 }
-BASELINES: dict[str, tuple[str, Callable]] = {  # name -> (label, (x, normalization) -> x')
-    "black": ("black image", lambda x, norm: black(x, norm)),
-    "mean": ("dataset-mean grey image", lambda x, norm: dataset_mean(x, norm)),
-    "blurred": ("blurred copy (σ = 3 px)", lambda x, norm: blurred(x)),
-    "noise": ("uniform noise (seed 0)", lambda x, norm: uniform_noise(x, norm)),
+BASELINES: dict[str, tuple[str, Callable]] = {  # name -> (label, (x, normalization, the data's mean pixel) -> x')
+    "black": ("black image", lambda x, norm, mean: black(x, norm)),
+    "mean": ("dataset-mean grey image", lambda x, norm, mean: dataset_mean(x, norm, mean=mean)),
+    "blurred": ("blurred copy (σ = 3 px)", lambda x, norm, mean: blurred(x)),
+    "noise": ("uniform noise (seed 0)", lambda x, norm, mean: uniform_noise(x, norm)),
 }
 MAX_STEPS = 2048  # integrated gradients' step budget per image, as `mindscope attribute`
 
@@ -88,7 +88,7 @@ def attribution_view(
         if setting.method == "gradient":
             result = gradients(model, x, setting.target)
         elif setting.method == "occlusion":
-            start = BASELINES[setting.baseline][1](x, norm)
+            start = BASELINES[setting.baseline][1](x, norm, entry.pixel_mean())
             result = occlusion(model, x, setting.target, window=(8, 8), stride=(4, 4), baseline=start)
         elif setting.method == "smoothgrad":
             result = smoothgrad(gradients, model, x, setting.target, samples=16, seed=0)
@@ -97,7 +97,7 @@ def attribution_view(
                 model,
                 x,
                 setting.target,
-                baseline=BASELINES[setting.baseline][1](x, norm),
+                baseline=BASELINES[setting.baseline][1](x, norm, entry.pixel_mean()),
                 tolerance=setting.tolerance,
                 max_steps=MAX_STEPS,
             )
@@ -185,9 +185,8 @@ def interior_view(entry: Entry, epoch: int | None, pixels: Tensor, setting: Sett
     with entry.lock:
         model = entry.model(epoch)
         x = entry.subject.inputs(pixels).to(model_device(model))
-        result = interior_gradients(
-            model, x, setting.target, alphas=ALPHAS, baseline=BASELINES[setting.baseline][1](x, norm)
-        )
+        start = BASELINES[setting.baseline][1](x, norm, entry.pixel_mean())
+        result = interior_gradients(model, x, setting.target, alphas=ALPHAS, baseline=start)
     result = InteriorGradients(**{k: v.cpu() for k, v in vars(result).items()})
     classes = entry.subject.classes
     curve = saturation_curve(result, classes)

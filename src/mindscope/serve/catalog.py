@@ -22,6 +22,7 @@ from pathlib import Path
 from torch import nn
 
 from mindscope.layers import describe_layers, numbered_layers, resolve_layer
+from mindscope.report.baseline import data_pixel_mean
 from mindscope.run import Run, is_run, read_metrics
 from mindscope.scan import Scan, is_scan, open_scan
 from mindscope.subject import Subject, open_subject
@@ -75,6 +76,13 @@ class Entry:
     lock: threading.Lock = field(default_factory=threading.Lock)
     _models: OrderedDict = field(default_factory=OrderedDict)
     _layers: list | None = None
+    _pixel_mean: tuple[tuple[float, ...] | None] | None = None  # (the data's mean pixel or None,) once known
+
+    def pixel_mean(self) -> tuple[float, ...] | None:
+        """The data's mean pixel for the dataset-mean baseline; None: the normalisation's (a run's own data)."""
+        if self._pixel_mean is None:
+            self._pixel_mean = (data_pixel_mean(self.subject),)
+        return self._pixel_mean[0]
 
     @property
     def epochs(self) -> list[int]:

@@ -48,10 +48,10 @@ def trust_view(
     """Run every check for each method on `pixels` (n, C, H, W); masks (n, H, W) or None skip localisation."""
     model = private_model(entry, epoch)
     norm = entry.subject.normalization
-    make = BASELINES[baseline][1]
+    make, mean = BASELINES[baseline][1], entry.pixel_mean()
 
     def start(x: Tensor) -> Tensor:
-        return make(x, norm)
+        return make(x, norm, mean)
 
     settings = dict(alpha=0.5, tolerance=tolerance, samples=16, seed=0, baseline=start)
     every = report.standard_methods(norm, **settings)
