@@ -205,3 +205,29 @@ def test_the_looks_read_a_keras_models_channels_last_without_being_told(keras_su
         feature_visualisation(subject.model, "conv1", [4], steps=1, size=8)
     lig = layer_integrated_gradients(subject.model, x[:2], "conv1", 0, rule=gauss_legendre(4))
     assert lig.attributions.shape == (2, 4, 8, 8)
+
+
+def test_a_keras_elu_has_a_saturation_floor_and_its_statistics_count_it(tmp_path) -> None:
+    from mindscope import activation_statistics, capture_activations
+    from mindscope.activations import saturation_rule
+
+    layers = keras.layers
+    h = inputs = keras.Input((6, 6, 1))
+    h = layers.Conv2D(4, 3, padding="same", name="c1")(h)
+    h = layers.Activation("elu", name="a1")(h)
+    h = layers.Conv2D(4, 3, padding="same", activation="selu", name="c2")(h)
+    h = layers.ELU(alpha=0.5, name="e3")(h) if hasattr(layers, "ELU") else h
+    h = layers.Conv2D(4, 3, padding="same", activation="relu", name="c4")(h)
+    keras.utils.set_random_seed(0)
+    keras.Model(inputs, layers.Dense(3, name="out")(layers.Flatten()(h))).save(tmp_path / "elu.keras")
+    model = open_subject(model=f"keras:{tmp_path / 'elu.keras'}").model
+    floors = {name: getattr(saturation_rule(m), "level", None) for name, m in model.named_children()}
+    assert floors["a1"] == -1.0 and floors["c2"] == pytest.approx(-1.0507009873554805 * 1.6732632423543772)
+    assert floors["c1"] is None and floors["c4"] is None
+    if hasattr(layers, "ELU"):
+        assert floors["e3"] == -0.5
+    x = 3 * torch.randn(8, 1, 6, 6, generator=torch.Generator().manual_seed(1))
+    stats = activation_statistics(model, x, ["a1"])["a1"]
+    a = capture_activations(model, x, ["a1"])["a1"].double()  # (8, 6, 6, 4): channels last
+    np.testing.assert_allclose(stats.saturated, ((a + 1).abs() <= 0.05).double().mean(dim=(0, 1, 2)).numpy())
+    assert stats.saturated.max() > 0  # the inputs drive some units onto the floor

@@ -59,12 +59,24 @@ def import_keras() -> Any:
     return keras
 
 
+SELU_FLOOR = -1.0507009873554805 * 1.6732632423543772  # -scale * alpha, Keras's SELU constants as torch's
+
+
+def _saturation_floor(layer: Any) -> float | None:
+    """Where the layer's output flattens out: an ELU layer at -alpha, an elu/selu activation at -1/SELU_FLOOR."""
+    if type(layer).__name__ == "ELU":
+        return -float(getattr(layer, "alpha", 1.0))
+    name = getattr(getattr(layer, "activation", None), "__name__", None)
+    return {"elu": -1.0, "selu": SELU_FLOOR}.get(name)
+
+
 class KerasLayer(nn.Module):
     """One Keras layer as a module: its float variables as parameters and buffers, its call as forward."""
 
     def __init__(self, layer: Any) -> None:
         super().__init__()
         object.__setattr__(self, "_layer", layer)  # not a submodule: its variables are registered below
+        self.saturation_floor = _saturation_floor(layer)
         object.__setattr__(self, "_buffer_variables", {})
         names: set[str] = set()
         for variable in layer.variables:
@@ -79,6 +91,7 @@ class KerasLayer(nn.Module):
                 self._buffer_variables[name] = variable
 
     passthrough = False  # a final Softmax layer: return its input, the logits (see the module docstring)
+    saturation_floor: float | None = None  # where an ELU output flattens, for activation statistics
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self.passthrough:
