@@ -269,6 +269,8 @@ def test_trust_runs_on_request_shows_progress_and_the_checks_table(served, run):
     done = poll(client, f"/part/trust?run={name}&image=7&start=1")
     rows = table_rows(done.text, "trust")
     assert [r[0] for r in rows[1:]] == ["gradient", "interior", "integrated", "smoothgrad", "gradcam"]
+    lead = client.get("/", params={"view": "trust", "run": name}).text
+    assert "integrated gradients, SmoothGrad and Grad-CAM" in lead  # the text names every method of the table
     x = run.data.inputs(run.data.test, [7])
     reference = integrated_gradients(run.model, x, baseline=black(x, run.data.normalization), tolerance=0.01)
     column = rows[0].index("compl. err (worst)")
