@@ -48,8 +48,7 @@ def test_a_layer_number_asked_for_its_output_says_which_activation_it_took() -> 
     last = explain_layer(model, "L2", output=True)
     assert last.name == "3"
     assert str(last) == (
-        "L2 -> 3 (layer 2, Conv2d: its own output, before any activation; "
-        "no activation module found after it (followed: nn.Sequential, fx, Keras and ONNX graphs))"
+        "L2 -> 3 (layer 2, Conv2d: its own output, before any activation; its output is the model's output)"
     )
     assert str(explain_layer(model, "L1")) == "L1 -> 0 (layer 1, Conv2d)"
     assert str(explain_layer(model, "0", output=True)) == "0 (Conv2d: its own output)"
@@ -97,8 +96,9 @@ def test_in_an_fx_graph_the_activation_module_is_followed_and_a_function_is_stat
     assert second.name == "conv2"
     assert "its own output, before any activation; the activation after it, if any, is the function relu" in str(second)
     assert str(explain_layer(graph, "L3", output=True)).endswith("its output is the model's output)")
-    # the same model run eagerly: nothing to follow, and that is said rather than hidden
-    assert "no activation module found after it" in str(explain_layer(eager, "L1", output=True))
+    # the same model as written: its forward is traced, and the same activation found
+    assert str(explain_layer(eager, "L1", output=True)) == str(first)
+    assert_close(capture_activations(eager, x, ["L1"])["act"], reference.detach())
 
 
 def test_unknown_layers_are_refused_with_the_way_out() -> None:

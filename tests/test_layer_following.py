@@ -118,3 +118,31 @@ def test_the_hint_for_a_layer_without_channel_maps_names_this_models_convolution
     err = capsys.readouterr().err.strip()
     assert "\n" not in err
     assert err.endswith("no channel maps to draw; choose a convolution (layers 1-2) or the activation after one")
+
+
+class _Plain(nn.Module):
+    """Layers called in order by a forward of its own: no nn.Sequential, no graph until traced."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.act1 = nn.Conv2d(1, 2, 3), nn.ReLU()
+        self.conv2, self.bn2, self.act2 = nn.Conv2d(2, 2, 3), nn.BatchNorm2d(2), nn.ELU()
+        self.fc = nn.Linear(2, 3)
+
+    def forward(self, x):
+        h = self.act2(self.bn2(self.conv2(self.act1(self.conv1(x)))))
+        return self.fc(h.mean(dim=(2, 3)))
+
+
+class _Branching(_Plain):
+    def forward(self, x):
+        h = self.act1(self.conv1(x))
+        if h.sum() > 0:  # control flow on values: fx cannot trace it
+            h = -h
+        return self.fc(self.act2(self.bn2(self.conv2(h))).mean(dim=(2, 3)))
+
+
+def test_layer_numbers_of_a_plain_module_follow_its_traced_forward_to_the_activation() -> None:
+    model = _Plain()
+    assert [resolve_layer(model, n, output=True) for n in (1, 2)] == ["act1", "act2"]  # through bn2
+    assert resolve_layer(_Branching(), 1, output=True) == "conv1"  # untraceable: the layer itself, as before

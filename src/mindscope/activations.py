@@ -55,14 +55,9 @@ class Saturation:
 
 
 def saturation_rule(module: nn.Module) -> Saturation | None:
-    """Return the saturation rule of a layer whose output flattens out on one side, else None.
-
-    ELU and CELU flatten at -alpha, SELU at -scale * alpha. Other layers (a convolution, a
-    ReLU, which is 0 rather than saturated) have no floor to saturate at: None. A module may
-    state its floor as `saturation_floor` (mindscope's Keras adapter does, for a Keras ELU).
-    """
-    floor = getattr(module, "saturation_floor", None)
-    if floor is not None:
+    """The rule of a layer whose output flattens out: ELU, CELU at -alpha, SELU at -scale * alpha, a module's
+    own `saturation_floor` (the Keras adapter's ELU); else None (a ReLU is 0 rather than saturated)."""
+    if (floor := getattr(module, "saturation_floor", None)) is not None:
         return Saturation(float(floor))
     if isinstance(module, (nn.ELU, nn.CELU)):
         return Saturation(-float(module.alpha))

@@ -117,10 +117,20 @@ def _next_in_sequential(model: nn.Module, name: str) -> str | None:
     return None
 
 
-def _next_in_graph(model: nn.Module, name: str) -> tuple[str | None, str]:
-    """(the module that alone takes `name`'s output in model's fx graph, or None; why not, if None)."""
-    graph = getattr(model, "graph", None)  # a GraphModule, or torch.export's unflattened module
-    if not isinstance(graph, torch.fx.Graph):
+def _graph(model: nn.Module) -> torch.fx.Graph | None:
+    """The model's fx graph: its own (a GraphModule, torch.export's unflattened module), else a symbolic trace."""
+    graph = getattr(model, "graph", None)
+    if isinstance(graph, torch.fx.Graph):
+        return graph
+    try:
+        return torch.fx.symbolic_trace(model).graph
+    except Exception:  # noqa: BLE001 - a forward fx cannot follow (control flow on values, foreign code): no graph
+        return None
+
+
+def _next_in_graph(graph: torch.fx.Graph | None, name: str) -> tuple[str | None, str]:
+    """(the module that alone takes `name`'s output in the fx graph, or None; why not, if None)."""
+    if graph is None:
         return None, ""
     for node in graph.nodes:
         if node.op == "call_module" and node.target == name:
@@ -148,14 +158,16 @@ def _following_activation(model: nn.Module, name: str) -> tuple[str | None, list
     """(the activation module after layer `name`, the pass-through modules on the way, why none)."""
     modules = dict(model.named_modules())
     passed: list[str] = []
-    current = name
+    current, graph, traced = name, None, False
     while True:
         nxt = _next_in_sequential(model, current)
         why = ""
         if nxt is None and callable(getattr(model, "next_module", None)):  # a graph of its own (Keras, ONNX)
             nxt = model.next_module(current)
         if nxt is None:
-            nxt, why = _next_in_graph(model, current)
+            if not traced and not callable(getattr(model, "next_module", None)):  # once; Keras, ONNX: their own
+                graph, traced = _graph(model), True
+            nxt, why = _next_in_graph(graph, current)
         if nxt is None:
             why = why or "no activation module found after it (followed: nn.Sequential, fx, Keras and ONNX graphs)"
             return None, passed, why
