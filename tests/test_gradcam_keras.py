@@ -30,33 +30,14 @@ pytest.importorskip("h5py")
 if importlib.util.find_spec("keras") is None:
     pytest.skip("keras is not installed", allow_module_level=True)
 keras = import_keras()  # on the torch backend; a plain `import keras` would pick TensorFlow
+from test_models_keras import keras_files  # noqa: E402, F401 - small_cnn rebuilt in Keras, its weights copied
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def keras_file(small_cnn, tmp_path_factory):
-    layers = keras.layers
-    stack = [
-        layers.Conv2D(4, 3, padding="same", name="conv1"),
-        layers.ReLU(name="relu1"),
-        layers.Conv2D(6, 3, name="conv2"),
-        layers.ReLU(name="relu2"),
-        layers.GlobalAveragePooling2D(keepdims=True, name="pool"),
-        layers.Flatten(name="flatten"),
-        layers.Dense(3, name="fc"),
-    ]
-    h = inputs = keras.Input((8, 8, 3))
-    for layer in stack:
-        h = layer(h)
-        if layer.weights:
-            source = getattr(small_cnn, layer.name)
-            kernel = source.weight.detach()
-            kernel = kernel.permute(2, 3, 1, 0) if kernel.dim() == 4 else kernel.T  # (kh, kw, in, out), (in, out)
-            layer.set_weights([kernel.numpy(), source.bias.detach().numpy()])
-    path = tmp_path_factory.mktemp("keras") / "cnn.keras"
-    keras.Model(inputs, h).save(path)
-    return path
+def keras_file(keras_files):  # noqa: F811 - the fixture imported above
+    return keras_files["keras"]
 
 
 def naive_grad_cam(model: nn.Sequential, x: torch.Tensor, layer: str, targets: torch.Tensor) -> torch.Tensor:
