@@ -15,23 +15,7 @@ from PIL import Image
 from torch import nn
 
 from mindscope.cli import main
-
-FACTORY = """
-from torch import nn
-
-def grey():
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(4, 3))
-
-def rows():
-    return nn.Sequential(nn.Linear(6, 3))
-"""
-
-
-def grey() -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
-    )
+from test_subject_data_fit import FACTORY, grey  # the same user code: a grey net and a rows net
 
 
 @pytest.fixture(scope="module")
